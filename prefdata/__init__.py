@@ -1,0 +1,3 @@
+"""prefdata: prompts to preference datasets and aligned models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,199 @@
+"""The run directory: run.json, prompts.parquet and append-only parquet shards.
+
+Every file is written atomically (a temp file in the same folder, fsync, then rename), so a crash or
+Ctrl-C leaves either the whole shard or nothing. Readers skip temp files (names starting with '.').
+A stage that starts again reads the ids already in its shards and does only the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from prefdata import __version__
+from prefdata.errors import PrefdataError
+
+MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
+    df.write_parquet(tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_parquet_dir(folder: Path) -> pl.DataFrame | None:
+    """All finished shards of a folder as one frame (None when there are none)."""
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    if not files:
+        return None
+    return pl.concat([pl.read_parquet(p) for p in files], how="diagonal_relaxed")
+
+
+class RunDir:
+    """A run directory (see DESIGN.md for the layout)."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+
+    # -- layout -------------------------------------------------------------------------------
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def prompts_file(self) -> Path:
+        return self.path / "prompts.parquet"
+
+    @property
+    def candidates_dir(self) -> Path:
+        return self.path / "candidates"
+
+    def judgments_dir(self, judge_hash: str) -> Path:
+        return self.path / "judgments" / judge_hash
+
+    def rankings_dir(self, judge_hash: str) -> Path:
+        return self.path / "rankings" / judge_hash
+
+    def exports_dir(self, name: str) -> Path:
+        return self.path / "exports" / name
+
+    def exists(self) -> bool:
+        return self.run_json.is_file()
+
+    def require(self) -> RunDir:
+        if not self.exists():
+            raise PrefdataError(
+                f"{self.path} is not a prefdata run (no run.json); create it with `prefdata generate --run {self.path}`"
+            )
+        return self
+
+    # -- run.json -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on the run (several processes or shards may share one run directory)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def read_meta(self) -> dict[str, Any]:
+        if not self.run_json.is_file():
+            return {}
+        try:
+            return json.loads(self.run_json.read_text())
+        except json.JSONDecodeError as e:
+            raise PrefdataError(f"{self.run_json} is not valid JSON ({e}); restore it or start a new --run") from e
+
+    def update_meta(self, fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read-modify-write run.json under the lock, written atomically."""
+        with self.lock():
+            meta = self.read_meta()
+            if not meta:
+                meta = {"format": 1, "created": _now(), "prefdata_version": __version__, "stages": {}}
+            fn(meta)
+            meta["updated"] = _now()
+            atomic_write_bytes(self.run_json, (json.dumps(meta, indent=2, default=str) + "\n").encode())
+            return meta
+
+    def record_stage(self, stage: str, key: str, entry: dict[str, Any]) -> None:
+        """Merge `entry` into run.json at stages[stage][key]; keeps the command lines of every invocation."""
+
+        def _fn(meta: dict[str, Any]) -> None:
+            slot = meta.setdefault("stages", {}).setdefault(stage, {}).setdefault(key, {})
+            commands = slot.get("commands", [])
+            slot.update(entry)
+            cmd = command_line()
+            if cmd not in commands:
+                commands.append(cmd)
+            slot["commands"] = commands
+
+        self.update_meta(_fn)
+
+    # -- prompts ------------------------------------------------------------------------------
+    def write_prompts(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Store prompts; a prompt already in the run is kept as it is (rows keyed by prompt_id)."""
+        with self.lock():
+            if self.prompts_file.is_file():
+                old = pl.read_parquet(self.prompts_file)
+                new = df.filter(~pl.col("prompt_id").is_in(old["prompt_id"].implode()))
+                if new.height == 0:
+                    return old
+                df = pl.concat([old, new], how="diagonal_relaxed")
+            atomic_write_parquet(self.prompts_file, df)
+            return df
+
+    def read_prompts(self) -> pl.DataFrame:
+        if not self.prompts_file.is_file():
+            raise PrefdataError(f"{self.path} has no prompts.parquet; run `prefdata generate --run {self.path}` first")
+        return pl.read_parquet(self.prompts_file)
+
+    # -- shards -------------------------------------------------------------------------------
+    def write_shard(self, folder: Path, df: pl.DataFrame, tag: str = "") -> Path:
+        """Append one shard; the name never collides across processes, shards or machines."""
+        name = f"shard-{tag + '-' if tag else ''}{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+        path = folder / name
+        atomic_write_parquet(path, df)
+        return path
+
+    def read_candidates(self) -> pl.DataFrame | None:
+        return read_parquet_dir(self.candidates_dir)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def command_line() -> str:
+    """The command as typed, with values of secret-looking options masked."""
+    args = [Path(sys.argv[0]).name] + sys.argv[1:]
+    out: list[str] = []
+    mask_next = False
+    for a in args:
+        if mask_next:
+            out.append("***")
+            mask_next = False
+            continue
+        low = a.lower()
+        if any(s in low for s in ("key", "token", "secret", "password")) and a.startswith("--"):
+            if "=" in a:
+                out.append(a.split("=", 1)[0] + "=***")
+            else:
+                out.append(a)
+                mask_next = True
+            continue
+        out.append(a)
+    return " ".join(out)
+
+
+def host_tag() -> str:
+    return socket.gethostname().split(".")[0][:24]
