@@ -105,3 +105,13 @@ def vllm_server(tmp_path_factory, demo_model_dir):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, 9)
+
+
+@pytest.fixture(scope="session")
+def vllm_llm(tiny_llama_dir):
+    """One in-process vLLM engine (tiny random Llama) per test session; tests share it."""
+    from vllm import LLM
+
+    llm = LLM(model=str(tiny_llama_dir), seed=0, max_model_len=1024, dtype="bfloat16")
+    yield llm
+    del llm
