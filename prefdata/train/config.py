@@ -1,0 +1,112 @@
+"""`AIPOConfig`: every setting of one training stage, with the AIPO paper's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from prefdata.train.losses import LOSS_TYPES, MRPO_WEIGHT_MAPPINGS
+
+
+@dataclass
+class AIPOConfig(TrainingArguments):
+    r"""Configuration of [`AIPOTrainer`].
+
+    Defaults follow AIPO (Shen et al. 2024, App. A.1 and Table 7; papers.md 1.4): AdamW, lr 5e-7, cosine schedule
+    with 10% warmup, 1 epoch per iteration, β 0.1, α 0.09, λ 0.5, prompts up to 512 tokens and sequences up to 2560.
+    Fields that differ from [`~transformers.TrainingArguments`]: `learning_rate` (5e-7, not 5e-5),
+    `lr_scheduler_type` ("cosine", not "linear"), `warmup_steps` (0.1, a ratio, not 0), `num_train_epochs` (1, not
+    3), `logging_steps` (10, not 500), `save_only_model` stays False so checkpoints can resume, and
+    `remove_unused_columns` (False: the collator needs the tokenized columns).
+
+    > Parameters that control the loss
+
+    loss_type (`str`, *optional*, defaults to `"aipo"`):
+        One of `aipo`, `alpha_dpo`, `dpo`, `dpo_nll`, `ipo`, `simpo`, `bcr` (inferred form), `mrpo`.
+    beta (`float`, *optional*, defaults to `0.1`):
+        Temperature β. SimPO's paper grid uses 2.0-3.0 instead.
+    alpha (`float`, *optional*, defaults to `0.09`):
+        Agreement coefficient α of `aipo` / `alpha_dpo`: the reference margin is scaled by (1+α).
+    lambda_ (`float`, *optional*, defaults to `0.5`):
+        Weight λ of the length-normalized NLL term (`aipo`, `dpo_nll`) or of the budget penalty (`bcr`).
+    simpo_gamma (`float`, *optional*, defaults to `0.5`):
+        SimPO target margin γ.
+    bcr_budget (`float`, *optional*, defaults to `1.0`):
+        BCR budget δ (nats): how far log π_θ(y_w|x) may fall below the reference before it is penalized. Inferred.
+    mrpo_eta (`float`, *optional*, defaults to `0.1`):
+        MRPO clipping range ε (negative: fixed ε = −mrpo_eta for both responses).
+    mrpo_weights (`list[float]` or `None`, *optional*, defaults to `None`):
+        Fixed MRPO weights, one per reference (the starting policy first); None means adaptive (ARWC).
+    mrpo_weight_mapping (`str`, *optional*, defaults to `"margin"`):
+        `margin`: reference k weighs |Δ_k|; `code`: the official K=2 code's swapped assignment.
+
+    > Parameters that control the reference
+
+    ref_models (`list[str]`, *optional*, defaults to `[]`):
+        Reference model folders. Empty: the starting policy is the reference (the AIPO iteration setting). For
+        `mrpo` the starting policy is always reference 0 (the primary one) and these are the extra references;
+        they must share the policy's tokenizer. Other loss types take at most one.
+    ref_batch_size (`int`, *optional*, defaults to `8`):
+        Pairs per forward pass when precomputing reference log-probs.
+    ref_cache_dir (`str` or `None`, *optional*, defaults to `None`):
+        Where reference log-probs are cached. None: a `.prefdata_ref_cache` folder beside the dataset.
+
+    > Parameters that control tokenization
+
+    max_prompt_length (`int`, *optional*, defaults to `512`):
+        Prompts longer than this keep their last tokens (the end nearest the response).
+    max_length (`int`, *optional*, defaults to `2560`):
+        Prompt + response. Longer responses are cut at the end (losing their EOS); the count is logged as a warning.
+    """
+
+    loss_type: str = field(default="aipo", metadata={"help": f"One of {', '.join(LOSS_TYPES)}."})
+    beta: float = field(default=0.1, metadata={"help": "Temperature β."})
+    alpha: float = field(default=0.09, metadata={"help": "Agreement coefficient α (aipo, alpha_dpo)."})
+    lambda_: float = field(default=0.5, metadata={"help": "NLL weight λ (aipo, dpo_nll) or budget penalty weight (bcr)."})
+    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO target margin γ."})
+    bcr_budget: float = field(default=1.0, metadata={"help": "BCR budget δ in nats (inferred form)."})
+    mrpo_eta: float = field(default=0.1, metadata={"help": "MRPO clipping range ε."})
+    mrpo_weights: list[float] | None = field(default=None, metadata={"help": "Fixed MRPO weights; None is adaptive."})
+    mrpo_weight_mapping: str = field(default="margin", metadata={"help": "MRPO weight mapping: margin or code."})
+    ref_models: list[str] = field(default_factory=list, metadata={"help": "Reference model folders (default: policy)."})
+    ref_batch_size: int = field(default=8, metadata={"help": "Pairs per reference forward pass."})
+    ref_cache_dir: str | None = field(default=None, metadata={"help": "Reference log-prob cache folder."})
+    max_prompt_length: int = field(default=512, metadata={"help": "Maximum prompt tokens (left-truncated)."})
+    max_length: int = field(default=2560, metadata={"help": "Maximum prompt + response tokens."})
+
+    # TrainingArguments defaults changed to the paper's.
+    learning_rate: float = field(default=5e-7, metadata={"help": "AdamW learning rate (paper: 5e-7)."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler (paper: cosine)."})
+    warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps, or a ratio of total steps if < 1."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs per iteration (paper: 1)."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized columns."})
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
+        if self.mrpo_weight_mapping not in MRPO_WEIGHT_MAPPINGS:
+            raise ValueError(f"mrpo_weight_mapping must be one of {', '.join(MRPO_WEIGHT_MAPPINGS)}")
+        if self.loss_type != "mrpo" and len(self.ref_models) > 1:
+            raise ValueError(f"loss_type {self.loss_type} takes one reference model; several are for mrpo")
+        if self.loss_type == "mrpo" and self.mrpo_weights is not None and len(self.mrpo_weights) != 1 + len(self.ref_models):
+            raise ValueError("mrpo_weights needs one weight for the starting policy plus one per --ref-model")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        if self.beta <= 0:
+            raise ValueError("beta must be positive")
+        super().__post_init__()
+
+    def loss_kwargs(self) -> dict:
+        """The hyperparameters `preference_loss` takes."""
+        return {
+            "beta": self.beta,
+            "alpha": self.alpha,
+            "lambda_": self.lambda_,
+            "simpo_gamma": self.simpo_gamma,
+            "bcr_budget": self.bcr_budget,
+            "mrpo_eta": self.mrpo_eta,
+            "mrpo_weights": self.mrpo_weights,
+            "mrpo_weight_mapping": self.mrpo_weight_mapping,
+        }

@@ -1,0 +1,307 @@
+"""Preference data for training: reading, tokenization, batching, sequence log-probs, and the reference cache.
+
+Layout of a batch (built by `PairCollator`): rows 0..B-1 are prompt+chosen, rows B..2B-1 prompt+rejected. Prompts
+are left-padded and completions right-padded, so every completion starts at the same column P. The model then
+needs logits only for the last C+1 positions (`logits_to_keep`), which skips the prompt's share of the LM head.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+
+from prefdata.errors import PrefdataError
+
+REQUIRED = ("prompt", "chosen", "rejected")
+REF_CACHE_FOLDER = ".prefdata_ref_cache"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def load_pairs(path: str | Path) -> tuple[Dataset, Dataset | None]:
+    """Read (train, eval or None) pairs from an export folder, a parquet/jsonl file or a saved `datasets` folder."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise PrefdataError(f"dataset {p} does not exist; pass an export folder, a .parquet/.jsonl file or a saved dataset")
+    if p.is_dir():
+        if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
+            ds = load_from_disk(str(p))
+            if isinstance(ds, DatasetDict):
+                if "train" not in ds:
+                    raise PrefdataError(f"saved dataset {p} has splits {list(ds)} but no 'train' split")
+                train, evals = ds["train"], ds.get("test")
+            else:
+                train, evals = ds, None
+        else:
+            data = p / "data" if (p / "data").is_dir() else p
+            train_files = sorted(glob.glob(str(data / "train-*.parquet")))
+            test_files = sorted(glob.glob(str(data / "test-*.parquet")))
+            if not train_files:
+                train_files = sorted(set(glob.glob(str(data / "*.parquet"))) - set(test_files))
+            if not train_files:
+                raise PrefdataError(f"dataset folder {p} has no parquet files (expected data/train-*.parquet)")
+            train = _read_files(train_files)
+            evals = _read_files(test_files) if test_files else None
+    elif p.suffix == ".parquet":
+        train, evals = _read_files([str(p)]), None
+    elif p.suffix in (".jsonl", ".json"):
+        train, evals = _read_jsonl(p), None
+    else:
+        raise PrefdataError(f"dataset {p}: unsupported file type {p.suffix!r}; use .parquet, .jsonl or a folder")
+    train = normalize_pairs(train, str(p))
+    return train, normalize_pairs(evals, str(p)) if evals is not None and len(evals) else None
+
+
+def _read_files(files: list[str]) -> Dataset:
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        try:
+            rows.extend(pq.read_table(f, columns=None).select(_present(f)).to_pylist())
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise PrefdataError(f"cannot read parquet file {f}: {e}") from e
+    return Dataset.from_list(rows)
+
+
+def _present(f: str) -> list[str]:
+    names = pq.read_schema(f).names
+    missing = [c for c in REQUIRED if c not in names]
+    if missing:
+        raise PrefdataError(f"{f} is missing column(s) {', '.join(missing)}; a preference dataset needs prompt, chosen, rejected")
+    return list(REQUIRED)
+
+
+def _read_jsonl(p: Path) -> Dataset:
+    rows = []
+    try:
+        text = p.read_text()
+        if p.suffix == ".json" and text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PrefdataError(f"{p} is not valid JSON lines: {e}") from e
+    for i, r in enumerate(rows):
+        missing = [c for c in REQUIRED if not isinstance(r, dict) or c not in r]
+        if missing:
+            raise PrefdataError(f"{p} row {i + 1} is missing {', '.join(missing)}; a preference row needs prompt, chosen, rejected")
+    return Dataset.from_list([{c: r[c] for c in REQUIRED} for r in rows])
+
+
+def normalize_pairs(ds: Dataset, where: str) -> Dataset:
+    """Keep prompt/chosen/rejected as message lists; wrap the plain-string variant; reject anything else."""
+    missing = [c for c in REQUIRED if c not in ds.column_names]
+    if missing:
+        raise PrefdataError(f"dataset {where} is missing column(s) {', '.join(missing)}; needs prompt, chosen, rejected")
+    if len(ds) == 0:
+        raise PrefdataError(f"dataset {where} has no rows")
+    ds = ds.select_columns(list(REQUIRED))
+    rows = []
+    for i, r in enumerate(ds):
+        rows.append({c: _messages(r[c], c, where, i) for c in REQUIRED})
+    return Dataset.from_list(rows)
+
+
+def _messages(value: Any, column: str, where: str, row: int) -> list[dict[str, str]]:
+    role = "user" if column == "prompt" else "assistant"
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    ok = isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    if not ok:
+        raise PrefdataError(
+            f"dataset {where} row {row + 1}: column {column} must be a string or a list of {{role, content}} messages"
+        )
+    msgs = [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+    if column != "prompt" and (len(msgs) != 1 or msgs[0]["role"] != "assistant"):
+        raise PrefdataError(f"dataset {where} row {row + 1}: {column} must be one assistant message")
+    return msgs
+
+
+# ---------------------------------------------------------------- tokenization
+
+
+def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_prompt_length: int, max_length: int) -> dict[str, Any]:
+    """Token ids of one pair: the chat template applied once, the completion ending in exactly one EOS.
+
+    The prompt is rendered with the generation prompt; each completion is the rest of the rendered conversation.
+    Tokens the template adds after the end-of-turn EOS (a newline) are dropped, an EOS is added if the template
+    has none, and duplicates are collapsed. Prompts longer than `max_prompt_length` keep their last tokens;
+    completions longer than what is left of `max_length` are cut at the end and flagged.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise PrefdataError("the model's tokenizer has no chat template; train from an instruct model or add one")
+    eos = tokenizer.eos_token_id
+    prompt_text = tokenizer.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    out: dict[str, Any] = {"prompt_truncated": len(prompt_ids) > max_prompt_length}
+    prompt_ids = prompt_ids[-max_prompt_length:]
+    budget = max_length - len(prompt_ids)
+    for side in ("chosen", "rejected"):
+        full = tokenizer.apply_chat_template(example["prompt"] + example[side], tokenize=False)
+        if not full.startswith(prompt_text):
+            raise PrefdataError("the chat template does not render the prompt as a prefix of the conversation")
+        ids = tokenizer(full[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+        while ids and ids[-1] != eos and not tokenizer.decode([ids[-1]]).strip():
+            ids.pop()
+        if not ids or ids[-1] != eos:
+            ids.append(eos)
+        while len(ids) >= 2 and ids[-2] == eos:
+            ids.pop()
+        out[f"{side}_truncated"] = len(ids) > budget
+        out[f"{side}_ids"] = ids[:budget]
+    out["prompt_ids"] = prompt_ids
+    return out
+
+
+def tokenize_pairs(ds: Dataset, tokenizer: Any, max_prompt_length: int, max_length: int) -> Dataset:
+    """Tokenize every pair and warn with the number of truncated prompts and completions."""
+    tok = ds.map(
+        tokenize_pair,
+        fn_kwargs={"tokenizer": tokenizer, "max_prompt_length": max_prompt_length, "max_length": max_length},
+        remove_columns=ds.column_names,
+        desc="Tokenizing pairs",
+    )
+    counts = {c: int(sum(tok[f"{c}_truncated"])) for c in ("prompt", "chosen", "rejected")}
+    if any(counts.values()):
+        warnings.warn(
+            f"truncated {counts['prompt']} prompt(s) to their last {max_prompt_length} tokens and "
+            f"{counts['chosen']} chosen / {counts['rejected']} rejected completion(s) at max_length {max_length} "
+            f"(these lose their EOS) out of {len(tok)} pairs",
+            stacklevel=2,
+        )
+    return tok
+
+
+def truncation_counts(ds: Dataset) -> dict[str, int]:
+    return {f"truncated/{c}": int(sum(ds[f"{c}_truncated"])) for c in ("prompt", "chosen", "rejected")}
+
+
+# ---------------------------------------------------------------- batching and log-probs
+
+
+class PairCollator:
+    """Stack [chosen; rejected] with left-padded prompts and right-padded completions."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        prompts = [f["prompt_ids"] for f in features] * 2
+        comps = [f["chosen_ids"] for f in features] + [f["rejected_ids"] for f in features]
+        p, c = max(map(len, prompts)), max(map(len, comps))
+        n = len(prompts)
+        input_ids = torch.full((n, p + c), self.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((n, p + c), dtype=torch.long)
+        for i, (pr, co) in enumerate(zip(prompts, comps, strict=True)):
+            input_ids[i, p - len(pr) : p] = torch.tensor(pr)
+            input_ids[i, p : p + len(co)] = torch.tensor(co)
+            attention[i, p - len(pr) : p + len(co)] = 1
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "completion_mask": attention[:, p:].clone(),
+        }
+        if "ref_chosen_logps" in features[0]:
+            batch["ref_chosen_logps"] = torch.tensor([f["ref_chosen_logps"] for f in features], dtype=torch.float64)
+            batch["ref_rejected_logps"] = torch.tensor([f["ref_rejected_logps"] for f in features], dtype=torch.float64)
+        return batch
+
+
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs [2B] and completion lengths [2B] for a `PairCollator` batch."""
+    mask = batch["completion_mask"]
+    c = mask.shape[1]
+    position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=position_ids,
+        logits_to_keep=c + 1,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1]  # position P-1+j predicts completion token j
+    labels = batch["input_ids"][:, -c:]
+    parts = []
+    for s in range(0, logits.shape[0], 4):  # float32 copies of the logits, a few rows at a time
+        chunk = logits[s : s + 4].float()
+        parts.append(chunk.gather(-1, labels[s : s + 4].unsqueeze(-1)).squeeze(-1) - chunk.logsumexp(-1))
+    per_token = torch.cat(parts)
+    return (per_token * mask).sum(-1), mask.sum(-1)
+
+
+# ---------------------------------------------------------------- reference log-probs and their cache
+
+
+def model_fingerprint(model_path: str) -> str:
+    """Identify a model folder by its path and its weight/config files' names, sizes and mtimes (not contents)."""
+    p = Path(model_path)
+    parts = [str(p.resolve()) if p.exists() else model_path]
+    if p.is_dir():
+        for f in sorted(p.iterdir()):
+            if f.suffix in (".safetensors", ".bin", ".json"):
+                st = f.stat()
+                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """Hash of the token ids (covers the dataset, the tokenizer and the truncation settings)."""
+    h = hashlib.sha256()
+    for col in ("prompt_ids", "chosen_ids", "rejected_ids"):
+        for ids in ds[col]:
+            h.update(np.asarray(ids, dtype=np.int64).tobytes())
+            h.update(b"|")
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def compute_logps(
+    model: Any, ds: Dataset, collator: PairCollator, batch_size: int, autocast_dtype: torch.dtype | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One no-grad pass: summed log-probs of every chosen and rejected completion under `model`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    try:
+        for s in range(0, len(ds), batch_size):
+            batch = {k: v.to(device) for k, v in collator([ds[i] for i in range(s, min(s + batch_size, len(ds)))]).items()}
+            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                logps, _ = sequence_logps(model, batch)
+            c, r = logps.double().cpu().numpy().reshape(2, -1)
+            chosen.append(c)
+            rejected.append(r)
+    finally:
+        model.train(was_training)
+    return np.concatenate(chosen), np.concatenate(rejected)
+
+
+def cached_logps(cache_dir: Path | None, key: str, compute: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return `compute()`'s arrays, read from / written to `cache_dir/<key>.npz` (written atomically)."""
+    if cache_dir is None:
+        return compute()
+    f = cache_dir / f"{key}.npz"
+    if f.is_file():
+        with np.load(f) as z:
+            return z["chosen"], z["rejected"]
+    chosen, rejected = compute()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, chosen=chosen, rejected=rejected)
+    os.replace(tmp, f)
+    return chosen, rejected
+
+
+def default_cache_dir(dataset_path: str | Path) -> Path:
+    p = Path(dataset_path).expanduser().resolve()
+    return (p if p.is_dir() else p.parent) / REF_CACHE_FOLDER

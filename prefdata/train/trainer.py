@@ -1,0 +1,147 @@
+"""`AIPOTrainer`: preference optimization on `transformers.Trainer` with precomputed reference log-probs.
+
+Gradient accumulation, bf16, gradient checkpointing, checkpoint/resume, `report_to` logging and multi-GPU /
+multi-node (accelerate: DDP, FSDP, DeepSpeed) all come from `transformers.Trainer`. For more than one GPU:
+
+    accelerate launch --num_processes 8 -m prefdata.cli train DATA --model M --output-dir OUT
+
+The reference model never stays in memory: its log-probs are computed in one no-grad pass before training
+(by the starting policy itself when it is the reference) and stored as dataset columns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+
+from prefdata.train.config import AIPOConfig
+from prefdata.train.data import (
+    PairCollator,
+    cached_logps,
+    compute_logps,
+    data_fingerprint,
+    model_fingerprint,
+    sequence_logps,
+    tokenize_pairs,
+)
+from prefdata.train.losses import preference_loss, preference_metrics
+
+logger = logging.getLogger(__name__)
+
+
+class AIPOTrainer(Trainer):
+    """Trainer for the losses of `prefdata.train.losses` (AIPO by default).
+
+    Args:
+        model: a causal LM or the folder to load it from (loaded in float32; bf16 autocast follows `args.bf16`).
+        args: the `AIPOConfig`.
+        train_dataset, eval_dataset: pairs with `prompt`/`chosen`/`rejected` message lists, or already tokenized
+            (`prompt_ids`/`chosen_ids`/`rejected_ids`); reference columns are added if absent.
+        processing_class: the tokenizer (default: loaded from the model folder).
+    """
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: AIPOConfig,
+        train_dataset: Dataset,
+        eval_dataset: Dataset | None = None,
+        processing_class: Any = None,
+        callbacks: list | None = None,
+    ) -> None:
+        model_path = model if isinstance(model, str) else str(model.name_or_path)
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+        if processing_class is None:
+            processing_class = AutoTokenizer.from_pretrained(model_path)
+        pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
+        collator = PairCollator(pad)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self.policy_path = model_path
+        self.ref_cache_paths: list[str] = []
+        train_dataset = self._prepare(train_dataset, model, processing_class, collator, args)
+        if eval_dataset is not None:
+            eval_dataset = self._prepare(eval_dataset, model, processing_class, collator, args)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+        )
+        # The loss is a mean over pairs: let Trainer divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+
+    def _prepare(self, ds: Dataset, model: PreTrainedModel, tokenizer: Any, collator: PairCollator, args: AIPOConfig) -> Dataset:
+        if "prompt_ids" not in ds.column_names:
+            ds = tokenize_pairs(ds, tokenizer, args.max_prompt_length, args.max_length)
+        if "ref_chosen_logps" in ds.column_names:
+            return ds
+        refs = ([self.policy_path] + list(args.ref_models)) if args.loss_type == "mrpo" else (args.ref_models or [self.policy_path])
+        cache_dir = Path(args.ref_cache_dir) if args.ref_cache_dir else None
+        data_key = data_fingerprint(ds)
+        autocast = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
+        chosen, rejected = [], []
+        for ref in refs:
+            key = f"{model_fingerprint(ref)[:16]}-{data_key[:16]}-{str(autocast).removeprefix('torch.')}"
+
+            def compute(ref: str = ref) -> tuple[np.ndarray, np.ndarray]:
+                logger.info("computing reference log-probs of %d pairs with %s", len(ds), ref)
+                if ref == self.policy_path:
+                    return compute_logps(model.to(args.device), ds, collator, args.ref_batch_size, autocast)
+                ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32).to(args.device)
+                try:
+                    return compute_logps(ref_model, ds, collator, args.ref_batch_size, autocast)
+                finally:
+                    del ref_model
+
+            c, r = cached_logps(cache_dir, key, compute)
+            if cache_dir is not None:
+                self.ref_cache_paths.append(str(cache_dir / f"{key}.npz"))
+            chosen.append(c)
+            rejected.append(r)
+        ds = ds.add_column("ref_chosen_logps", np.stack(chosen, 1).tolist())
+        return ds.add_column("ref_rejected_logps", np.stack(rejected, 1).tolist())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        args: AIPOConfig = self.args  # type: ignore[assignment]
+        logps, lengths = sequence_logps(model, inputs)
+        pc, pr = logps.chunk(2)
+        lc, lr = lengths.chunk(2)
+        ref_c = inputs["ref_chosen_logps"].to(pc.dtype).T  # [K, B]
+        ref_r = inputs["ref_rejected_logps"].to(pc.dtype).T
+        if args.loss_type == "mrpo":
+            losses = preference_loss("mrpo", pc, pr, ref_c, ref_r, lc, lr, **args.loss_kwargs())
+        else:
+            losses = preference_loss(args.loss_type, pc, pr, ref_c[0], ref_r[0], lc, lr, **args.loss_kwargs())
+        metrics = preference_metrics(pc, pr, ref_c[0], ref_r[0], lc, lr, beta=args.beta)
+        for key, value in metrics.items():
+            self._metrics[mode][key].append(self.accelerator.gather_for_metrics(value).float().mean().item())
+        loss = losses.mean()
+        return (loss, {"logps": logps.detach()}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Eval batches have no labels: always compute the preference loss."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "train" if self.model.training else "eval"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
