@@ -1,0 +1,712 @@
+"""Export a ranked run as a preference dataset folder: data files + a dataset card, exactly what goes to the Hub.
+
+`export_run(run, cfg)` is the one entry point (the CLI and `iterate` call it). It joins rankings, candidates
+and prompts by id (never by text or row position, and every join is checked), forms pairs with
+`prefdata.pairs`, counts every dropped pair by reason, splits train/test by prompt_id, and writes the
+folder atomically (a temp folder, then rename), so a failed export never leaves half a dataset behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, median
+from typing import Any
+
+import polars as pl
+
+from prefdata.card import build_card, plot_lengths
+from prefdata.errors import PrefdataError
+from prefdata.pairs import (
+    DROP_REASONS,
+    NEEDS_FULL_ORDER,
+    PAIR_STRATEGIES,
+    Candidate,
+    direct_verdicts,
+    pair_drop_reason,
+    pair_margin,
+    ranking_pairs,
+)
+from prefdata.store import RunDir, command_line, read_parquet_dir
+
+SHAPES = ("conversational", "string", "ranking", "kto")
+FORMATS = ("parquet", "jsonl", "datasets")
+MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+
+
+@dataclass
+class ExportConfig:
+    """How to turn one judge's rankings into a dataset. Defaults give the safest pairs: best vs worst,
+    no ties, no inconsistent pairs, no truncated completions.
+
+    judge_hash: which rankings/<judge_hash>/ to export; None picks the only one (an error lists them if several).
+    pairs: best-worst (one pair per prompt), best-vs-each, all (every ordered pair), adjacent (neighbours
+        in the ranking). All but best-worst need a complete ranking (round-robin or scores).
+    shape: conversational (prompt/chosen/rejected as message lists), string (plain strings; single-turn
+        prompts only), ranking (one row per prompt with every candidate, rank and score), kto (unpaired
+        prompt/completion/label rows taken from the kept pairs).
+    format: parquet (data/*.parquet), jsonl (data/*.jsonl) or datasets (a `save_to_disk` folder).
+    out: output folder; None means <run>/exports/<name>. name: None derives one from judge and strategy.
+    min_margin: minimum score difference chosen - rejected; 0 disables it (pairs without scores are then kept).
+    keep_truncated: keep completions that hit the token limit (finish_reason=length).
+    keep_inconsistent: keep pairs whose direct comparisons did not all prefer the chosen candidate.
+    test_size: fraction of prompts (not rows) in a test split; 0 writes train only. seed: for that split.
+    license, tags, pretty_name: dataset card metadata. license defaults to "other" because the right
+        licence depends on the prompts and the model; set it.
+    length_bias_threshold: warn when chosen is longer than rejected in more than this share of pairs.
+    max_rows_per_file: rows per data file (keeps Hub files well under their size limits).
+    overwrite: replace an existing export folder (only one that prefdata wrote).
+    plot: write the chosen/rejected length plot (PNG) next to the card.
+    """
+
+    judge_hash: str | None = None
+    pairs: str = "best-worst"
+    shape: str = "conversational"
+    format: str = "parquet"
+    out: str | None = None
+    name: str | None = None
+    min_margin: float = 0.0
+    keep_truncated: bool = False
+    keep_inconsistent: bool = False
+    test_size: float = 0.0
+    seed: int = 0
+    license: str = "other"
+    tags: list[str] = field(default_factory=list)
+    pretty_name: str | None = None
+    length_bias_threshold: float = 0.6
+    max_rows_per_file: int = 200_000
+    overwrite: bool = False
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("--pairs", self.pairs, PAIR_STRATEGIES)
+        _choice("--shape", self.shape, SHAPES)
+        _choice("--format", self.format, FORMATS)
+        if not 0.0 <= self.test_size < 1.0:
+            raise PrefdataError(f"--test-size must be a fraction in [0, 1), got {self.test_size}")
+        if self.min_margin < 0:
+            raise PrefdataError(f"--min-margin must be >= 0, got {self.min_margin}")
+        if self.max_rows_per_file < 1:
+            raise PrefdataError(f"max_rows_per_file must be >= 1, got {self.max_rows_per_file}")
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote and what it dropped (also recorded in run.json and the card)."""
+
+    out: str
+    judge_hash: str
+    pairs: str
+    shape: str
+    format: str
+    n_prompts: int
+    n_ranked: int
+    n_considered: int
+    n_rows: int
+    splits: dict[str, int]
+    drops: dict[str, int]
+    warnings: list[str]
+    lengths: dict[str, Any]
+    judge_stats: dict[str, Any]
+    files: list[str]
+
+    def lines(self) -> list[str]:
+        """Human-readable summary for the CLI."""
+        split = ", ".join(f"{k} {v}" for k, v in self.splits.items())
+        out = [
+            f"exported {self.n_rows} rows ({split}) from {self.n_ranked}/{self.n_prompts} ranked prompts "
+            f"[judge {self.judge_hash}, --pairs {self.pairs}, --shape {self.shape}, --format {self.format}]",
+            f"  pairs considered: {self.n_considered}; dropped: {_drops_text(self.drops) or 'none'}",
+            f"  written to {self.out}",
+        ]
+        out += [f"warning: {w}" for w in self.warnings]
+        return out
+
+
+def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
+    """Write one judge's rankings of `run` as a dataset folder with its card; return what was written."""
+    run.require()
+    meta = run.read_meta()
+    judge_hash = pick_judge(run, cfg.judge_hash)
+    rankings = read_parquet_dir(run.rankings_dir(judge_hash))
+    if rankings is None or rankings.height == 0:
+        raise PrefdataError(f"{run.rankings_dir(judge_hash)} has no finished shards; let `prefdata rank` finish first")
+    rankings = rankings.unique("prompt_id", keep="last", maintain_order=True)
+    prompts = run.read_prompts()
+    candidates = run.read_candidates()
+    if candidates is None:
+        raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
+
+    _check_full_order(rankings, cfg.pairs, cfg.shape, judge_hash)
+    prompt_msgs = _prompt_messages(prompts, rankings)
+    cands = _candidates_by_id(candidates, rankings)
+    verdicts = {} if cfg.keep_inconsistent else _load_verdicts(run, judge_hash)
+
+    order = {pid: i for i, pid in enumerate(prompts["prompt_id"].to_list())}
+    rows_in = sorted(rankings.iter_rows(named=True), key=lambda r: order[r["prompt_id"]])
+    drops: Counter[str] = Counter()
+    rows: list[dict[str, Any]] = []
+    kept_pairs: list[tuple[Candidate, Candidate]] = []
+    n_considered = 0
+    for rk in rows_in:
+        pid = rk["prompt_id"]
+        ranked = _ranked_candidates(rk, cands)
+        if cfg.shape == "ranking":
+            row, dropped = _ranking_row(rk, ranked, prompt_msgs[pid], cfg)
+            drops.update(dropped)
+            if row is not None:
+                rows.append(row)
+                ordered = sorted((c for c in ranked.values() if c.rank is not None), key=lambda c: c.rank or 0)
+                kept_pairs.append((ordered[0], ordered[-1]))
+            continue
+        id_pairs, skipped = ranking_pairs(rk, cfg.pairs)
+        drops.update(skipped)
+        n_considered += len(id_pairs) + sum(skipped.values())
+        prompt_pairs: list[tuple[Candidate, Candidate]] = []
+        for cid, rid in id_pairs:
+            c, r = ranked[cid], ranked[rid]
+            reason = pair_drop_reason(
+                c,
+                r,
+                verdicts=verdicts.get((pid, frozenset((cid, rid)))),
+                min_margin=cfg.min_margin,
+                keep_truncated=cfg.keep_truncated,
+                keep_inconsistent=cfg.keep_inconsistent,
+            )
+            if reason:
+                drops[reason] += 1
+            else:
+                prompt_pairs.append((c, r))
+        if cfg.shape == "kto":
+            kto_rows, ambiguous = _kto_rows(rk, prompt_msgs[pid], prompt_pairs)
+            drops["ambiguous_label"] += ambiguous
+            rows += kto_rows
+            kept_pairs += prompt_pairs
+        else:
+            for c, r in prompt_pairs:
+                rows.append(_pair_row(rk, prompt_msgs[pid], c, r, cfg))
+            kept_pairs += prompt_pairs
+    drops = Counter({k: v for k, v in drops.items() if v})
+
+    if not rows:
+        raise PrefdataError(
+            f"nothing to export: every pair was filtered out ({_drops_text(drops) or 'no pairs'}); "
+            + _relax_hint(drops)
+        )
+    if cfg.shape == "string":
+        _check_single_turn(rows)
+
+    df = pl.DataFrame(rows, schema=_schema(cfg.shape), orient="row")
+    splits = _split(df, cfg.test_size, cfg.seed)
+    lengths = length_stats(kept_pairs)
+    warnings = []
+    share = lengths.get("chosen_longer_share")
+    if share is not None and share > cfg.length_bias_threshold:
+        warnings.append(
+            f"chosen is longer than rejected in {share:.0%} of pairs ({lengths['measure']}): the judge may "
+            "favour length; consider a length-controlled judge, --min-margin or length-normalised training"
+        )
+    if cfg.test_size > 0 and "test" not in splits:
+        warnings.append("too few prompts for a test split; everything is in train")
+
+    name = cfg.name or (f"{judge_hash}-{cfg.pairs}" + ("" if cfg.shape == "conversational" else f"-{cfg.shape}"))
+    out = Path(cfg.out) if cfg.out else run.exports_dir(name)
+    _check_out(out, cfg.overwrite)
+    tmp = out.parent / f".tmp-export-{uuid.uuid4().hex[:8]}-{out.name}"
+    try:
+        files = _write_data(tmp, splits, cfg)
+        judge_stats = ranking_stats(rankings)
+        summary = ExportSummary(
+            out=str(out),
+            judge_hash=judge_hash,
+            pairs=cfg.pairs,
+            shape=cfg.shape,
+            format=cfg.format,
+            n_prompts=prompts.height,
+            n_ranked=rankings.height,
+            n_considered=n_considered,
+            n_rows=df.height,
+            splits={k: v.height for k, v in splits.items()},
+            drops=dict(drops),
+            warnings=warnings,
+            lengths=lengths,
+            judge_stats=judge_stats,
+            files=[],
+        )
+        plot_name = None
+        if cfg.plot and kept_pairs:
+            plot_name = "lengths.png"
+            plot_lengths(tmp / plot_name, lengths["chosen_values"], lengths["rejected_values"], lengths["measure"])
+            files.append(plot_name)
+        card = build_card(
+            summary=summary,
+            cfg=cfg,
+            meta=meta,
+            data_files=_data_file_patterns(cfg.format, list(splits)),
+            command=command_line(),
+            plot_name=plot_name,
+        )
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        files.append("README.md")
+        summary.files = sorted(files)
+        _swap_into_place(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    record = dataclasses.asdict(summary)
+    record["lengths"] = {k: v for k, v in lengths.items() if not k.endswith("_values")}
+    run.record_stage("export", name, {"config": dataclasses.asdict(cfg), "summary": record})
+    return summary
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+
+
+def pick_judge(run: RunDir, judge_hash: str | None) -> str:
+    """The rankings folder to export: the one asked for, or the only one there is."""
+    root = run.path / "rankings"
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    if judge_hash is not None:
+        if judge_hash not in found:
+            have = ", ".join(found) if found else "none"
+            raise PrefdataError(f"{run.path} has no rankings for judge {judge_hash} (rankings present: {have})")
+        return judge_hash
+    if not found:
+        raise PrefdataError(f"{run.path} has no rankings yet; run `prefdata rank --run {run.path}` first")
+    if len(found) > 1:
+        raise PrefdataError(f"{run.path} has rankings from several judges ({', '.join(found)}); pick one with --judge")
+    return found[0]
+
+
+def _check_full_order(rankings: pl.DataFrame, pairs: str, shape: str, judge_hash: str) -> None:
+    needs = pairs in NEEDS_FULL_ORDER or shape == "ranking"
+    if not needs or "complete" not in rankings.columns:
+        return
+    partial = rankings.filter(~pl.col("complete").fill_null(False))
+    if partial.height:
+        what = "--shape ranking" if shape == "ranking" else f"--pairs {pairs}"
+        strategies = sorted(set(partial["strategy"].drop_nulls().to_list())) if "strategy" in partial.columns else []
+        via = f" ({'/'.join(strategies)})" if strategies else ""
+        raise PrefdataError(
+            f"{what} needs a full order but {partial.height} rankings of judge {judge_hash}{via} are incomplete; "
+            "rank with --strategy round-robin or scores, or export with --pairs best-worst"
+        )
+
+
+def _prompt_messages(prompts: pl.DataFrame, rankings: pl.DataFrame) -> dict[str, list[dict[str, str]]]:
+    msgs = {
+        pid: [{"role": m["role"], "content": m["content"]} for m in (messages or [])]
+        for pid, messages in zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list(), strict=True)
+    }
+    missing = [p for p in rankings["prompt_id"].to_list() if p not in msgs]
+    if missing:
+        raise PrefdataError(
+            f"{len(missing)} ranked prompt(s) are not in prompts.parquet (e.g. {missing[0]}); "
+            "the run directory is inconsistent, re-run `prefdata generate` on it"
+        )
+    return msgs
+
+
+def _candidates_by_id(candidates: pl.DataFrame, rankings: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    cands = {r["candidate_id"]: r for r in candidates.unique("candidate_id", keep="last").iter_rows(named=True)}
+    missing = {c for ids in rankings["candidate_ids"].to_list() for c in (ids or []) if c not in cands}
+    if missing:
+        raise PrefdataError(
+            f"{len(missing)} ranked candidate id(s) are not in candidates/ (e.g. {sorted(missing)[0]}); "
+            "the rankings do not belong to this run's candidates"
+        )
+    return cands
+
+
+def _ranked_candidates(rk: dict[str, Any], cands: dict[str, dict[str, Any]]) -> dict[str, Candidate]:
+    ids = list(rk.get("candidate_ids") or [])
+    ranks = list(rk.get("ranks") or [None] * len(ids))
+    scores = list(rk.get("scores") or [None] * len(ids))
+    out = {}
+    for cid, rank, score in zip(ids, ranks, scores, strict=True):
+        c = cands[cid]
+        out[cid] = Candidate(
+            candidate_id=cid,
+            text=c.get("text") or "",
+            finish_reason=c.get("finish_reason"),
+            n_tokens=c.get("n_tokens"),
+            sampler_hash=c.get("sampler_hash"),
+            kind=c.get("kind"),
+            model=c.get("model"),
+            rank=rank,
+            score=score,
+        )
+    return out
+
+
+def _load_verdicts(run: RunDir, judge_hash: str) -> dict[tuple[str, frozenset[str]], list[str | None]]:
+    """Direct judge calls per candidate pair; only the few columns needed are read (raw output can be big)."""
+    folder = run.judgments_dir(judge_hash)
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
+    want = ["prompt_id", "a_id", "b_id", "verdict", "winner_id"]
+    frames = []
+    for p in files:
+        cols = [c for c in want if c in pl.read_parquet_schema(p)]
+        frames.append(pl.read_parquet(p, columns=cols))
+    if not frames:
+        return {}
+    df = pl.concat(frames, how="diagonal_relaxed")
+    if not {"prompt_id", "a_id", "b_id", "verdict"} <= set(df.columns):
+        return {}
+    return direct_verdicts(df.iter_rows(named=True))
+
+
+# -- rows -------------------------------------------------------------------------------------------
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _pair_row(
+    rk: dict[str, Any], prompt: list[dict[str, str]], c: Candidate, r: Candidate, cfg: ExportConfig
+) -> dict[str, Any]:
+    string = cfg.shape == "string"
+    return {
+        "prompt_id": rk["prompt_id"],
+        "prompt": (prompt[0]["content"] if len(prompt) == 1 else None) if string else prompt,
+        "chosen": c.text if string else _assistant(c.text),
+        "rejected": r.text if string else _assistant(r.text),
+        "chosen_id": c.candidate_id,
+        "rejected_id": r.candidate_id,
+        "chosen_score": c.score,
+        "rejected_score": r.score,
+        "margin": pair_margin(c, r),
+        "chosen_rank": c.rank,
+        "rejected_rank": r.rank,
+        "judge_hash": rk.get("judge_hash"),
+        "strategy": rk.get("strategy"),
+        "pair_strategy": cfg.pairs,
+        "sampler_hash": c.sampler_hash,
+        "rejected_sampler_hash": r.sampler_hash,
+        "chosen_model": c.model,
+        "rejected_model": r.model,
+        "chosen_kind": c.kind,
+        "rejected_kind": r.kind,
+        "chosen_tokens": c.n_tokens,
+        "rejected_tokens": r.n_tokens,
+        "chosen_finish_reason": c.finish_reason,
+        "rejected_finish_reason": r.finish_reason,
+        "_n_turns": len(prompt),
+    }
+
+
+def _kto_rows(
+    rk: dict[str, Any], prompt: list[dict[str, str]], pairs: list[tuple[Candidate, Candidate]]
+) -> tuple[list[dict[str, Any]], int]:
+    """Unpaired rows: a kept pair's chosen is desirable, its rejected undesirable; both at once is ambiguous."""
+    label: dict[str, bool | None] = {}
+    by_id: dict[str, Candidate] = {}
+    for c, r in pairs:
+        for cand, good in ((c, True), (r, False)):
+            by_id[cand.candidate_id] = cand
+            prev = label.get(cand.candidate_id, good)
+            label[cand.candidate_id] = good if prev == good else None
+    rows = []
+    for cid, good in label.items():
+        if good is None:
+            continue
+        cand = by_id[cid]
+        rows.append(
+            {
+                "prompt_id": rk["prompt_id"],
+                "prompt": prompt,
+                "completion": _assistant(cand.text),
+                "label": good,
+                "completion_id": cid,
+                "score": cand.score,
+                "rank": cand.rank,
+                "judge_hash": rk.get("judge_hash"),
+                "strategy": rk.get("strategy"),
+                "sampler_hash": cand.sampler_hash,
+                "model": cand.model,
+                "kind": cand.kind,
+                "n_tokens": cand.n_tokens,
+                "finish_reason": cand.finish_reason,
+            }
+        )
+    return rows, sum(1 for v in label.values() if v is None)
+
+
+def _ranking_row(
+    rk: dict[str, Any], ranked: dict[str, Candidate], prompt: list[dict[str, str]], cfg: ExportConfig
+) -> tuple[dict[str, Any] | None, Counter[str]]:
+    drops: Counter[str] = Counter()
+    keep = []
+    for c in ranked.values():
+        if c.finish_reason == "length" and not cfg.keep_truncated:
+            drops["truncated"] += 1
+        else:
+            keep.append(c)
+    keep.sort(key=lambda c: c.rank if c.rank is not None else 1 << 30)
+    distinct = {c.text.strip() for c in keep}
+    if len(keep) < 2 or len(distinct) < 2 or len({c.rank for c in keep}) < 2:
+        drops["too_few_candidates"] += 1
+        return None, drops
+    row = {
+        "prompt_id": rk["prompt_id"],
+        "prompt": prompt,
+        "completions": [c.text for c in keep],
+        "candidate_ids": [c.candidate_id for c in keep],
+        "ranks": [c.rank for c in keep],
+        "scores": [c.score for c in keep],
+        "finish_reasons": [c.finish_reason for c in keep],
+        "n_tokens": [c.n_tokens for c in keep],
+        "kinds": [c.kind for c in keep],
+        "sampler_hashes": [c.sampler_hash for c in keep],
+        "judge_hash": rk.get("judge_hash"),
+        "strategy": rk.get("strategy"),
+        "complete": rk.get("complete"),
+    }
+    return row, drops
+
+
+def _schema(shape: str) -> dict[str, pl.DataType]:
+    if shape == "ranking":
+        return {
+            "prompt_id": pl.String(),
+            "prompt": MESSAGES,
+            "completions": pl.List(pl.String),
+            "candidate_ids": pl.List(pl.String),
+            "ranks": pl.List(pl.Int64),
+            "scores": pl.List(pl.Float64),
+            "finish_reasons": pl.List(pl.String),
+            "n_tokens": pl.List(pl.Int64),
+            "kinds": pl.List(pl.String),
+            "sampler_hashes": pl.List(pl.String),
+            "judge_hash": pl.String(),
+            "strategy": pl.String(),
+            "complete": pl.Boolean(),
+        }
+    if shape == "kto":
+        return {
+            "prompt_id": pl.String(),
+            "prompt": MESSAGES,
+            "completion": MESSAGES,
+            "label": pl.Boolean(),
+            "completion_id": pl.String(),
+            "score": pl.Float64(),
+            "rank": pl.Int64(),
+            "judge_hash": pl.String(),
+            "strategy": pl.String(),
+            "sampler_hash": pl.String(),
+            "model": pl.String(),
+            "kind": pl.String(),
+            "n_tokens": pl.Int64(),
+            "finish_reason": pl.String(),
+        }
+    text: pl.DataType = pl.String() if shape == "string" else MESSAGES
+    schema: dict[str, pl.DataType] = {
+        "prompt_id": pl.String(),
+        "prompt": text,
+        "chosen": text,
+        "rejected": text,
+        "chosen_id": pl.String(),
+        "rejected_id": pl.String(),
+        "chosen_score": pl.Float64(),
+        "rejected_score": pl.Float64(),
+        "margin": pl.Float64(),
+        "chosen_rank": pl.Int64(),
+        "rejected_rank": pl.Int64(),
+        "judge_hash": pl.String(),
+        "strategy": pl.String(),
+        "pair_strategy": pl.String(),
+        "sampler_hash": pl.String(),
+        "rejected_sampler_hash": pl.String(),
+        "chosen_model": pl.String(),
+        "rejected_model": pl.String(),
+        "chosen_kind": pl.String(),
+        "rejected_kind": pl.String(),
+        "chosen_tokens": pl.Int64(),
+        "rejected_tokens": pl.Int64(),
+        "chosen_finish_reason": pl.String(),
+        "rejected_finish_reason": pl.String(),
+        "_n_turns": pl.Int64(),
+    }
+    return schema
+
+
+def _check_single_turn(rows: list[dict[str, Any]]) -> None:
+    multi = sum(1 for r in rows if r["_n_turns"] != 1)
+    if multi:
+        raise PrefdataError(
+            f"--shape string needs single-message prompts, but {multi} exported rows have a system message or "
+            "several turns; use --shape conversational"
+        )
+
+
+# -- split and write --------------------------------------------------------------------------------
+
+
+def split_prompt_ids(prompt_ids: list[str], test_size: float, seed: int) -> set[str]:
+    """The prompt ids of the test split: a seeded hash order, so a prompt is never in both splits and
+    adding prompts later moves none of the existing ones across."""
+    uniq = sorted(set(prompt_ids))
+    if test_size <= 0 or len(uniq) < 2:
+        return set()
+    n_test = min(len(uniq) - 1, max(1, round(len(uniq) * test_size)))
+    ordered = sorted(uniq, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    return set(ordered[:n_test])
+
+
+def _split(df: pl.DataFrame, test_size: float, seed: int) -> dict[str, pl.DataFrame]:
+    df = df.drop("_n_turns") if "_n_turns" in df.columns else df
+    test_ids = split_prompt_ids(df["prompt_id"].to_list(), test_size, seed)
+    if not test_ids:
+        return {"train": df}
+    is_test = pl.col("prompt_id").is_in(sorted(test_ids))
+    return {"train": df.filter(~is_test), "test": df.filter(is_test)}
+
+
+def _data_file_patterns(fmt: str, splits: list[str]) -> dict[str, str]:
+    if fmt == "datasets":
+        return {s: f"{s}/data-*.arrow" for s in splits}
+    ext = "parquet" if fmt == "parquet" else "jsonl"
+    return {s: f"data/{s}-*.{ext}" for s in splits}
+
+
+def _write_data(folder: Path, splits: dict[str, pl.DataFrame], cfg: ExportConfig) -> list[str]:
+    folder.mkdir(parents=True)
+    if cfg.format == "datasets":
+        import datasets
+
+        dd = datasets.DatasetDict({s: datasets.Dataset(df.to_arrow()) for s, df in splits.items()})
+        dd.save_to_disk(str(folder))
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    files = []
+    (folder / "data").mkdir()
+    for split, df in splits.items():
+        n_files = max(1, -(-df.height // cfg.max_rows_per_file))
+        for i in range(n_files):
+            part = df.slice(i * cfg.max_rows_per_file, cfg.max_rows_per_file)
+            rel = f"data/{split}-{i:05d}-of-{n_files:05d}.{'parquet' if cfg.format == 'parquet' else 'jsonl'}"
+            if cfg.format == "parquet":
+                part.write_parquet(folder / rel)
+            else:
+                part.write_ndjson(folder / rel)
+            files.append(rel)
+    return files
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise PrefdataError(f"--out {out} is a file; pass a folder")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise PrefdataError(f"--out {out} is not empty; pass --overwrite to replace it, or choose another --out")
+    card = out / "README.md"
+    if not (card.is_file() and "prefdata" in card.read_text(encoding="utf-8", errors="replace")):
+        raise PrefdataError(f"--out {out} is not a prefdata export (no prefdata README.md); refusing to overwrite it")
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        old = out.parent / f".old-export-{uuid.uuid4().hex[:8]}-{out.name}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+# -- statistics -------------------------------------------------------------------------------------
+
+
+def length_stats(pairs: list[tuple[Candidate, Candidate]]) -> dict[str, Any]:
+    """Chosen vs rejected lengths, in tokens where every candidate has a count, else in characters."""
+    if not pairs:
+        return {"n_pairs": 0, "measure": "characters", "chosen_longer_share": None, "chosen_values": [], "rejected_values": []}
+    tokens = all(c.n_tokens is not None and r.n_tokens is not None for c, r in pairs)
+    measure = "tokens" if tokens else "characters"
+
+    def size(c: Candidate) -> int:
+        return int(c.n_tokens) if tokens and c.n_tokens is not None else len(c.text)
+
+    ch = [size(c) for c, _ in pairs]
+    rj = [size(r) for _, r in pairs]
+    longer = sum(1 for a, b in zip(ch, rj, strict=True) if a > b)
+    shorter = sum(1 for a, b in zip(ch, rj, strict=True) if a < b)
+    return {
+        "n_pairs": len(pairs),
+        "measure": measure,
+        "chosen_mean": mean(ch),
+        "chosen_median": median(ch),
+        "rejected_mean": mean(rj),
+        "rejected_median": median(rj),
+        "chosen_longer_share": longer / len(pairs),
+        "chosen_shorter_share": shorter / len(pairs),
+        "chosen_values": ch,
+        "rejected_values": rj,
+    }
+
+
+def ranking_stats(rankings: pl.DataFrame) -> dict[str, Any]:
+    """Judge-side rates over every ranked prompt of this judge (not only the exported ones)."""
+
+    def total(col: str) -> int | None:
+        return int(rankings[col].fill_null(0).sum()) if col in rankings.columns else None
+
+    comparisons = total("comparisons")
+    out: dict[str, Any] = {
+        "prompts": rankings.height,
+        "comparisons": comparisons,
+        "ties": total("ties"),
+        "failures": total("failures"),
+        "inconsistent": total("inconsistent"),
+    }
+    for k in ("ties", "failures", "inconsistent"):
+        v = out[k]
+        out[f"{k}_rate"] = (v / comparisons) if comparisons and v is not None else None
+    if "consistency" in rankings.columns and rankings["consistency"].drop_nulls().len():
+        out["consistency_mean"] = float(rankings["consistency"].drop_nulls().mean())  # type: ignore[arg-type]
+    else:
+        out["consistency_mean"] = None
+    if "complete" in rankings.columns:
+        out["complete_share"] = float(rankings["complete"].fill_null(False).mean())  # type: ignore[arg-type]
+    if "strategy" in rankings.columns:
+        out["strategies"] = dict(Counter(rankings["strategy"].fill_null("unknown").to_list()))
+    if "best_id" in rankings.columns:
+        out["no_preference"] = int(rankings["best_id"].is_null().sum())
+    return out
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def _choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise PrefdataError(f"unknown {flag} {value!r}; choose one of {', '.join(allowed)}")
+
+
+def _drops_text(drops: dict[str, int] | Counter[str]) -> str:
+    order = list(DROP_REASONS)
+    items = sorted(((k, v) for k, v in drops.items() if v), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    return ", ".join(f"{k} {v}" for k, v in items)
+
+
+def _relax_hint(drops: Counter[str]) -> str:
+    hints = {
+        "truncated": "--keep-truncated",
+        "inconsistent": "--keep-inconsistent",
+        "below_margin": "a lower --min-margin",
+        "margin_unknown": "--min-margin 0",
+    }
+    useful = [h for k, h in hints.items() if drops.get(k)]
+    if useful:
+        return "relax with " + " or ".join(useful)
+    return "the judge found no strict preferences; check the rankings (ties, failures)"

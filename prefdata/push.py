@@ -1,0 +1,168 @@
+"""Push an export folder to the Hugging Face Hub as a dataset repo.
+
+One commit uploads exactly the files `--dry-run` lists (every file of the folder except hidden ones), and
+deletes remote data files that the card's data_files patterns match but this export no longer has, so the
+Hub serves exactly the rows `datasets.load_dataset(folder)` gives locally. The token is whatever
+huggingface_hub finds (HF_TOKEN or the saved login) unless one is passed; it is never written anywhere.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prefdata.errors import PrefdataError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+
+
+@dataclass
+class PushConfig:
+    """Options of `prefdata push` (also readable from --config FILE.yaml).
+
+    repo_id: ORG/NAME of the dataset repo (created if missing). private: create it private.
+    dry_run: list what would be uploaded and deleted, contact nothing.
+    endpoint: Hub URL; None uses HF_ENDPOINT or huggingface.co. revision: branch to commit to.
+    commit_message: None writes one naming the export.
+    """
+
+    repo_id: str = ""
+    private: bool = False
+    dry_run: bool = False
+    endpoint: str | None = None
+    revision: str | None = None
+    commit_message: str | None = None
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    url: str
+    files: list[tuple[str, int]]
+    dry_run: bool
+    deleted: list[str] = field(default_factory=list)
+    commit_url: str | None = None
+
+    def lines(self) -> list[str]:
+        size = sum(n for _, n in self.files)
+        head = "would upload" if self.dry_run else "uploaded"
+        out = [f"{head} {len(self.files)} files ({_human(size)}) to {self.url}"]
+        out += [f"  {p}  {_human(n)}" for p, n in self.files]
+        if self.dry_run:
+            out.append("  (remote data files no longer in the export are deleted in the same commit)")
+        out += [f"  deleted {p}" for p in self.deleted]
+        if self.commit_url:
+            out.append(f"commit: {self.commit_url}")
+        return out
+
+
+def export_files(folder: Path) -> list[tuple[str, int]]:
+    """The files that make up the export (relative posix paths and sizes); hidden files are left out."""
+    files = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+            files.append((rel.as_posix(), p.stat().st_size))
+    return files
+
+
+def card_data_patterns(readme: Path) -> list[str]:
+    """The data_files patterns of the card's front matter: what the Hub serves as rows."""
+    text = readme.read_text(encoding="utf-8")
+    m = re.match(r"^---\n(.*?)\n---\n", text, re.S)
+    meta: dict[str, Any] = (yaml.safe_load(m.group(1)) or {}) if m else {}
+    patterns = []
+    for conf in meta.get("configs") or []:
+        data_files = conf.get("data_files") or []
+        if isinstance(data_files, str):
+            data_files = [{"path": data_files}]
+        for df in data_files:
+            paths = df.get("path") if isinstance(df, dict) else df
+            patterns += [paths] if isinstance(paths, str) else list(paths or [])
+    return patterns
+
+
+def push_export(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    dry_run: bool = False,
+    *,
+    token: str | None = None,
+    endpoint: str | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+) -> PushResult:
+    """Upload an export folder to the dataset repo `repo_id` in one commit (or only list it with dry_run)."""
+    folder = Path(folder)
+    readme = folder / "README.md"
+    if not folder.is_dir():
+        raise PrefdataError(f"{folder} is not a folder; pass an export folder written by `prefdata export`")
+    if not readme.is_file():
+        raise PrefdataError(f"{folder} has no README.md; it is not an export folder (run `prefdata export` first)")
+    if not REPO_ID.match(repo_id or ""):
+        raise PrefdataError(f"--repo-id must look like ORG/NAME, got {repo_id!r}")
+    files = export_files(folder)
+    patterns = card_data_patterns(readme)
+    if not any(fnmatch.fnmatch(p, pat) for p, _ in files for pat in patterns):
+        raise PrefdataError(f"{folder}: no data file matches the card's data_files {patterns}; re-run `prefdata export`")
+
+    from huggingface_hub import constants
+
+    base = (endpoint or constants.ENDPOINT).rstrip("/")
+    url = f"{base}/datasets/{repo_id}"
+    if dry_run:
+        return PushResult(repo_id=repo_id, url=url, files=files, dry_run=True)
+    if constants.HF_HUB_OFFLINE:
+        raise PrefdataError("HF_HUB_OFFLINE is set, so the Hub cannot be contacted; unset it to push (or use --dry-run)")
+
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi(endpoint=base, token=token)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        try:
+            remote = api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+        except (RepositoryNotFoundError, RevisionNotFoundError):
+            remote = []
+        local = {p for p, _ in files}
+        stale = sorted(r for r in remote if r not in local and any(fnmatch.fnmatch(r, pat) for pat in patterns))
+        ops: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p, _ in files]
+        ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
+        info = api.create_commit(
+            repo_id,
+            operations=ops,
+            commit_message=commit_message or f"Upload preference dataset from prefdata ({folder.name})",
+            repo_type="dataset",
+            revision=revision,
+        )
+    except HfHubHTTPError as e:
+        status = e.response.status_code if e.response is not None else None
+        if status in (401, 403):
+            raise PrefdataError(
+                f"the Hub refused the upload to {repo_id} (HTTP {status}); log in with `hf auth login` or set HF_TOKEN "
+                "to a token with write access to that namespace"
+            ) from e
+        raise PrefdataError(f"pushing to {url} failed: {str(e).splitlines()[0]}") from e
+    except OSError as e:  # connection refused, DNS, timeouts (httpx errors are not all OSError)
+        raise PrefdataError(f"cannot reach {base}: {e}; check the network or HF_ENDPOINT") from e
+    except Exception as e:
+        if type(e).__module__.startswith(("httpx", "httpcore")):
+            raise PrefdataError(f"cannot reach {base}: {e}; check the network or HF_ENDPOINT") from e
+        raise
+    return PushResult(repo_id=repo_id, url=url, files=files, dry_run=False, deleted=stale, commit_url=info.commit_url)
+
+
+def _human(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
