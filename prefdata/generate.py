@@ -180,6 +180,7 @@ class GenerateSummary:
     tokens: int
     wall_s: float
     tokens_per_s: float
+    """Generated tokens per second of sampling (engine start and loading excluded)."""
 
     def lines(self) -> list[str]:
         pct = 100.0 * self.truncated / self.candidates if self.candidates else 0.0
@@ -189,7 +190,7 @@ class GenerateSummary:
             f"{self.prompts_sampled} sampled now; {self.prompts_skipped_too_long} skipped as too long; "
             f"{self.duplicates_dropped} duplicates dropped)",
             f"candidates: {self.candidates} new, {self.truncated} truncated ({pct:.1f}%), {self.tokens} tokens",
-            f"wall time: {self.wall_s:.1f} s, {self.tokens_per_s:.1f} tokens/s",
+            f"wall time: {self.wall_s:.1f} s (with model loading); sampling {self.tokens_per_s:.1f} tokens/s",
         ]
 
 
@@ -258,7 +259,7 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
             "prompts_file": cfg.prompts or "bundled:mt_bench_questions.jsonl",
         },
     )
-    stats = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0}
+    stats: dict[str, float] = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
     if todo:
         sampler = make_sampler(cfg, llm)
         _sample_all(run, cfg, sampler, todo, shash, stats, progress)
@@ -269,14 +270,14 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
         prompts_total=pset.table.height,
         prompts_in_shard=n_in_shard,
         prompts_done_before=n_in_shard - len(todo),
-        prompts_sampled=stats["sampled"],
-        prompts_skipped_too_long=stats["skipped"],
+        prompts_sampled=int(stats["sampled"]),
+        prompts_skipped_too_long=int(stats["skipped"]),
         duplicates_dropped=pset.n_duplicates,
-        candidates=stats["cands"],
-        truncated=stats["trunc"],
-        tokens=stats["tokens"],
+        candidates=int(stats["cands"]),
+        truncated=int(stats["trunc"]),
+        tokens=int(stats["tokens"]),
         wall_s=wall,
-        tokens_per_s=stats["tokens"] / wall if wall > 0 else 0.0,
+        tokens_per_s=stats["tokens"] / stats["sample_s"] if stats["sample_s"] > 0 else 0.0,
     )
 
     def _upd(meta: dict[str, Any]) -> None:
@@ -293,13 +294,12 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
 
 
 def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[str, Any]], shash: str,
-                stats: dict[str, int], progress: bool) -> None:
+                stats: dict[str, float], progress: bool) -> None:
     plan = cfg.plan()
     label = model_label(cfg) if cfg.backend != "openai" else str(cfg.model)
     max_len = getattr(sampler, "max_model_len", None)
     tag = f"{host_tag()}-{cfg.shard.replace('/', 'of')}" if cfg.shard else host_tag()
     bar = tqdm(total=len(todo), unit="prompt", desc="generate", disable=not progress, dynamic_ncols=True)
-    t_start = time.time()
     try:
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
@@ -313,7 +313,9 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
                 keep.append(r)
             rows: list[dict[str, Any]] = []
             if keep:
+                t_batch = time.time()
                 outs = sampler.sample([r["messages"] for r in keep], plan)
+                stats["sample_s"] += time.time() - t_batch
                 for r, per_prompt in zip(keep, outs, strict=True):
                     if per_prompt is None:
                         stats["skipped"] += 1
@@ -332,8 +334,8 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
                 stats["trunc"] += int((df["finish_reason"] == "length").sum())
                 stats["tokens"] += int(df.filter(pl.col("kind") != "reference")["n_tokens"].fill_null(0).sum())
             bar.update(len(batch))
-            el = time.time() - t_start
-            bar.set_postfix_str(f"{stats['tokens'] / el if el else 0:.0f} tok/s, skipped {stats['skipped']}")
+            el = stats["sample_s"]
+            bar.set_postfix_str(f"{stats['tokens'] / el if el else 0:.0f} tok/s, skipped {stats['skipped']:.0f}")
     finally:
         bar.close()
 

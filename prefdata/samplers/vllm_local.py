@@ -23,6 +23,7 @@ def build_llm(cfg: Any, model_path: str) -> Any:
     if _on_cpu():
         # The CPU backend otherwise reserves a fraction of the NUMA node's memory for the KV cache.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the progress bar and summary readable
     try:
         from vllm import LLM
     except ImportError as e:
