@@ -1,0 +1,55 @@
+"""`prefdata rank`: judge the candidates of a run and write judgments and rankings (see prefdata.rank)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from prefdata.config import build_config
+
+
+def command(
+    run: Path = typer.Option(..., "--run", help="Run directory written by `prefdata generate`."),
+    judge: str = typer.Option(None, "--judge", help="Template name (judges/), template .yaml path, or reward-model folder."),
+    base_url: list[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (repeat to spread load)."),
+    judge_model: str = typer.Option(None, "--judge-model", help="Served model name, or model path for in-process vLLM."),
+    position_bias: str = typer.Option(None, "--position-bias", help="both (default) | random | fixed."),
+    strategy: str = typer.Option(None, "--strategy", help="iterative (default) | round-robin | scores (reward model)."),
+    logprobs: bool = typer.Option(None, "--logprobs/--no-logprobs", help="One-token verdict from log-probs."),
+    tie_band: float = typer.Option(None, "--tie-band", help="Logprob mode: |P(first)-0.5| <= band is a tie."),
+    min_margin: float = typer.Option(None, "--min-margin", help="Scores: smaller score differences are ties."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the `random` order policy and the vLLM engine."),
+    temperature: float = typer.Option(None, "--temperature", help="Judge sampling temperature (default 0)."),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="Judge reply limit (default: the template's)."),
+    kinds: list[str] = typer.Option(None, "--kind", help="Rank only candidates of this kind (repeatable)."),
+    concurrency: int = typer.Option(None, "--concurrency", help="OpenAI: requests in flight."),
+    max_retries: int = typer.Option(None, "--max-retries", help="OpenAI: retries per call."),
+    requests_per_minute: float = typer.Option(None, "--rpm", help="OpenAI: requests per minute over all URLs."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Judge calls per round and per judgments shard."),
+    rm_batch_size: int = typer.Option(None, "--rm-batch-size", help="Reward-model forward batch."),
+    rm_max_length: int = typer.Option(None, "--rm-max-length", help="Reward-model input limit (longer inputs are flagged)."),
+    progress: bool = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
+    config: Path = typer.Option(None, "--config", help="YAML file with RankConfig fields."),
+) -> None:
+    """Rank each prompt's candidates with a judge (iterative pairwise, round-robin, or reward-model scores)."""
+    from prefdata.rank import RankConfig, rank_run
+    from prefdata.store import RunDir
+
+    cfg = build_config(
+        RankConfig, config, judge=judge, base_url=base_url, judge_model=judge_model, position_bias=position_bias,
+        strategy=strategy, logprobs=logprobs, tie_band=tie_band, min_margin=min_margin, seed=seed, temperature=temperature,
+        max_tokens=max_tokens, kinds=kinds, concurrency=concurrency, max_retries=max_retries,
+        requests_per_minute=requests_per_minute, batch_size=batch_size, rm_batch_size=rm_batch_size,
+        rm_max_length=rm_max_length, progress=progress,
+    )
+    s = rank_run(RunDir(run), cfg)
+    cons = "n/a" if s["consistency"] is None else f"{s['consistency']:.1%}"
+    typer.echo(
+        f"ranked {s['prompts']} prompts ({s['candidates']} candidates) with {s['strategy']}, judge {s['judge_hash']}: "
+        f"{s['comparisons']} comparisons ({s['judge_calls_new']} new, {s['comparisons_per_prompt']:.1f}/prompt), "
+        f"{s['ties']} ties, {s['failures']} failures, {s['inconsistent']} inconsistent (consistency {cons}); "
+        f"{s['with_best_and_worst']} prompts with best and worst, {s['without_preference']} without; "
+        f"{s['elapsed_s']:.1f}s"
+    )
+    typer.echo(f"rankings: {Path(run) / 'rankings' / s['judge_hash']}")

@@ -1,0 +1,180 @@
+"""Chat completions over one or more OpenAI-compatible servers: async, bounded, retried, rate-limited.
+
+Requests are spread round-robin over the base URLs and a retry moves to the next URL, so one dead endpoint
+slows a run down instead of failing it. Retried: connection errors, timeouts, 408/409/429/5xx, and replies
+that are not a valid chat completion (garbage JSON, no choices). Other 4xx answers (a bad request will not
+get better) fail at once. Every failure is returned as an error string, never raised, so the caller can
+record it; nothing is capped silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from typing import Any
+
+import httpx
+
+from prefdata.errors import PrefdataError
+from prefdata.judges.llm_judge import ChatOut
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class OpenAIBackend:
+    """A ChatBackend for `LLMPairJudge` (see llm_judge.py)."""
+
+    def __init__(
+        self,
+        base_urls: list[str],
+        model: str | None = None,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        requests_per_minute: float | None = None,
+        timeout_s: float = 120.0,
+    ) -> None:
+        if not base_urls:
+            raise PrefdataError("the OpenAI judge needs at least one --base-url")
+        self.base_urls = [u.rstrip("/") for u in base_urls]
+        self.model = model
+        self.api_key = os.environ.get(api_key_env) or None  # never stored in run.json
+        self.concurrency = max(1, concurrency)
+        self.max_retries = max(0, max_retries)
+        self.backoff_s = backoff_s
+        self.rpm = requests_per_minute
+        self.timeout_s = timeout_s
+        self._rr = 0
+        self._next_start = 0.0
+
+    def config(self) -> dict[str, object]:
+        """What changes verdicts (the model); URLs, concurrency and retries do not."""
+        return {"backend": "openai", "model": self.model}
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def preflight(self) -> list[str]:
+        """Check every URL answers /models; pick the first served model when none was named."""
+        served: list[str] = []
+        for url in self.base_urls:
+            try:
+                r = httpx.get(f"{url}/models", headers=self._headers(), timeout=10.0)
+                r.raise_for_status()
+                ids = [m["id"] for m in r.json().get("data", [])]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise PrefdataError(
+                    f"cannot reach the judge server at {url} ({type(e).__name__}: {e}); start it or fix --base-url"
+                ) from e
+            if self.model is not None and ids and self.model not in ids:
+                raise PrefdataError(f"judge server {url} does not serve model {self.model!r} (it serves {', '.join(ids)})")
+            served.extend(i for i in ids if i not in served)
+        if self.model is None:
+            if not served:
+                raise PrefdataError(f"judge server {self.base_urls[0]} lists no models; pass --judge-model")
+            self.model = served[0]
+        return served
+
+    def chat(
+        self, convs: list[list[dict[str, str]]], *, max_tokens: int, temperature: float, top_logprobs: int | None
+    ) -> list[ChatOut]:
+        if not convs:
+            return []
+        return asyncio.run(self._chat_all(convs, max_tokens, temperature, top_logprobs))
+
+    async def _chat_all(
+        self, convs: list[list[dict[str, str]]], max_tokens: int, temperature: float, top_logprobs: int | None
+    ) -> list[ChatOut]:
+        sem = asyncio.Semaphore(self.concurrency)
+        lock = asyncio.Lock()
+        limits = httpx.Limits(max_connections=self.concurrency * 2)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers()) as client:
+
+            async def one(conv: list[dict[str, str]]) -> ChatOut:
+                async with sem:
+                    return await self._one(client, lock, conv, max_tokens, temperature, top_logprobs)
+
+            return list(await asyncio.gather(*(one(c) for c in convs)))
+
+    async def _wait_rate(self, lock: asyncio.Lock) -> None:
+        if not self.rpm:
+            return
+        async with lock:
+            now = time.monotonic()
+            start = max(now, self._next_start)
+            self._next_start = start + 60.0 / self.rpm
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    async def _one(
+        self,
+        client: httpx.AsyncClient,
+        lock: asyncio.Lock,
+        conv: list[dict[str, str]],
+        max_tokens: int,
+        temperature: float,
+        top_logprobs: int | None,
+    ) -> ChatOut:
+        body: dict[str, Any] = {"model": self.model, "messages": conv, "max_tokens": max_tokens, "temperature": temperature}
+        if top_logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = top_logprobs
+        k = self._rr
+        self._rr += 1
+        t0 = time.monotonic()
+        last = "no attempt"
+        for attempt in range(self.max_retries + 1):
+            url = self.base_urls[(k + attempt) % len(self.base_urls)]
+            await self._wait_rate(lock)
+            retry_after = 0.0
+            try:
+                r = await client.post(f"{url}/chat/completions", json=body)
+                if r.status_code >= 400:
+                    last = f"HTTP {r.status_code} from {url}: {r.text[:200]}"
+                    if r.status_code not in RETRY_STATUS:
+                        return ChatOut(error=last, latency_s=time.monotonic() - t0, attempts=attempt + 1)
+                    retry_after = _retry_after(r)
+                else:
+                    text, tops = _parse_completion(r)
+                    return ChatOut(text=text, top_logprobs=tops, latency_s=time.monotonic() - t0, attempts=attempt + 1)
+            except httpx.HTTPError as e:
+                last = f"{type(e).__name__} from {url}: {e}"
+            except ValueError as e:  # not JSON, or not a chat completion
+                last = f"bad response from {url}: {e}"
+            if attempt < self.max_retries:
+                delay = max(retry_after, self.backoff_s * (2**attempt)) * (1 + 0.25 * random.random())
+                await asyncio.sleep(min(delay, 60.0))
+        return ChatOut(error=f"gave up after {self.max_retries + 1} attempts: {last}", latency_s=time.monotonic() - t0,
+                       attempts=self.max_retries + 1)
+
+
+def _retry_after(r: httpx.Response) -> float:
+    try:
+        return min(float(r.headers.get("retry-after", 0)), 30.0)
+    except ValueError:
+        return 0.0
+
+
+def _parse_completion(r: httpx.Response) -> tuple[str, dict[str, float] | None]:
+    """Text and the first token's top log-probs of a chat completion; ValueError when it is not one."""
+    try:
+        data = r.json()
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"not a chat completion ({type(e).__name__}: {r.text[:120]!r})") from e
+    if not isinstance(text, str):
+        raise ValueError("message content is not a string")
+    tops: dict[str, float] | None = None
+    content = (choice.get("logprobs") or {}).get("content") if isinstance(choice.get("logprobs"), dict) else None
+    if content:
+        tops = {}
+        for t in content[0].get("top_logprobs") or []:
+            tok, lp = t.get("token"), t.get("logprob")
+            if isinstance(tok, str) and isinstance(lp, int | float):
+                tops[tok] = max(tops.get(tok, -1e30), float(lp))
+    return text, tops

@@ -1,0 +1,506 @@
+"""The `rank` stage: judge the candidates of every prompt and write judgments and one ranking per prompt.
+
+Flow: read prompts and candidates (joined by prompt_id, counts checked), build the judge, compute the judge
+hash, load the judgments already in `judgments/<judge_hash>/`, then run the strategy of every prompt in
+lockstep: each round collects the judge calls that prompts still need (up to `batch_size`), asks the judge,
+and appends them as one shard before anything else happens. A crash or Ctrl-C therefore loses at most
+the round in flight; a rerun reuses every answered call and asks again only what is missing or failed.
+Rankings are derived from judgments, so they are rebuilt and written (one shard, old ones removed) at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from prefdata.errors import PrefdataError
+from prefdata.judges.verdict import (
+    Candidate,
+    PairJudge,
+    PairRequest,
+    PointwiseJudge,
+    ScoreRequest,
+    ScoreResult,
+    Verdict,
+)
+from prefdata.ranking import (
+    POLICIES,
+    STRATEGIES,
+    Pair,
+    PairOutcome,
+    Ranking,
+    call_orders,
+    combine,
+    comparison_bound,
+    count,
+    identical_outcome,
+    rank_by_scores,
+)
+from prefdata.records import stable_hash
+from prefdata.store import RunDir, read_parquet_dir
+
+KIND_ORDER = {"sample": 0, "greedy": 1, "temp2": 2, "reference": 3}
+
+JUDGMENT_SCHEMA = {
+    "prompt_id": pl.String, "a_id": pl.String, "b_id": pl.String, "order": pl.Int8, "verdict": pl.String,
+    "winner_id": pl.String, "score": pl.Float64, "raw": pl.String, "error": pl.String, "latency_s": pl.Float64,
+    "attempts": pl.Int32, "repaired": pl.Boolean, "n_tokens": pl.Int32, "truncated": pl.Boolean,
+    "judge_hash": pl.String, "created": pl.Float64,
+}
+
+RANKING_SCHEMA = {
+    "prompt_id": pl.String, "judge_hash": pl.String, "strategy": pl.String, "candidate_ids": pl.List(pl.String),
+    "ranks": pl.List(pl.Int64), "scores": pl.List(pl.Float64), "best_id": pl.String, "worst_id": pl.String,
+    "complete": pl.Boolean, "n_candidates": pl.Int64, "comparisons": pl.Int64, "ties": pl.Int64, "failures": pl.Int64,
+    "inconsistent": pl.Int64, "consistency": pl.Float64, "margin": pl.Float64,
+}
+
+
+@dataclass
+class RankConfig:
+    """Config of `prefdata rank` (the same object for the library, the CLI flags and --config YAML).
+
+    Fields that change results (judge, model, template, sampling, logprob mode, policy, strategy, seed for
+    `random`, min_margin, kinds) enter the judge hash; transport settings (base_url, concurrency, retries,
+    rate limit, batch sizes) do not, so they can change between a run and its resume.
+    """
+
+    judge: str = "mt-bench-pair-v2"  # template name, template .yaml path, or a reward-model folder
+    judge_model: str | None = None  # served model name (OpenAI) or model path (vLLM); default: first served / demo
+    base_url: list[str] = field(default_factory=list)  # OpenAI-compatible servers; none = in-process vLLM
+    api_key_env: str = "OPENAI_API_KEY"  # env var holding the API key (the key itself is never recorded)
+    position_bias: str = "both"  # both | random | fixed
+    strategy: str | None = None  # iterative | round-robin | scores; default iterative (LLM) or scores (RM)
+    seed: int = 0  # order of `random`, and the vLLM engine seed
+    temperature: float = 0.0
+    max_tokens: int | None = None  # default: the template's max_tokens
+    logprobs: bool = False  # one-token verdict read from log-probs (template needs logprob_labels)
+    tie_band: float = 0.05  # logprob mode: |P(first) - 0.5| <= tie_band is a tie
+    min_margin: float = 0.0  # scores: candidates within this score difference tie
+    kinds: list[str] = field(default_factory=list)  # candidate kinds to rank; empty = all
+    concurrency: int = 8  # OpenAI: requests in flight
+    max_retries: int = 4  # OpenAI: retries per call (connection errors, 5xx, 429, garbage replies)
+    backoff_s: float = 0.5  # OpenAI: first retry delay, doubled each time
+    requests_per_minute: float | None = None  # OpenAI: rate limit over all endpoints
+    timeout_s: float = 120.0  # OpenAI: per request
+    batch_size: int = 64  # judge calls per round (= per judgments shard; the most a crash can lose)
+    rm_batch_size: int = 16  # reward model forward batch (halved on out-of-memory)
+    rm_max_length: int | None = None  # reward model input limit; longer inputs are cut and flagged
+    max_model_len: int = 4096  # in-process vLLM judge context
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.position_bias not in POLICIES:
+            raise ValueError(f"position_bias must be one of {', '.join(POLICIES)}, got {self.position_bias!r}")
+        if self.strategy is not None and self.strategy not in (*STRATEGIES, "scores"):
+            raise ValueError(f"strategy must be iterative, round-robin or scores, got {self.strategy!r}")
+        if self.batch_size < 1 or self.concurrency < 1 or self.rm_batch_size < 1:
+            raise ValueError("batch_size, concurrency and rm_batch_size must be at least 1")
+        if not 0.0 <= self.tie_band < 0.5:
+            raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
+        if self.min_margin < 0:
+            raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
+
+
+@dataclass
+class _Prompt:
+    pid: str
+    messages: tuple[tuple[str, str], ...]
+    reference: str | None
+    cands: list[Candidate]
+
+
+def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
+    """The judge named by the config: a reward-model folder, or a template over OpenAI / in-process vLLM."""
+    from prefdata.judges.reward_model import RewardModelJudge, is_reward_model_dir
+
+    if is_reward_model_dir(cfg.judge):
+        return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length)
+    from prefdata.judges.llm_judge import ChatBackend, LLMPairJudge
+    from prefdata.judges.templates import load_template
+
+    template = load_template(cfg.judge)
+    backend: ChatBackend
+    if cfg.base_url:
+        from prefdata.judges.openai_judge import OpenAIBackend
+
+        ob = OpenAIBackend(
+            list(cfg.base_url), cfg.judge_model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, requests_per_minute=cfg.requests_per_minute,
+            timeout_s=cfg.timeout_s,
+        )
+        ob.preflight()
+        backend = ob
+    else:
+        from prefdata.judges.vllm_judge import VLLMBackend
+
+        if llm is not None:
+            name = cfg.judge_model or str(getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "model", "llm"))
+            backend = VLLMBackend(llm, name)
+        else:
+            from prefdata.models import resolve_model
+
+            try:
+                backend = VLLMBackend.load(resolve_model(cfg.judge_model), seed=cfg.seed, max_model_len=cfg.max_model_len)
+            except ImportError as e:
+                raise PrefdataError("an in-process judge needs vLLM (pip install prefdata[cpu] or [gpu]), or pass --base-url") from e
+    return LLMPairJudge(
+        template, backend, temperature=cfg.temperature, max_tokens=cfg.max_tokens, logprobs=cfg.logprobs,
+        tie_band=cfg.tie_band,
+    )
+
+
+def judge_hash_of(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy: str) -> str:
+    return stable_hash(judge_identity(cfg, judge, strategy))
+
+
+def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy: str) -> dict[str, Any]:
+    pointwise = strategy == "scores"
+    return {
+        "judge": judge.config(),
+        "strategy": strategy,
+        "position_bias": None if pointwise else cfg.position_bias,
+        "seed": cfg.seed if (cfg.position_bias == "random" and not pointwise) else None,
+        "min_margin": cfg.min_margin if pointwise else None,
+        "kinds": sorted(cfg.kinds),
+    }
+
+
+def load_prompts(run: RunDir, kinds: list[str]) -> list[_Prompt]:
+    """Prompts with their candidates in a fixed order (kind, index, id); join and counts checked."""
+    prompts = run.read_prompts()
+    cands = run.read_candidates()
+    if cands is None or cands.height == 0:
+        raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
+    need = {"prompt_id", "candidate_id", "text", "kind", "index"}
+    missing_cols = need - set(cands.columns)
+    if missing_cols:
+        raise PrefdataError(f"candidates in {run.path} lack column(s) {', '.join(sorted(missing_cols))}")
+    if kinds:
+        cands = cands.filter(pl.col("kind").is_in(kinds))
+        if cands.height == 0:
+            raise PrefdataError(f"no candidates of kind {', '.join(kinds)} in {run.path}")
+    cands = cands.unique(subset=["candidate_id"], keep="first", maintain_order=True)
+    known = set(prompts["prompt_id"].to_list())
+    orphans = set(cands["prompt_id"].to_list()) - known
+    if orphans:
+        raise PrefdataError(
+            f"{len(orphans)} prompt id(s) in candidates are not in prompts.parquet (e.g. {sorted(orphans)[0]}); "
+            "the run directory is inconsistent"
+        )
+    by_prompt: dict[str, list[dict[str, Any]]] = {}
+    for row in cands.select(["prompt_id", "candidate_id", "text", "kind", "index"]).iter_rows(named=True):
+        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    has_ref = "reference" in prompts.columns
+    out: list[_Prompt] = []
+    for row in prompts.iter_rows(named=True):
+        rows = by_prompt.get(row["prompt_id"])
+        if not rows:
+            continue
+        rows.sort(key=lambda r: (KIND_ORDER.get(r["kind"], 9), r["kind"], r["index"], r["candidate_id"]))
+        msgs = tuple((m["role"], m["content"]) for m in row["messages"])
+        out.append(_Prompt(row["prompt_id"], msgs, row["reference"] if has_ref else None,
+                           [Candidate(r["candidate_id"], r["text"] or "") for r in rows]))
+    return out
+
+
+def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge | PointwiseJudge | None = None) -> dict[str, Any]:
+    """Rank every prompt of `run`; returns the summary that is also recorded in run.json.
+
+    `llm`: an existing in-process `vllm.LLM` to judge with. `judge`: a ready judge object (tests, the iterate
+    loop); when given, the config's judge fields only label the run.
+    """
+    run.require()
+    prompts = load_prompts(run, cfg.kinds)
+    if judge is None:
+        judge = build_judge(cfg, llm)
+    pointwise = isinstance(judge, PointwiseJudge) and not isinstance(judge, PairJudge)
+    strategy = cfg.strategy or ("scores" if pointwise else "iterative")
+    if pointwise != (strategy == "scores"):
+        raise PrefdataError(
+            "strategy scores needs a reward-model judge" if strategy == "scores"
+            else f"a reward-model judge ranks by score; use --strategy scores, not {strategy}"
+        )
+    identity = judge_identity(cfg, judge, strategy)
+    jh = stable_hash(identity)
+    t0 = time.monotonic()
+    old = read_parquet_dir(run.judgments_dir(jh))
+    if pointwise:
+        rows, stats = _run_scores(run, cfg, judge, jh, prompts, old)  # type: ignore[arg-type]
+    else:
+        rows, stats = _run_pairwise(run, cfg, judge, jh, strategy, prompts, old)  # type: ignore[arg-type]
+    _write_rankings(run, jh, rows)
+    elapsed = time.monotonic() - t0
+    summary = _summarize(rows, stats, jh, strategy, elapsed)
+    template = getattr(judge, "template", None)
+    run.record_stage("rank", jh, {
+        "judge_hash": jh,
+        "config": dataclasses.asdict(cfg),
+        "identity": identity,
+        "template": getattr(template, "name", None),
+        "template_sha256": getattr(template, "sha256", None),
+        "counts": summary,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+    return summary
+
+
+# -- pairwise -------------------------------------------------------------------------------------
+@dataclass
+class _State:
+    p: _Prompt
+    gen: Any
+    index: dict[str, int]
+    text: dict[str, str]
+    needs: list[Pair] = field(default_factory=list)
+    outcomes: dict[Pair, PairOutcome] = field(default_factory=dict)
+    calls: set[tuple[str, str, str]] = field(default_factory=set)
+    result: Ranking | None = None
+
+
+def _run_pairwise(
+    run: RunDir, cfg: RankConfig, judge: PairJudge, jh: str, strategy: str, prompts: list[_Prompt], old: pl.DataFrame | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    resolved: dict[tuple[str, str, str], Verdict] = {}
+    if old is not None and old.height:
+        ok = old.filter(pl.col("verdict") != "fail").sort("created")
+        for r in ok.iter_rows(named=True):
+            resolved[(r["prompt_id"], r["a_id"], r["b_id"])] = Verdict(
+                r["a_id"], r["b_id"], r["verdict"], r["winner_id"], r["score"], r["raw"] or "", r["error"], r["latency_s"] or 0.0
+            )
+    cached_at_start = len(resolved)
+    states = []
+    for p in prompts:
+        ids = [c.id for c in p.cands]
+        st = _State(p, STRATEGIES[strategy](ids), {c: i for i, c in enumerate(ids)}, {c.id: c.text for c in p.cands})
+        try:
+            st.needs = next(st.gen)
+        except StopIteration as stop:
+            st.result = stop.value
+        states.append(st)
+
+    def keys_for(st: _State, pair: Pair) -> list[tuple[str, str, str]]:
+        if st.text[pair[0]] == st.text[pair[1]]:
+            return []
+        return [(st.p.pid, a, b) for a, b in call_orders(pair, cfg.position_bias, cfg.seed, st.p.pid)]
+
+    def advance(st: _State) -> int:
+        used = 0
+        while st.result is None:
+            if any(k not in resolved for pair in st.needs for k in keys_for(st, pair)):
+                return used
+            got: dict[Pair, PairOutcome] = {}
+            for pair in st.needs:
+                ks = keys_for(st, pair)
+                got[pair] = combine(pair, [resolved[k] for k in ks]) if ks else identical_outcome(pair)
+                st.calls.update(ks)
+                used += len(ks)
+            st.outcomes.update(got)
+            try:
+                st.needs = st.gen.send(got)
+            except StopIteration as stop:
+                st.result = stop.value
+        return used
+
+    index_of = {st.p.pid: st.index for st in states}
+    total = sum(comparison_bound(strategy, len(p.cands), cfg.position_bias) for p in prompts)
+    bar = _progress(cfg, total)
+    new_calls = failures = 0
+    try:
+        for st in states:
+            bar.update(advance(st))
+        while True:
+            active = [st for st in states if st.result is None]
+            if not active:
+                break
+            batch: list[tuple[tuple[str, str, str], PairRequest]] = []
+            seen: set[tuple[str, str, str]] = set()
+            for st in active:
+                for pair in st.needs:
+                    for k in keys_for(st, pair):
+                        if k in resolved or k in seen:
+                            continue
+                        seen.add(k)
+                        req = PairRequest(st.p.pid, st.p.messages, Candidate(k[1], st.text[k[1]]), Candidate(k[2], st.text[k[2]]),
+                                          st.p.reference)
+                        batch.append((k, req))
+                if len(batch) >= cfg.batch_size:
+                    break
+            verdicts = judge.judge([r for _, r in batch])
+            if len(verdicts) != len(batch):
+                raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(batch)} requests")
+            now = time.time()
+            shard = []
+            for (k, req), v in zip(batch, verdicts, strict=True):
+                if (v.a_id, v.b_id) != (req.first.id, req.second.id) or v.winner_id not in (None, v.a_id, v.b_id):
+                    raise RuntimeError(f"judge returned a verdict for the wrong pair: {v.a_id}/{v.b_id}")
+                order = 0 if index_of[k[0]][k[1]] < index_of[k[0]][k[2]] else 1
+                shard.append({
+                    "prompt_id": k[0], "a_id": k[1], "b_id": k[2], "order": order, "verdict": v.verdict, "winner_id": v.winner_id,
+                    "score": v.score, "raw": v.raw, "error": v.error, "latency_s": v.latency_s, "attempts": v.attempts,
+                    "repaired": v.repaired, "n_tokens": None, "truncated": None, "judge_hash": jh, "created": now,
+                })
+                resolved[k] = v
+                failures += v.verdict == "fail"
+            run.write_shard(run.judgments_dir(jh), pl.DataFrame(shard, schema=JUDGMENT_SCHEMA))
+            new_calls += len(batch)
+            bar.set_postfix(failures=failures, cached=cached_at_start, refresh=False)
+            for st in active:
+                bar.update(advance(st))
+    finally:
+        bar.close()
+    rows = []
+    for st in states:
+        assert st.result is not None
+        c = count(st.outcomes)
+        rows.append(_row(st.p.pid, jh, strategy, st.result, len(st.p.cands), len(st.calls), c.ties, c.failures,
+                         c.inconsistent, c.consistency))
+    stats = {
+        "judge_calls_new": new_calls, "judge_calls_cached": cached_at_start, "call_failures_new": failures,
+        "cycles": sum(st.result.cycles for st in states if st.result), "agreed_pairs": 0,
+    }
+    agreed = sum(count(st.outcomes).agreed for st in states)
+    stats["agreed_pairs"] = agreed
+    return rows, stats
+
+
+# -- pointwise (reward model) ---------------------------------------------------------------------
+def _run_scores(
+    run: RunDir, cfg: RankConfig, judge: PointwiseJudge, jh: str, prompts: list[_Prompt], old: pl.DataFrame | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    done: dict[tuple[str, str], ScoreResult] = {}
+    if old is not None and old.height:
+        for r in old.filter(pl.col("verdict") != "fail").sort("created").iter_rows(named=True):
+            done[(r["prompt_id"], r["a_id"])] = ScoreResult(r["a_id"], r["score"], r["n_tokens"] or 0, bool(r["truncated"]))
+    cached = len(done)
+    # identical texts in a prompt are scored once and share the score
+    rep: dict[tuple[str, str], str] = {}
+    todo: list[ScoreRequest] = []
+    for p in prompts:
+        first_of: dict[str, str] = {}
+        for c in p.cands:
+            r = first_of.setdefault(c.text, c.id)
+            rep[(p.pid, c.id)] = r
+            if r == c.id and (p.pid, c.id) not in done:
+                todo.append(ScoreRequest(p.pid, p.messages, c))
+    bar = _progress(cfg, len(todo))
+    failures = truncated = 0
+    chunk = max(cfg.batch_size, cfg.rm_batch_size)
+    try:
+        for s in range(0, len(todo), chunk):
+            reqs = todo[s : s + chunk]
+            res = judge.score(reqs)
+            now = time.time()
+            shard = []
+            for q, r in zip(reqs, res, strict=True):
+                ok = r.score is not None and r.error is None
+                shard.append({
+                    "prompt_id": q.prompt_id, "a_id": q.candidate.id, "b_id": None, "order": 0, "verdict": "score" if ok else "fail",
+                    "winner_id": None, "score": r.score, "raw": "", "error": r.error, "latency_s": r.latency_s, "attempts": 1,
+                    "repaired": False, "n_tokens": r.n_tokens, "truncated": r.truncated, "judge_hash": jh, "created": now,
+                })
+                done[(q.prompt_id, q.candidate.id)] = r
+                failures += not ok
+                truncated += r.truncated
+            run.write_shard(run.judgments_dir(jh), pl.DataFrame(shard, schema=JUDGMENT_SCHEMA))
+            bar.update(len(reqs))
+            bar.set_postfix(failures=failures, truncated=truncated, refresh=False)
+    finally:
+        bar.close()
+    rows = []
+    for p in prompts:
+        ids = [c.id for c in p.cands]
+        scores: dict[str, float | None] = {}
+        for cid in ids:
+            r = done.get((p.pid, rep[(p.pid, cid)]))
+            scores[cid] = r.score if r is not None and r.error is None else None
+        ranking = rank_by_scores(ids, scores, cfg.min_margin)
+        vals = [(c, v) for c, v in scores.items() if v is not None]
+        ties = sum(abs(a[1] - b[1]) <= cfg.min_margin for i, a in enumerate(vals) for b in vals[i + 1 :])
+        calls = len({rep[(p.pid, c)] for c in ids})
+        rows.append(_row(p.pid, jh, "scores", ranking, len(ids), calls, ties, sum(v is None for v in scores.values()), 0, None))
+    truncated_total = sum(1 for r in done.values() if r.truncated)
+    return rows, {"judge_calls_new": len(todo), "judge_calls_cached": cached, "call_failures_new": failures,
+                  "truncated_inputs": truncated_total}
+
+
+# -- output ---------------------------------------------------------------------------------------
+def _row(pid: str, jh: str, strategy: str, r: Ranking, n: int, calls: int, ties: int, failures: int, inconsistent: int,
+         consistency: float | None) -> dict[str, Any]:
+    margin = None
+    if r.best_id is not None and r.worst_id is not None:
+        s = dict(zip(r.candidate_ids, r.scores, strict=True))
+        if s.get(r.best_id) is not None and s.get(r.worst_id) is not None:
+            margin = float(s[r.best_id]) - float(s[r.worst_id])  # type: ignore[arg-type]
+    return {
+        "prompt_id": pid, "judge_hash": jh, "strategy": strategy, "candidate_ids": r.candidate_ids, "ranks": r.ranks,
+        "scores": r.scores, "best_id": r.best_id, "worst_id": r.worst_id, "complete": r.complete, "n_candidates": n,
+        "comparisons": calls, "ties": ties, "failures": failures, "inconsistent": inconsistent, "consistency": consistency,
+        "margin": margin,
+    }
+
+
+def _write_rankings(run: RunDir, jh: str, rows: list[dict[str, Any]]) -> None:
+    """One row per prompt: write the new shard, then remove the older ones (derived data, rebuilt each run)."""
+    folder = run.rankings_dir(jh)
+    with run.lock():
+        olds = sorted(p for p in folder.glob("shard-*.parquet")) if folder.is_dir() else []
+        run.write_shard(folder, pl.DataFrame(rows, schema=RANKING_SCHEMA))
+        for p in olds:
+            p.unlink(missing_ok=True)
+
+
+def read_rankings(run: RunDir, judge_hash: str) -> pl.DataFrame | None:
+    """The rankings of one judge, one row per prompt (the newest row wins if a crash left two shards)."""
+    folder = run.rankings_dir(judge_hash)
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.glob("shard-*.parquet"))
+    if not files:
+        return None
+    df = pl.concat([pl.read_parquet(p) for p in reversed(files)], how="diagonal_relaxed")
+    return df.unique(subset=["prompt_id"], keep="first", maintain_order=True)
+
+
+def read_judgments(run: RunDir, judge_hash: str) -> pl.DataFrame | None:
+    return read_parquet_dir(run.judgments_dir(judge_hash))
+
+
+def _summarize(rows: list[dict[str, Any]], stats: dict[str, Any], jh: str, strategy: str, elapsed: float) -> dict[str, Any]:
+    n = len(rows)
+    comparisons = sum(r["comparisons"] for r in rows)
+    inconsistent = sum(r["inconsistent"] for r in rows)
+    agreed = stats.pop("agreed_pairs", None)
+    consistency = None
+    if agreed is not None and agreed + inconsistent:
+        consistency = agreed / (agreed + inconsistent)
+    return {
+        "judge_hash": jh,
+        "strategy": strategy,
+        "prompts": n,
+        "candidates": sum(r["n_candidates"] for r in rows),
+        "comparisons": comparisons,
+        "comparisons_per_prompt": comparisons / n if n else 0.0,
+        "ties": sum(r["ties"] for r in rows),
+        "failures": sum(r["failures"] for r in rows),
+        "inconsistent": inconsistent,
+        "consistency": consistency,
+        "with_best_and_worst": sum(r["best_id"] is not None for r in rows),
+        "without_preference": sum(r["best_id"] is None for r in rows),
+        "elapsed_s": round(elapsed, 3),
+        "calls_per_s": round(stats.get("judge_calls_new", 0) / elapsed, 3) if elapsed > 0 else None,
+        **stats,
+    }
+
+
+def _progress(cfg: RankConfig, total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="cmp", desc="rank", disable=not cfg.progress, dynamic_ncols=True, smoothing=0.1)
+
+
+__all__ = ["RankConfig", "build_judge", "judge_hash_of", "load_prompts", "rank_run", "read_judgments", "read_rankings"]
