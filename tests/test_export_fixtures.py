@@ -40,7 +40,7 @@ def make_run(
         {"config": {"model": "tiny-model", "n": 4, "temperature": 0.8, "max_tokens": 64}, "model": "tiny-model"},
     )
     prows, crows, rrows = [], [], []
-    for pi, (prompt, cands) in enumerate(prompts):
+    for prompt, cands in prompts:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         pid = prompt_id(messages)
         prows.append({"prompt_id": pid, "messages": messages, "source": "{}", "reference": None})

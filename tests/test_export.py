@@ -1,0 +1,220 @@
+"""export_run end to end on small run directories: round trips through `datasets`, filters, shapes, splits."""
+
+from __future__ import annotations
+
+import datasets
+import polars as pl
+import pytest
+from tests.test_export_fixtures import JUDGE, cand, four, make_run
+
+from prefdata.errors import PrefdataError
+from prefdata.export import ExportConfig, export_run, split_prompt_ids
+
+
+def _load(folder) -> datasets.DatasetDict:
+    return datasets.load_dataset(str(folder), cache_dir=str(folder.parent / ".hf-cache"))
+
+
+def test_round_trip_parquet_matches_written_rows(tmp_path):
+    run = make_run(tmp_path / "run", [("q1", four()), ("q2", four("x ")), ("q3", four("y "))])
+    s = export_run(run, ExportConfig())
+    out = tmp_path / "run" / "exports" / f"{JUDGE}-best-worst"
+    assert s.out == str(out) and s.n_rows == 3 and s.splits == {"train": 3}
+    ds = _load(out)
+    assert list(ds) == ["train"]
+    rows = ds["train"].to_list()
+    written = pl.read_parquet(out / "data" / "train-00000-of-00001.parquet").to_dicts()
+    assert rows == written
+    r = rows[0]
+    assert r["prompt"] == [{"role": "user", "content": "q1"}]
+    assert r["chosen"] == [{"role": "assistant", "content": "best answer with many words here"}]
+    assert r["rejected"] == [{"role": "assistant", "content": "bad"}]
+    assert (r["chosen_score"], r["rejected_score"], r["margin"]) == (4.0, 1.0, 3.0)
+    assert (r["chosen_rank"], r["rejected_rank"], r["judge_hash"], r["strategy"]) == (1, 4, JUDGE, "round-robin")
+    for col in ("prompt_id", "chosen_id", "rejected_id", "sampler_hash", "pair_strategy", "chosen_tokens"):
+        assert r[col] is not None
+    # recorded in run.json for provenance
+    assert run.read_meta()["stages"]["export"][f"{JUDGE}-best-worst"]["summary"]["n_rows"] == 3
+
+
+def test_ties_never_become_pairs(tmp_path):
+    prompts = [
+        ("all tied", [cand("one", 1, 1.0), cand("two", 1, 1.0), cand("three", 1, 1.0)]),
+        ("some tied", [cand("top", 1, 3.0), cand("mid a", 2, 2.0), cand("mid b", 2, 2.0), cand("low", 3, 0.0)]),
+    ]
+    run = make_run(tmp_path / "run", prompts)
+    s = export_run(run, ExportConfig(pairs="all", out=str(tmp_path / "all")))
+    assert s.drops == {"tie": 3 + 1} and s.n_considered == 3 + 6
+    df = pl.read_parquet(tmp_path / "all" / "data" / "*.parquet")
+    assert df.height == 5
+    assert all(c != r for c, r in zip(df["chosen_id"], df["rejected_id"], strict=True))
+    assert (df["chosen_rank"] < df["rejected_rank"]).all()
+    s = export_run(run, ExportConfig(out=str(tmp_path / "bw")))
+    assert s.n_rows == 1 and s.drops == {"no_preference": 1}
+
+
+def test_every_strategy_counts(tmp_path):
+    run = make_run(tmp_path / "run", [("q", four())])
+    n = {p: export_run(run, ExportConfig(pairs=p, out=str(tmp_path / p))).n_rows for p in
+         ("best-worst", "best-vs-each", "all", "adjacent")}  # fmt: skip
+    assert n == {"best-worst": 1, "best-vs-each": 3, "all": 6, "adjacent": 3}
+
+
+def test_truncated_dropped_by_default_and_kept_on_request(tmp_path):
+    cands = four()
+    cands[-1] = cand("bad and cut", 4, 1.0, finish="length")
+    run = make_run(tmp_path / "run", [("q", cands), ("q2", four("x "))])
+    s = export_run(run, ExportConfig(out=str(tmp_path / "a")))
+    assert s.n_rows == 1 and s.drops == {"truncated": 1}
+    s = export_run(run, ExportConfig(out=str(tmp_path / "b"), keep_truncated=True))
+    assert s.n_rows == 2 and s.drops == {}
+
+
+def test_identical_texts_never_paired(tmp_path):
+    run = make_run(tmp_path / "run", [("q", [cand("same", 1, 2.0), cand("other", 2, 1.0), cand(" same ", 3, 0.0)])])
+    s = export_run(run, ExportConfig(pairs="all", out=str(tmp_path / "a"), keep_truncated=True, keep_inconsistent=True))
+    assert s.drops == {"identical_text": 1} and s.n_rows == 2
+
+
+def test_min_margin_and_unknown_margin(tmp_path):
+    run = make_run(tmp_path / "run", [("q", four()), ("q2", [cand("a", 1), cand("b", 2)])])
+    with pytest.raises(PrefdataError, match=r"\(margin_unknown 1, below_margin 3\); relax with a lower --min-margin"):
+        export_run(run, ExportConfig(pairs="adjacent", min_margin=1.5, out=str(tmp_path / "a")))
+    s = export_run(run, ExportConfig(pairs="adjacent", min_margin=1.0, out=str(tmp_path / "b")))
+    assert s.n_rows == 3 and s.drops == {"margin_unknown": 1}
+
+
+def test_min_margin_keeps_wide_pairs(tmp_path):
+    run = make_run(tmp_path / "run", [("q", four())])
+    s = export_run(run, ExportConfig(pairs="all", min_margin=2.0, out=str(tmp_path / "a")))
+    assert s.n_rows == 3 and s.drops == {"below_margin": 3}
+
+
+def test_inconsistent_direct_comparisons_dropped(tmp_path):
+    # prompt 0: best (0) vs worst (3) judged twice, the two orders disagree; prompt 1: consistent
+    judg = [(0, 0, 3, "a"), (0, 3, 0, "a"), (1, 0, 3, "a"), (1, 3, 0, "b"), (1, 0, 1, "fail")]
+    run = make_run(tmp_path / "run", [("q", four()), ("q2", four("x "))], judgments=judg)
+    s = export_run(run, ExportConfig(out=str(tmp_path / "a")))
+    assert s.n_rows == 1 and s.drops == {"inconsistent": 1}
+    s = export_run(run, ExportConfig(out=str(tmp_path / "b"), keep_inconsistent=True))
+    assert s.n_rows == 2
+
+
+def test_iterative_ranking_needs_best_worst(tmp_path):
+    run = make_run(tmp_path / "run", [("q", [cand("a", 1), cand("b", None), cand("c", 3)])])
+    assert export_run(run, ExportConfig(out=str(tmp_path / "bw"))).n_rows == 1
+    for kw in ({"pairs": "all"}, {"pairs": "adjacent"}, {"pairs": "best-vs-each"}, {"shape": "ranking"}):
+        with pytest.raises(PrefdataError, match="round-robin or scores"):
+            export_run(run, ExportConfig(out=str(tmp_path / "x"), **kw))
+
+
+def test_string_shape(tmp_path):
+    run = make_run(tmp_path / "run", [("q", four())])
+    export_run(run, ExportConfig(shape="string", out=str(tmp_path / "s")))
+    row = _load(tmp_path / "s")["train"][0]
+    assert (row["prompt"], row["chosen"], row["rejected"]) == ("q", "best answer with many words here", "bad")
+    multi = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}]
+    run2 = make_run(tmp_path / "run2", [(multi, four())])
+    with pytest.raises(PrefdataError, match="single-message prompts"):
+        export_run(run2, ExportConfig(shape="string", out=str(tmp_path / "s2")))
+
+
+def test_ranking_shape_lists_every_candidate(tmp_path):
+    cands = four() + [cand("cut off", 5, 0.0, finish="length")]
+    run = make_run(tmp_path / "run", [("q", cands), ("tied", [cand("u", 1), cand("v", 1)])])
+    s = export_run(run, ExportConfig(shape="ranking", out=str(tmp_path / "r")))
+    assert s.drops == {"truncated": 1, "too_few_candidates": 1}
+    row = _load(tmp_path / "r")["train"][0]
+    assert row["ranks"] == [1, 2, 3, 4] and row["scores"] == [4.0, 3.0, 2.0, 1.0]
+    assert row["completions"][0] == "best answer with many words here" and len(row["candidate_ids"]) == 4
+
+
+def test_kto_shape_labels_and_ambiguity(tmp_path):
+    run = make_run(tmp_path / "run", [("q", four())])
+    s = export_run(run, ExportConfig(shape="kto", out=str(tmp_path / "k")))
+    rows = _load(tmp_path / "k")["train"].to_list()
+    assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [
+        ("best answer with many words here", True), ("bad", False)]  # fmt: skip
+    s = export_run(run, ExportConfig(shape="kto", pairs="adjacent", out=str(tmp_path / "k2")))
+    # middle candidates are chosen in one pair and rejected in the next
+    assert s.drops == {"ambiguous_label": 2} and s.n_rows == 2
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "datasets"])
+def test_other_formats_round_trip(tmp_path, fmt):
+    run = make_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
+    s = export_run(run, ExportConfig(format=fmt, test_size=0.34, out=str(tmp_path / fmt)))
+    ds = _load(tmp_path / fmt)
+    assert {k: len(v) for k, v in ds.items()} == s.splits == {"train": 4, "test": 2}
+    assert ds["train"][0]["chosen"][0]["role"] == "assistant"
+    if fmt == "datasets":
+        disk = datasets.load_from_disk(str(tmp_path / fmt))
+        assert disk["test"].to_list() == ds["test"].to_list()
+
+
+def test_split_by_prompt_is_disjoint_and_seeded(tmp_path):
+    run = make_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(20)])
+    s = export_run(run, ExportConfig(pairs="all", test_size=0.25, seed=3, out=str(tmp_path / "a")))
+    ds = _load(tmp_path / "a")
+    train, test = set(ds["train"]["prompt_id"]), set(ds["test"]["prompt_id"])
+    assert not train & test and len(test) == 5 and s.splits == {"train": 90, "test": 30}
+    ids = [f"p{i}" for i in range(100)]
+    assert split_prompt_ids(ids, 0.1, 3) == split_prompt_ids(list(reversed(ids)), 0.1, 3)
+    assert split_prompt_ids(ids, 0.1, 3) != split_prompt_ids(ids, 0.1, 4)
+
+
+def test_length_bias_warning(tmp_path):
+    run = make_run(tmp_path / "run", [("q", four())])
+    s = export_run(run, ExportConfig(out=str(tmp_path / "a")))
+    assert any("longer than rejected in 100%" in w for w in s.warnings)
+    short_best = [cand("ok", 1, 2.0), cand("a much longer but worse answer", 2, 1.0)]
+    s = export_run(make_run(tmp_path / "run2", [("q", short_best)]), ExportConfig(out=str(tmp_path / "b")))
+    assert s.warnings == []
+
+
+def test_overwrite_rules(tmp_path):
+    run = make_run(tmp_path / "run", [("q", four())])
+    out = tmp_path / "out"
+    export_run(run, ExportConfig(out=str(out)))
+    with pytest.raises(PrefdataError, match="not empty; pass --overwrite"):
+        export_run(run, ExportConfig(out=str(out)))
+    export_run(run, ExportConfig(out=str(out), pairs="all", overwrite=True))
+    assert pl.read_parquet(out / "data" / "*.parquet").height == 6
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(PrefdataError, match="not a prefdata export"):
+        export_run(run, ExportConfig(out=str(other), overwrite=True))
+    assert (other / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-export")]
+
+
+def test_bad_runs(tmp_path):
+    with pytest.raises(PrefdataError, match="not a prefdata run"):
+        export_run(make_run.__globals__["RunDir"](tmp_path / "nothing"), ExportConfig())
+    run = make_run(tmp_path / "run", [("q", four())], write_rankings=False)
+    with pytest.raises(PrefdataError, match="no rankings yet; run `prefdata rank"):
+        export_run(run, ExportConfig())
+    run = make_run(tmp_path / "two", [("q", four())])
+    make_run(tmp_path / "two", [("q", four())], judge="otherjudge")
+    with pytest.raises(PrefdataError, match="several judges .*judgehash0000001, otherjudge.*--judge"):
+        export_run(run, ExportConfig())
+    assert export_run(run, ExportConfig(judge_hash="otherjudge", out=str(tmp_path / "o"))).judge_hash == "otherjudge"
+    with pytest.raises(PrefdataError, match="no rankings for judge nope"):
+        export_run(run, ExportConfig(judge_hash="nope"))
+
+
+def test_empty_export_names_the_filters(tmp_path):
+    cands = [cand("a", 1, 1.0, finish="length"), cand("b", 2, 0.0)]
+    run = make_run(tmp_path / "run", [("q", cands), ("t", [cand("x", 1), cand("y", 1)])])
+    with pytest.raises(PrefdataError, match=r"nothing to export.*no_preference 1, truncated 1.*--keep-truncated"):
+        export_run(run, ExportConfig(out=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
+
+
+def test_config_validation():
+    for kw, msg in (({"pairs": "best"}, "unknown --pairs 'best'; choose one of best-worst"),
+                    ({"format": "csv"}, "unknown --format"), ({"shape": "x"}, "unknown --shape"),
+                    ({"test_size": 1.0}, "--test-size"), ({"min_margin": -1}, "--min-margin")):  # fmt: skip
+        with pytest.raises(PrefdataError, match=msg):
+            ExportConfig(**kw)
