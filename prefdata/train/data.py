@@ -94,7 +94,9 @@ def _read_jsonl(p: Path) -> Dataset:
     for i, r in enumerate(rows):
         missing = [c for c in REQUIRED if not isinstance(r, dict) or c not in r]
         if missing:
-            raise PrefdataError(f"{p} row {i + 1} is missing {', '.join(missing)}; a preference row needs prompt, chosen, rejected")
+            raise PrefdataError(
+                f"{p} row {i + 1} is missing {', '.join(missing)}; a preference row needs prompt, chosen, rejected"
+            )
     return Dataset.from_list([{c: r[c] for c in REQUIRED} for r in rows])
 
 

@@ -56,10 +56,10 @@ def train(
             cfg = dataclasses.replace(config, **overrides) if overrides else config
     except (TypeError, ValueError) as e:
         raise PrefdataError(f"invalid training config: {e}") from e
+    train_ds, eval_ds = load_pairs(dataset)  # before any model is loaded: a bad dataset fails fast
     model_path = resolve_model(model)
     for ref in cfg.ref_models:
         resolve_model(ref)
-    train_ds, eval_ds = load_pairs(dataset)
     if cfg.ref_cache_dir is None:
         cfg.ref_cache_dir = str(default_cache_dir(dataset))
 

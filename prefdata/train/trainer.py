@@ -86,7 +86,9 @@ class AIPOTrainer(Trainer):
             ds = tokenize_pairs(ds, tokenizer, args.max_prompt_length, args.max_length)
         if "ref_chosen_logps" in ds.column_names:
             return ds
-        refs = ([self.policy_path] + list(args.ref_models)) if args.loss_type == "mrpo" else (args.ref_models or [self.policy_path])
+        refs = (
+            ([self.policy_path] + list(args.ref_models)) if args.loss_type == "mrpo" else (args.ref_models or [self.policy_path])
+        )
         cache_dir = Path(args.ref_cache_dir) if args.ref_cache_dir else None
         data_key = data_fingerprint(ds)
         autocast = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)

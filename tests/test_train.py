@@ -1,0 +1,217 @@
+"""The trainer on real (tiny) models: data reading, tokenization, a training run that learns, resume, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from prefdata.cli import main
+from prefdata.errors import PrefdataError
+from prefdata.train.data import PairCollator, load_pairs, tokenize_pair, tokenize_pairs
+
+try:  # tests/ is a package in some checkouts and a plain rootdir folder in others
+    from tests.conftest import build_tiny_llama
+except ImportError:
+    from conftest import build_tiny_llama
+
+TOPICS = ["cats", "dogs", "rain", "the sea", "music", "bread", "trains", "books", "stars", "tea", "snow", "cars"]
+FAST = {"learning_rate": 1e-3, "warmup_steps": 0, "per_device_train_batch_size": 4, "logging_steps": 1}
+FAST |= {"report_to": [], "disable_tqdm": True, "dataloader_pin_memory": False, "seed": 0}
+
+
+def _pairs(n: int = 12) -> list[dict]:
+    return [
+        {
+            "prompt": [{"role": "user", "content": f"Tell me something about {t}."}],
+            "chosen": [{"role": "assistant", "content": f"Here is a fact about {t}: many people like {t}."}],
+            "rejected": [{"role": "assistant", "content": "no no no no"}],
+            "prompt_id": f"p{i}",
+            "margin": 1.0,
+        }
+        for i, t in enumerate(TOPICS[:n])
+    ]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_reads_export_folder_with_splits_and_string_variant(tmp_path):
+    data = tmp_path / "export" / "data"
+    data.mkdir(parents=True)
+    pl.DataFrame(_pairs(8)).write_parquet(data / "train-00000-of-00001.parquet")
+    pl.DataFrame(_pairs(2)).write_parquet(data / "test-00000-of-00001.parquet")
+    (tmp_path / "export" / "README.md").write_text("card")
+    train, evals = load_pairs(tmp_path / "export")
+    assert len(train) == 8 and evals is not None and len(evals) == 2
+    assert train.column_names == ["prompt", "chosen", "rejected"]
+
+    plain = _write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Bye"}])
+    train, evals = load_pairs(plain)
+    assert evals is None
+    assert train[0]["prompt"] == [{"role": "user", "content": "Hi"}]
+    assert train[0]["chosen"] == [{"role": "assistant", "content": "Hello!"}]
+
+
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([{"prompt": "Hi", "chosen": "a"}], "missing rejected"),
+        ([{"prompt": "Hi", "chosen": [{"role": "user", "content": "x"}], "rejected": "b"}], "one assistant message"),
+        ([{"prompt": 3, "chosen": "a", "rejected": "b"}], "must be a string or a list"),
+    ],
+)
+def test_bad_datasets_raise_one_clear_error(tmp_path, rows, match):
+    with pytest.raises(PrefdataError, match=match):
+        load_pairs(_write_jsonl(tmp_path / "bad.jsonl", rows))
+    pl.DataFrame({"prompt": ["x"], "chosen": ["y"]}).write_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(PrefdataError, match="missing column"):
+        load_pairs(tmp_path / "bad.parquet")
+
+
+def test_tokenization_masks_prompt_and_ends_with_one_eos(tokenizer):
+    pair = _pairs(1)[0]
+    tok = tokenize_pair(pair, tokenizer, max_prompt_length=512, max_length=2560)
+    eos = tokenizer.eos_token_id
+    prompt_text = tokenizer.apply_chat_template(pair["prompt"], tokenize=False, add_generation_prompt=True)
+    assert tokenizer.decode(tok["prompt_ids"]) == prompt_text  # the template applied once, no extra BOS
+    for side in ("chosen", "rejected"):
+        ids = tok[f"{side}_ids"]
+        assert ids[-1] == eos and ids.count(eos) == 1
+        assert tokenizer.decode(ids[:-1]) == pair[side][0]["content"]
+    # a completion whose text already ends in the EOS string does not get a second one
+    doubled = dict(pair, chosen=[{"role": "assistant", "content": "Sure." + tokenizer.eos_token}])
+    ids = tokenize_pair(doubled, tokenizer, 512, 2560)["chosen_ids"]
+    assert ids[-1] == eos and ids.count(eos) == 1
+
+    batch = PairCollator(tokenizer.pad_token_id)([tok])
+    mask, input_ids = batch["completion_mask"], batch["input_ids"]
+    c = mask.shape[1]
+    assert batch["attention_mask"][:, :-c].sum(-1).tolist() == [len(tok["prompt_ids"])] * 2  # prompt not in the loss
+    assert input_ids[0, -c:][mask[0].bool()].tolist() == tok["chosen_ids"]
+    assert input_ids[1, -c:][mask[1].bool()].tolist() == tok["rejected_ids"]
+
+
+def test_truncation_is_counted(tokenizer):
+    from datasets import Dataset
+
+    rows = _pairs(3)
+    rows[0]["prompt"][0]["content"] = "word " * 300
+    rows[1]["chosen"][0]["content"] = "long " * 300
+    ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
+    with pytest.warns(UserWarning, match=r"truncated 1 prompt\(s\).*1 chosen / 0 rejected"):
+        tok = tokenize_pairs(ds, tokenizer, max_prompt_length=64, max_length=128)
+    assert len(tok[0]["prompt_ids"]) == 64
+    assert tokenizer.decode(tok[0]["prompt_ids"]).endswith("<|im_start|>assistant\n")  # the end is kept
+    assert len(tok[1]["prompt_ids"]) + len(tok[1]["chosen_ids"]) == 128
+    assert tok[1]["chosen_ids"][-1] != tokenizer.eos_token_id  # cut at the end: the EOS is gone, hence the count
+    assert tok[2]["chosen_ids"][-1] == tokenizer.eos_token_id
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_training_learns_and_resume_continues(tmp_path, tiny_llama_dir):
+    from prefdata.train import train
+
+    torch.set_num_threads(2)
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
+    out = tmp_path / "out"
+    s = train(data, str(tiny_llama_dir), out, loss_type="aipo", max_steps=6, save_steps=3, **FAST)
+    first, last = s["first_logged"], s["last_logged"]
+    assert s["global_step"] == 6
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)  # policy = reference at step 1
+    assert last["rewards/accuracies"] > first["rewards/accuracies"]
+    assert last["rewards/margins"] > first["rewards/margins"] + 0.5
+    for key in ("margin/policy", "margin/reference", "length/chosen", "length/rejected", "nll", "rewards/chosen"):
+        assert key in last
+
+    # the final model is bf16 safetensors with the tokenizer and chat template, loadable as is
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["dtype"] == "bfloat16"
+    assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
+    from safetensors import safe_open
+
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+    assert json.loads((out / "prefdata_train.json").read_text())["global_step"] == 6
+
+    # the reference log-probs were cached beside the dataset, and a rerun reuses them
+    cache = [Path(p) for p in s["ref_cache"]]
+    assert len(cache) == 1 and cache[0].parent == tmp_path / ".prefdata_ref_cache"
+    stamp = cache[0].stat().st_mtime_ns
+
+    # resume from step 3: the run continues at step 4 and ends where the uninterrupted run ended
+    out2 = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(out / "checkpoint-3", out2 / "checkpoint-3")
+    r = train(data, str(tiny_llama_dir), out2, loss_type="aipo", max_steps=6, save_steps=3,
+              resume_from_checkpoint=str(out2 / "checkpoint-3"), **FAST)  # fmt: skip
+    assert r["global_step"] == 6
+    history = json.loads((out2 / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    assert r["last_logged"]["loss"] == pytest.approx(last["loss"], rel=1e-4)
+    assert r["ref_cache"] == s["ref_cache"] and cache[0].stat().st_mtime_ns == stamp
+
+
+def test_mrpo_with_a_second_reference(tmp_path, tiny_llama_dir, demo_model_dir):
+    from prefdata.train import train
+
+    other = build_tiny_llama(tmp_path / "other", demo_model_dir, seed=1)
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    s = train(data, str(tiny_llama_dir), tmp_path / "out", loss_type="mrpo", ref_models=[str(other)], max_steps=2,
+              save_strategy="no", **FAST)  # fmt: skip
+    assert s["global_step"] == 2 and len(s["ref_cache"]) == 2
+    assert torch.isfinite(torch.tensor(s["train_loss"]))
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+def test_cli_bad_dataset_is_one_line_exit_2(tmp_path, capsys):
+    code, _, err = _cli(["train", str(tmp_path / "missing.parquet"), "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}])
+    code, _, err = _cli(["train", str(bad), "--output-dir", str(tmp_path / "o")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "missing rejected" in err
+    code, _, err = _cli(["train", str(bad), "--output-dir", str(tmp_path / "o"), "--loss", "nope"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "loss_type" in err
+
+
+def test_cli_trains_with_yaml_config_and_flags(tmp_path, tiny_llama_dir, capsys):
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    yaml_file = tmp_path / "train.yaml"
+    yaml_file.write_text(
+        f"output_dir: {tmp_path / 'out'}\nlearning_rate: 1.0e-3\nper_device_train_batch_size: 2\n"
+        "save_strategy: 'no'\nreport_to: []\ndisable_tqdm: true\nbeta: 0.2\n"
+    )
+    argv = ["train", str(data), "--model", str(tiny_llama_dir), "--config", str(yaml_file), "--max-steps", "2", "--loss", "dpo"]
+    code, out, _ = _cli(argv, capsys)
+    assert code == 0
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["global_step"] == 2
+    saved = json.loads((tmp_path / "out" / "prefdata_train.json").read_text())
+    assert saved["loss_type"] == "dpo"
