@@ -5,10 +5,11 @@ from __future__ import annotations
 import datasets
 import polars as pl
 import pytest
-from tests.test_export_fixtures import JUDGE, cand, four, make_run
 
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run, split_prompt_ids
+from prefdata.store import RunDir
+from tests.test_export_fixtures import JUDGE, cand, four, make_run
 
 
 def _load(folder) -> datasets.DatasetDict:
@@ -191,7 +192,7 @@ def test_overwrite_rules(tmp_path):
 
 def test_bad_runs(tmp_path):
     with pytest.raises(PrefdataError, match="not a prefdata run"):
-        export_run(make_run.__globals__["RunDir"](tmp_path / "nothing"), ExportConfig())
+        export_run(RunDir(tmp_path / "nothing"), ExportConfig())
     run = make_run(tmp_path / "run", [("q", four())], write_rankings=False)
     with pytest.raises(PrefdataError, match="no rankings yet; run `prefdata rank"):
         export_run(run, ExportConfig())

@@ -1,0 +1,103 @@
+"""`prefdata export` and `prefdata push` from the command line: success output, and one-line errors with exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from prefdata.cli import main
+from tests.test_export_fixtures import cand, four, make_run
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return e.value.code, out, err
+
+
+def _one_line_error(code: int, err: str, needle: str) -> None:
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_export_cli_success_and_yaml_config(tmp_path, capsys):
+    run = make_run(tmp_path / "run", [("q", four()), ("q2", four("x "))])
+    code, out, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "a"), "--pairs", "all")
+    assert code == 0 and "exported 12 rows (train 12)" in out and "warning: chosen is longer" in out
+    cfg = tmp_path / "export.yaml"
+    cfg.write_text("pairs: adjacent\nshape: kto\nformat: jsonl\nmin-margin: 0.5\n")
+    code, out, _ = _cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "b"), "--config", str(cfg),
+                        "--format", "parquet")  # fmt: skip
+    assert code == 0 and "--pairs adjacent, --shape kto, --format parquet" in out
+    assert list((tmp_path / "b" / "data").glob("train-*.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--pairs", "best"], "unknown --pairs 'best'; choose one of best-worst, best-vs-each, all, adjacent"),
+        (["--format", "csv"], "unknown --format 'csv'"),
+        (["--shape", "listwise"], "unknown --shape 'listwise'"),
+        (["--judge", "nope"], "no rankings for judge nope"),
+        (["--test-size", "2"], "--test-size must be a fraction"),
+    ],
+)
+def test_export_cli_bad_options(tmp_path, capsys, args, needle):
+    run = make_run(tmp_path / "run", [("q", four())])
+    code, _, err = _cli(capsys, "export", "--run", str(run.path), *args)
+    _one_line_error(code, err, needle)
+
+
+def test_export_cli_bad_runs(tmp_path, capsys):
+    code, _, err = _cli(capsys, "export", "--run", str(tmp_path / "missing"))
+    _one_line_error(code, err, "is not a prefdata run")
+    run = make_run(tmp_path / "norank", [("q", four())], write_rankings=False)
+    code, _, err = _cli(capsys, "export", "--run", str(run.path))
+    _one_line_error(code, err, "has no rankings yet; run `prefdata rank --run")
+    run = make_run(tmp_path / "tied", [("q", [cand("a", 1), cand("b", 1)]), ("t", [cand("c", 1, finish="length"), cand("d", 2)])])
+    code, _, err = _cli(capsys, "export", "--run", str(run.path))
+    _one_line_error(code, err, "nothing to export: every pair was filtered out (no_preference 1, truncated 1)")
+    run = make_run(tmp_path / "iter", [("q", [cand("a", 1), cand("b", None), cand("c", 3)])])
+    code, _, err = _cli(capsys, "export", "--run", str(run.path), "--pairs", "all")
+    _one_line_error(code, err, "rank with --strategy round-robin or scores")
+
+
+def test_export_cli_out_not_empty(tmp_path, capsys):
+    run = make_run(tmp_path / "run", [("q", four())])
+    out = tmp_path / "out"
+    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out))[0] == 0
+    code, _, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(out))
+    _one_line_error(code, err, "is not empty; pass --overwrite")
+    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")[0] == 0
+
+
+def test_push_cli_dry_run_and_errors(tmp_path, capsys):
+    run = make_run(tmp_path / "run", [("q", four())])
+    out = tmp_path / "out"
+    _cli(capsys, "export", "--run", str(run.path), "--out", str(out))
+    code, stdout, _ = _cli(capsys, "push", str(out), "--repo-id", "me/prefs", "--dry-run", "--endpoint", "http://hub.invalid")
+    assert code == 0
+    assert "would upload 3 files" in stdout and "http://hub.invalid/datasets/me/prefs" in stdout
+    for f in ("README.md", "data/train-00000-of-00001.parquet", "lengths.png"):
+        assert f"  {f}  " in stdout
+    _one_line_error(*_cli(capsys, "push", str(out), "--repo-id", "noslash")[::2], "--repo-id must look like ORG/NAME")
+    _one_line_error(*_cli(capsys, "push", str(tmp_path), "--repo-id", "me/x")[::2], "has no README.md")
+    _one_line_error(*_cli(capsys, "push", str(out))[::2], "--repo-id ORG/NAME is required")
+
+
+def test_console_script_error_line(tmp_path):
+    """The installed `prefdata` script itself: one line on stderr and exit code 2."""
+    exe = Path(sys.executable).with_name("prefdata")
+    if not exe.exists():
+        pytest.skip("prefdata console script not installed in this environment")
+    run = make_run(tmp_path / "run", [("q", four())], write_rankings=False)
+    p = subprocess.run([str(exe), "export", "--run", str(run.path)], capture_output=True, text=True,
+                       env=dict(os.environ), timeout=120)  # fmt: skip
+    _one_line_error(p.returncode, p.stderr, "has no rankings yet")
