@@ -1,0 +1,105 @@
+"""Reward-model judge on a tiny sequence-classification Llama built here, with the real demo tokenizer."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_rank_support import make_run  # noqa: E402
+
+from prefdata.errors import PrefdataError  # noqa: E402
+from prefdata.judges.reward_model import RewardModelJudge  # noqa: E402
+from prefdata.judges.verdict import Candidate, ScoreRequest  # noqa: E402
+from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings  # noqa: E402
+
+
+def build_tiny_rm(out: Path, tokenizer_dir: Path, seed: int = 0, max_pos: int = 512) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=max_pos, num_labels=1,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    LlamaForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_dir(tmp_path_factory, demo_model_dir) -> Path:
+    return build_tiny_rm(tmp_path_factory.mktemp("tiny-rm"), demo_model_dir)
+
+
+def _reqs(n: int) -> list[ScoreRequest]:
+    msgs = (("user", "Tell me something about cats."),)
+    return [ScoreRequest("p", msgs, Candidate(f"c{i}", "Cats purr. " * (1 + (i * 7) % 13))) for i in range(n)]
+
+
+def test_batched_scores_match_one_at_a_time_and_keep_order(tiny_rm_dir):
+    judge = RewardModelJudge(str(tiny_rm_dir), batch_size=5)
+    reqs = _reqs(12)
+    batched = judge.score(reqs)
+    assert [r.candidate_id for r in batched] == [q.candidate.id for q in reqs]
+    single = [judge.score([q])[0] for q in reqs]
+    for b, s in zip(batched, single, strict=True):
+        assert b.score == pytest.approx(s.score, abs=1e-4)
+        assert not b.truncated and b.error is None
+
+
+def test_truncation_is_flagged(tiny_rm_dir):
+    judge = RewardModelJudge(str(tiny_rm_dir), max_length=40)
+    res = judge.score(_reqs(3))
+    assert all(r.truncated and r.n_tokens == 40 for r in res)
+
+
+def test_template_comes_from_the_reward_model(tiny_rm_dir):
+    judge = RewardModelJudge(str(tiny_rm_dir))
+    ids, _ = judge.encode(_reqs(1)[0])
+    text = judge.tok.decode(ids)
+    assert text.startswith("<|im_start|>system") and text.count("<|im_start|>") == 3  # no doubled BOS
+
+
+def test_oom_halves_the_batch(tiny_rm_dir):
+    judge = RewardModelJudge(str(tiny_rm_dir), batch_size=8)
+    real = judge._forward
+    sizes: list[int] = []
+
+    def limited(seqs):  # a device that fits at most 2 sequences at once (no real OOM on a CPU test box)
+        sizes.append(len(seqs))
+        if len(seqs) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 1 GiB")
+        return real(seqs)
+
+    judge._forward = limited  # type: ignore[method-assign]
+    res = judge.score(_reqs(7))
+    assert all(r.score is not None for r in res)
+    assert sizes[:3] == [7, 4, 2] and all(s <= 2 for s in sizes[3:])  # halved, then kept small
+
+
+def test_scores_strategy_in_rank_run(tmp_path, tiny_rm_dir):
+    texts = [["Cats purr.", "Dogs bark loudly at night.", "Cats purr.", "Fish swim."], ["Only one."]]
+    run, pids = make_run(tmp_path / "r", texts)
+    s = rank_run(run, RankConfig(judge=str(tiny_rm_dir), progress=False))
+    assert s["strategy"] == "scores"
+    df = read_rankings(run, s["judge_hash"])
+    row = df.filter(pl.col("prompt_id") == pids[0]).row(0, named=True)
+    assert row["complete"] and row["comparisons"] == 3  # the duplicate text is scored once
+    assert row["scores"] == sorted(row["scores"], reverse=True)
+    assert row["best_id"] == row["candidate_ids"][0] and row["worst_id"] == row["candidate_ids"][-1]
+    assert row["margin"] == pytest.approx(row["scores"][0] - row["scores"][-1])
+    assert row["ties"] >= 1  # the two identical texts
+    one = df.filter(pl.col("prompt_id") == pids[1]).row(0, named=True)
+    assert one["best_id"] is None and one["worst_id"] is None
+    j = read_judgments(run, s["judge_hash"])
+    assert j.height == 4 and set(j["verdict"]) == {"score"} and j["b_id"].null_count() == 4
+    assert rank_run(run, RankConfig(judge=str(tiny_rm_dir), progress=False))["judge_calls_new"] == 0
+    with pytest.raises(PrefdataError, match="scores"):
+        rank_run(run, RankConfig(judge=str(tiny_rm_dir), strategy="iterative", progress=False))
