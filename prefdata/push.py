@@ -1,8 +1,8 @@
 """Push an export folder to the Hugging Face Hub as a dataset repo.
 
 One commit uploads exactly the files `--dry-run` lists (every file of the folder except hidden ones), and
-deletes remote data files that the card's data_files patterns match but this export no longer has, so the
-Hub serves exactly the rows `datasets.load_dataset(folder)` gives locally. The token is whatever
+deletes remote data files (matched by the card's data_files or the export layout) that this export no longer
+has, so the Hub serves exactly the rows `datasets.load_dataset(folder)` gives locally. The token is whatever
 huggingface_hub finds (HF_TOKEN or the saved login) unless one is passed; it is never written anywhere.
 """
 
@@ -19,6 +19,9 @@ import yaml
 from prefdata.errors import PrefdataError
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
+# Where exports keep data (parquet/jsonl under data/, `datasets` folders per split): remote files here that the
+# new export lacks are deleted, whatever the card says, so an old split never lingers in the repo.
+EXPORT_LAYOUT = ("data/*", "*/data-*.arrow", "*/state.json", "*/dataset_info.json", "dataset_dict.json", "lengths.png")
 
 
 @dataclass
@@ -132,7 +135,8 @@ def push_export(
         except (RepositoryNotFoundError, RevisionNotFoundError):
             remote = []
         local = {p for p, _ in files}
-        stale = sorted(r for r in remote if r not in local and any(fnmatch.fnmatch(r, pat) for pat in patterns))
+        owned = [*patterns, *EXPORT_LAYOUT]
+        stale = sorted(r for r in remote if r not in local and any(fnmatch.fnmatch(r, pat) for pat in owned))
         ops: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p, _ in files]
         ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
         info = api.create_commit(
