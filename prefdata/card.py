@@ -86,9 +86,7 @@ def front_matter(summary: ExportSummary, cfg: ExportConfig, data_files: dict[str
         "tags": tags,
         "task_categories": ["text-generation"],
         "size_categories": [size_category(summary.n_rows)],
-        "configs": [
-            {"config_name": "default", "data_files": [{"split": s, "path": p} for s, p in data_files.items()]}
-        ],
+        "configs": [{"config_name": "default", "data_files": [{"split": s, "path": p} for s, p in data_files.items()]}],
     }
     if cfg.pretty_name:
         fm["pretty_name"] = cfg.pretty_name
@@ -207,8 +205,7 @@ def build_card(
             f"| chosen | {L['chosen_mean']:.1f} | {L['chosen_median']:.1f} |",
             f"| rejected | {L['rejected_mean']:.1f} | {L['rejected_median']:.1f} |",
             "",
-            f"Chosen is longer in {_pct(L['chosen_longer_share'])} of pairs and shorter in "
-            f"{_pct(L['chosen_shorter_share'])}.",
+            f"Chosen is longer in {_pct(L['chosen_longer_share'])} of pairs and shorter in {_pct(L['chosen_shorter_share'])}.",
             "",
         ]
         if plot_name:

@@ -195,8 +195,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
 
     if not rows:
         raise PrefdataError(
-            f"nothing to export: every pair was filtered out ({_drops_text(drops) or 'no pairs'}); "
-            + _relax_hint(drops)
+            f"nothing to export: every pair was filtered out ({_drops_text(drops) or 'no pairs'}); " + _relax_hint(drops)
         )
     if cfg.shape == "string":
         _check_single_turn(rows)
@@ -369,9 +368,7 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def _pair_row(
-    rk: dict[str, Any], prompt: list[dict[str, str]], c: Candidate, r: Candidate, cfg: ExportConfig
-) -> dict[str, Any]:
+def _pair_row(rk: dict[str, Any], prompt: list[dict[str, str]], c: Candidate, r: Candidate, cfg: ExportConfig) -> dict[str, Any]:
     string = cfg.shape == "string"
     return {
         "prompt_id": rk["prompt_id"],
