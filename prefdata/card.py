@@ -256,7 +256,7 @@ def _position_policy(entry: dict[str, Any], cfg: dict[str, Any]) -> str:
     for src in (cfg, entry):
         for k, v in src.items():
             if re.search(r"position|bias|swap|order", k, re.I) and not isinstance(v, dict | list):
-                return f"`{k}: {v}`"
+                return f"`{k}: {v}`" if v is not None else f"`{k}`: none (pointwise scores have no answer order)"
     return "not recorded in run.json"
 
 
