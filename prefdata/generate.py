@@ -206,6 +206,18 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def prompts_todo(run: RunDir, cfg: GenerateConfig) -> int:
+    """How many prompts of this shard still need sampling under this config (0: nothing to start an engine for)."""
+    shash = sampler_hash(cfg)
+    shard = parse_shard(cfg.shard) if cfg.shard else None
+    pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
+    existing = run.read_candidates()
+    done: set[str] = set()
+    if existing is not None and existing.height:
+        done = set(existing.filter(pl.col("sampler_hash") == shash)["prompt_id"].unique().to_list())
+    return sum(1 for p in pset.table["prompt_id"] if in_shard(p, shard) and p not in done)
+
+
 def make_sampler(cfg: GenerateConfig, llm: Any = None) -> Any:
     if cfg.backend == "openai":
         from prefdata.samplers.openai_api import OpenAISampler

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -173,8 +174,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+_SECRET_OPTION = re.compile(r"(^|[-_])(api[-_]?key|key|token|secret|password|passwd)$")
+
+
 def command_line() -> str:
-    """The command as typed, with values of secret-looking options masked."""
+    """The command as typed, with the values of secret options (--api-key, --token, ...) masked."""
     args = [Path(sys.argv[0]).name] + sys.argv[1:]
     out: list[str] = []
     mask_next = False
@@ -183,14 +187,15 @@ def command_line() -> str:
             out.append("***")
             mask_next = False
             continue
-        low = a.lower()
-        if any(s in low for s in ("key", "token", "secret", "password")) and a.startswith("--"):
-            if "=" in a:
-                out.append(a.split("=", 1)[0] + "=***")
-            else:
-                out.append(a)
-                mask_next = True
-            continue
+        if a.startswith("--"):
+            name, eq, _ = a[2:].partition("=")
+            if _SECRET_OPTION.search(name.lower()):
+                if eq:
+                    out.append(f"--{name}=***")
+                else:
+                    out.append(a)
+                    mask_next = True
+                continue
         out.append(a)
     return " ".join(out)
 

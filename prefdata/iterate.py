@@ -1,0 +1,318 @@
+"""`prefdata iterate`: generate → rank → export → train, round after round (the AIPO loop).
+
+Round t samples from the checkpoint of round t−1 (the starting model for t = 0), ranks with a judge that
+stays fixed across rounds, exports best-vs-worst pairs, and trains from that same checkpoint with it as
+the reference (AIPO, papers.md 1.3). Every stage is resumable, so running the same command again after a
+stop or a crash continues where it stopped.
+
+Layout:
+    WORKDIR/iterate.json            the loop's config and command lines
+    WORKDIR/round-<t>/              a run directory (run.json, prompts, candidates, judgments, rankings)
+    WORKDIR/round-<t>/exports/pairs the round's preference data (dataset card included)
+    WORKDIR/round-<t>/train/        the round's checkpoint (the next round's policy and reference)
+    WORKDIR/rounds.md, rounds.parquet, rounds.png   the per-round summary, rebuilt from the round folders
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from prefdata.errors import PrefdataError
+from prefdata.store import RunDir, atomic_write_bytes, command_line
+
+TRAIN_DONE = "prefdata_train.json"
+
+
+@dataclass
+class IterateConfig:
+    """The loop. Stage settings not listed here go in the `generate`, `rank`, `export`, `train` mappings
+    (any field of GenerateConfig, RankConfig, ExportConfig, AIPOConfig), from YAML or repeated --set flags."""
+
+    rounds: int = 2
+    model: str | None = None
+    """The starting policy (round 0). None: the demo model."""
+    prompts: str | None = None
+    """Prompt file (default: the bundled MT-Bench questions)."""
+    prompts_per_round: int | None = 16
+    """Prompts each round takes, a new slice of the file per round (wrapping around); None: all every round."""
+    self_instruct: bool = False
+    """Write each round's prompts with the current policy from seed examples in `prompts` (AIPO pipeline)."""
+    self_instruct_prompts: int = 16
+    n: int = 4
+    temperature: float = 0.8
+    max_tokens: int = 256
+    judge: str = "verdict-only"
+    """Judge template name/path or a reward-model folder (see `prefdata rank`)."""
+    judge_model: str | None = None
+    """The LLM judge (fixed across rounds). None: the starting model (in-process vLLM) or the served model."""
+    base_url: list[str] = field(default_factory=list)
+    """OpenAI-compatible judge endpoints; empty: in-process vLLM judge."""
+    loss_type: str = "aipo"
+    max_steps: int = -1
+    """Training steps per round (-1: one epoch over the round's pairs)."""
+    generate: dict[str, Any] = field(default_factory=dict)
+    rank: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError("rounds must be at least 1")
+        if self.prompts_per_round is not None and self.prompts_per_round < 1:
+            raise ValueError("prompts_per_round must be at least 1")
+
+
+def round_dir(workdir: Path, t: int) -> Path:
+    return workdir / f"round-{t}"
+
+
+def policy_for_round(workdir: Path, cfg: IterateConfig, t: int) -> str | None:
+    if t == 0:
+        return cfg.model
+    prev = round_dir(workdir, t - 1) / "train"
+    if not (prev / TRAIN_DONE).is_file():
+        raise PrefdataError(f"round {t - 1} has no finished checkpoint in {prev}; rerun the loop to finish it")
+    return str(prev)
+
+
+def _slice_prompts(cfg: IterateConfig, t: int, out: Path) -> str | None:
+    """The round's prompt file: a new slice of the prompt file each round (wrapping around)."""
+    if cfg.prompts_per_round is None:
+        return cfg.prompts
+    from prefdata.prompts import load_prompts
+
+    table = load_prompts(cfg.prompts, field=cfg.generate.get("prompt_field")).table
+    k = min(cfg.prompts_per_round, table.height)
+    start = (t * k) % table.height
+    idx = [(start + i) % table.height for i in range(k)]
+    rows = table[idx]
+    lines = [json.dumps({"messages": m.to_list()}, ensure_ascii=False) for m in rows["messages"]]
+    atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
+    return str(out)
+
+
+def shutdown_llm(llm: Any) -> None:
+    """Stop an in-process vLLM engine and free its memory before training."""
+    if llm is None:
+        return
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm
+    gc.collect()
+
+
+def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = print) -> pl.DataFrame:
+    """Run (or resume) the loop; returns the per-round summary table."""
+    from prefdata.export import ExportConfig, export_run
+    from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo
+    from prefdata.models import resolve_model
+    from prefdata.rank import RankConfig, rank_run
+    from prefdata.samplers.vllm_local import build_llm
+    from prefdata.train import train
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _record(workdir, cfg)
+    judge_llm: Any = None
+    judge_path: str | None = None
+    in_process_judge = not cfg.base_url and not Path(cfg.judge).is_dir()
+    if in_process_judge:
+        judge_path = resolve_model(cfg.judge_model if cfg.judge_model else cfg.model)
+    try:
+        for t in range(cfg.rounds):
+            rd = round_dir(workdir, t)
+            run = RunDir(rd)
+            if (rd / "train" / TRAIN_DONE).is_file():
+                log(f"round {t}: done")
+                continue
+            policy = policy_for_round(workdir, cfg, t)
+            policy_path = resolve_model(policy)
+            t0 = time.time()
+            gen_fields = {"n": cfg.n, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, **cfg.generate}
+            gen_cfg_probe = GenerateConfig(model=policy_path, **gen_fields)
+            log(f"round {t}: policy {model_label(gen_cfg_probe)}")
+            policy_llm = None
+            try:
+                # -- prompts (optionally written by the policy) and sampling
+                if cfg.self_instruct:
+                    from prefdata.self_instruct import SelfInstructConfig, run_self_instruct
+
+                    si_file = rd / "self_instruct.jsonl"
+                    if not si_file.is_file():
+                        policy_llm = build_llm(gen_cfg_probe, policy_path)
+                        si_cfg = SelfInstructConfig(pool=cfg.prompts, num_prompts=cfg.self_instruct_prompts, seed=t)
+                        si = run_self_instruct(policy_llm, si_cfg, si_file)
+                        log(f"round {t}: self-instruct kept {si['prompts']} prompts ({si.get('filtered')})")
+                    prompt_file = str(si_file)
+                else:
+                    sliced = rd / "round_prompts.jsonl"
+                    prompt_file = str(sliced) if sliced.is_file() else _slice_prompts(cfg, t, sliced)
+                if prompt_file != cfg.prompts:
+                    gen_fields.pop("prompt_field", None)  # our own files use `messages` / `prompt`
+                gcfg = GenerateConfig(prompts=prompt_file, model=policy_path, **gen_fields)
+                if gcfg.backend == "vllm" and policy_llm is None and prompts_todo(run, gcfg) > 0:
+                    policy_llm = build_llm(gcfg, policy_path)
+                gs = generate_run(run, gcfg, llm=policy_llm, progress=progress)
+                log(f"round {t}: generate: {gs.lines()[2]}")
+                # -- rank with the fixed judge (round 0 can reuse the policy engine when it is the judge)
+                if in_process_judge and judge_llm is None:
+                    if policy_llm is not None and judge_path == policy_path:
+                        judge_llm, policy_llm = policy_llm, None
+                    else:
+                        shutdown_llm(policy_llm)
+                        policy_llm = None
+                        judge_llm = build_llm(GenerateConfig(model=judge_path, seed=0), judge_path)
+            finally:
+                shutdown_llm(policy_llm)
+            rank_fields = {"judge": cfg.judge, "base_url": list(cfg.base_url), "progress": progress, **cfg.rank}
+            if cfg.judge_model:
+                rank_fields.setdefault("judge_model", cfg.judge_model if cfg.base_url else judge_path)
+            elif in_process_judge:
+                rank_fields.setdefault("judge_model", judge_path)
+            rs = rank_run(run, RankConfig(**rank_fields), llm=judge_llm)
+            log(f"round {t}: rank: {_brief(rs)}")
+            # -- export best vs worst
+            ecfg = ExportConfig(out=str(rd / "exports" / "pairs"), name="pairs", overwrite=True, **cfg.export)
+            es = export_run(run, ecfg)
+            log(f"round {t}: export: {es.lines()[0]}")
+            # -- train from the policy, with the policy as the reference (AIPO)
+            if in_process_judge and judge_llm is not None and _low_memory():
+                shutdown_llm(judge_llm)
+                judge_llm = None
+            tr_fields = {"loss_type": cfg.loss_type, "max_steps": cfg.max_steps, **cfg.train}
+            ts = train(es.out, model=policy_path, output_dir=str(rd / "train"),
+                       resume_from_checkpoint=_has_checkpoint(rd / "train"), **tr_fields)
+            log(f"round {t}: train: step {ts.get('global_step')}, loss {ts.get('train_loss')} ({time.time() - t0:.0f} s)")
+            write_round_table(workdir)
+    finally:
+        shutdown_llm(judge_llm)
+    return write_round_table(workdir)
+
+
+def _has_checkpoint(out: Path) -> bool:
+    return out.is_dir() and any(p.name.startswith("checkpoint-") for p in out.iterdir())
+
+
+def _low_memory() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.device_count() == 1
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _brief(summary: Any) -> str:
+    if isinstance(summary, dict):
+        keys = ("prompts", "ranked", "comparisons", "ties", "failures", "inconsistent", "consistency")
+        return ", ".join(f"{k} {summary[k]}" for k in keys if k in summary)
+    return str(summary)
+
+
+def _record(workdir: Path, cfg: IterateConfig) -> None:
+    path = workdir / "iterate.json"
+    meta = json.loads(path.read_text()) if path.is_file() else {"commands": []}
+    same = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "rounds"}
+    if meta.get("config") and {k: v for k, v in meta["config"].items() if k != "rounds"} != same:
+        raise PrefdataError(
+            f"{workdir} was started with a different loop config; use a new workdir, or rerun with the same flags "
+            f"(only --rounds may change; recorded in {path})"
+        )
+    meta["config"] = dataclasses.asdict(cfg)
+    cmd = command_line()
+    if cmd not in meta["commands"]:
+        meta["commands"].append(cmd)
+    atomic_write_bytes(path, (json.dumps(meta, indent=2) + "\n").encode())
+
+
+def round_rows(workdir: Path) -> list[dict[str, Any]]:
+    """One row per finished round, derived from the round folders (nothing stored twice)."""
+    rows = []
+    t = 0
+    while (rd := round_dir(workdir, t)).is_dir():
+        tr_file = rd / "train" / TRAIN_DONE
+        if not tr_file.is_file():
+            break
+        tr = json.loads(tr_file.read_text())
+        meta = RunDir(rd).read_meta()
+        exp = (meta.get("stages", {}).get("export", {}).get("pairs") or {}).get("summary", {})
+        lengths = exp.get("lengths") or {}
+        js = exp.get("judge_stats") or {}
+        last = tr.get("last_logged") or {}
+        rows.append({
+            "round": t,
+            "pairs": exp.get("n_rows"),
+            "chosen_len_mean": lengths.get("chosen_mean"),
+            "rejected_len_mean": lengths.get("rejected_mean"),
+            "consistency": js.get("consistency_mean"),
+            "tie_rate": js.get("ties_rate"),
+            "failure_rate": js.get("failures_rate"),
+            "train_loss": tr.get("train_loss"),
+            "reward_margin": last.get("rewards/margins"),
+            "accuracy": last.get("rewards/accuracies"),
+            "steps": tr.get("global_step"),
+        })
+        t += 1
+    return rows
+
+
+def write_round_table(workdir: Path) -> pl.DataFrame:
+    rows = round_rows(workdir)
+    schema = {"round": pl.Int64, "pairs": pl.Int64, "chosen_len_mean": pl.Float64, "rejected_len_mean": pl.Float64,
+              "consistency": pl.Float64, "tie_rate": pl.Float64, "failure_rate": pl.Float64, "train_loss": pl.Float64,
+              "reward_margin": pl.Float64, "accuracy": pl.Float64, "steps": pl.Int64}
+    df = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
+    df.write_parquet(workdir / "rounds.parquet")
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    for r in df.iter_rows():
+        lines.append("| " + " | ".join(_fmt(v) for v in r) + " |")
+    (workdir / "rounds.md").write_text("# Rounds\n\n" + "\n".join(lines) + "\n")
+    if df.height:
+        _plot(df, workdir / "rounds.png")
+    return df
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+def _plot(df: pl.DataFrame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    r = df["round"].to_list()
+    axes[0].plot(r, df["chosen_len_mean"].to_list(), "o-", label="chosen")
+    axes[0].plot(r, df["rejected_len_mean"].to_list(), "s-", label="rejected")
+    axes[0].set_title("mean length (tokens)")
+    axes[0].legend()
+    axes[1].plot(r, df["consistency"].to_list(), "o-", label="consistency")
+    axes[1].plot(r, df["tie_rate"].to_list(), "s-", label="tie rate")
+    axes[1].set_title("judge")
+    axes[1].set_ylim(0, 1)
+    axes[1].legend()
+    axes[2].plot(r, df["reward_margin"].to_list(), "o-", label="reward margin")
+    axes[2].plot(r, df["accuracy"].to_list(), "s-", label="preference accuracy")
+    axes[2].set_title("training")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_xticks(r)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
