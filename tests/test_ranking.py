@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from prefdata.ranking import (
     rank_by_scores,
     strictly_above,
 )
+from prefdata.store import RunDir
 
 RANKING_COLUMNS = [
     "prompt_id", "judge_hash", "strategy", "candidate_ids", "ranks", "scores", "best_id", "worst_id", "complete",
@@ -219,7 +221,7 @@ def test_noisy_judge_iterative_vs_round_robin_agree_often(tmp_path):
 
 def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(PrefdataError, match="not a prefdata run"):
-        rank_run(__import__("prefdata.store").store.RunDir(tmp_path / "nope"), RankConfig(), judge=OrderJudge())
+        rank_run(RunDir(tmp_path / "nope"), RankConfig(), judge=OrderJudge())
     run, _ = make_run(tmp_path / "empty", [[]])
     with pytest.raises(PrefdataError, match="no candidates"):
         rank_run(run, RankConfig(), judge=OrderJudge())
@@ -236,3 +238,41 @@ def test_all_pairs_of_iterative_are_distinct_calls(tmp_path):
     rank_run(run, RankConfig(progress=False), judge=judge)
     assert len(judge.calls) == len(set(judge.calls))
     assert all(set(c) in [set(p) for p in itertools.combinations({x for c in judge.calls for x in c}, 2)] for c in judge.calls)
+
+
+class InterruptingJudge(OrderJudge):
+    """Answers `rounds` batches, then the user presses Ctrl-C in the middle of the next one."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__()
+        self.rounds = rounds
+
+    def judge(self, requests):
+        if self.rounds == 0:
+            raise KeyboardInterrupt
+        self.rounds -= 1
+        return super().judge(requests)
+
+
+def test_ctrl_c_loses_at_most_the_batch_in_flight(tmp_path):
+    rng = random.Random(3)
+    qs = [rng.sample(range(50), 5) for _ in range(6)]
+    run, _ = make_run(tmp_path / "r", [_texts(q) for q in qs])
+    cfg = RankConfig(batch_size=4, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        rank_run(run, cfg, judge=InterruptingJudge(rounds=3))
+    ref = copy_inputs(run, tmp_path / "ref")
+    full = rank_run(ref, cfg, judge=OrderJudge())
+    kept = read_judgments(run, full["judge_hash"])
+    assert kept.height == 3 * 4  # three finished rounds were saved, the fourth was lost
+    resumed = OrderJudge()
+    s = rank_run(run, cfg, judge=resumed)
+    assert s["judge_calls_new"] == full["comparisons"] - kept.height == len(resumed.calls)
+    a, b = read_rankings(run, s["judge_hash"]), read_rankings(ref, full["judge_hash"])
+    assert a.sort("prompt_id")["best_id"].to_list() == b.sort("prompt_id")["best_id"].to_list()
+
+
+def copy_inputs(run: RunDir, dest: Path) -> RunDir:
+    """A fresh run with the same prompts and candidates (no judgments)."""
+    shutil.copytree(run.path, dest, ignore=shutil.ignore_patterns("judgments", "rankings"))
+    return RunDir(dest)
