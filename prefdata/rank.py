@@ -236,6 +236,7 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
     _write_rankings(run, jh, rows)
     elapsed = time.monotonic() - t0
     summary = _summarize(rows, stats, jh, strategy, elapsed)
+    summary["prompts_without_candidates"] = run.read_prompts().height - len(prompts)
     template = getattr(judge, "template", None)
     run.record_stage("rank", jh, {
         "judge_hash": jh,

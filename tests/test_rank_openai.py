@@ -171,6 +171,38 @@ def test_cli_rank_against_fault_server(tmp_path, fault_servers, capsys):
     assert "not a prefdata run" in capsys.readouterr().err
 
 
+def test_requests_per_minute_limit(tmp_path, fault_servers):
+    import time
+
+    fault_servers[0].healthy = True
+    run, _ = make_run(tmp_path / "r", [_texts([3, 1, 2, 5])])
+    cfg = RankConfig(base_url=[fault_servers[0].url], requests_per_minute=600, strategy="round-robin",
+                     position_bias="fixed", progress=False)
+    t0 = time.monotonic()
+    s = rank_run(run, cfg)
+    assert s["judge_calls_new"] == 6 and time.monotonic() - t0 >= 5 * 0.1 * 0.95  # 10 per second at most
+
+
+def test_cli_yaml_config_and_flags(tmp_path, fault_servers, capsys):
+    from prefdata.cli import main
+
+    fault_servers[0].healthy = True
+    run, _ = make_run(tmp_path / "r", [_texts([2, 7, 1])])
+    conf = tmp_path / "rank.yaml"
+    conf.write_text(f"judge: arena-hard-style\nbase_url: {fault_servers[0].url}\nstrategy: round-robin\nposition_bias: fixed\n")
+    with pytest.raises(SystemExit) as e:
+        main(["rank", "--run", str(run.path), "--config", str(conf), "--position-bias", "both", "--no-progress"])
+    assert e.value.code == 0
+    meta = run.read_meta()["stages"]["rank"]
+    (entry,) = meta.values()
+    assert entry["config"]["judge"] == "arena-hard-style" and entry["config"]["position_bias"] == "both"
+    assert entry["template"] == "arena-hard-style" and entry["counts"]["comparisons"] == 6
+    conf.write_text("strategy: best-of\n")
+    with pytest.raises(SystemExit) as e:
+        main(["rank", "--run", str(run.path), "--config", str(conf)])
+    assert e.value.code == 2 and "strategy must be" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_openai_judge_on_real_vllm_server(tmp_path, vllm_server):
     qs = [[1, 2, 3], [4, 5]]
