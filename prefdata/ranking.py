@@ -235,39 +235,34 @@ def bradley_terry(ids: list[str], outcomes: dict[Pair, PairOutcome], prior: floa
     p_i <- W_i / sum_j n_ij / (p_i + p_j), W_i = wins + ties/2, plus `prior` pseudo-ties on every pair so
     a candidate that never wins keeps a finite strength. Returned as log-strengths centred on 0.
     """
+    import numpy as np
+
     n = len(ids)
     k = {c: i for i, c in enumerate(ids)}
-    wins = [[0.0] * n for _ in range(n)]
+    wins = np.zeros((n, n))
     for o in outcomes.values():
         if o.fail:
             continue
         i, j = k[o.x], k[o.y]
         if o.winner is None:
-            wins[i][j] += 0.5
-            wins[j][i] += 0.5
+            wins[i, j] += 0.5
+            wins[j, i] += 0.5
         elif o.winner == o.x:
-            wins[i][j] += 1.0
+            wins[i, j] += 1.0
         else:
-            wins[j][i] += 1.0
-    for i in range(n):
-        for j in range(n):
-            if i != j:
-                wins[i][j] += prior / 2
-    games = [[wins[i][j] + wins[j][i] for j in range(n)] for i in range(n)]
-    w = [sum(row) for row in wins]
-    p = [1.0] * n
+            wins[j, i] += 1.0
+    wins += (prior / 2) * (1.0 - np.eye(n))
+    games = wins + wins.T
+    w = wins.sum(axis=1)
+    p = np.ones(n)
     for _ in range(iters):
-        new = []
-        for i in range(n):
-            den = sum(games[i][j] / (p[i] + p[j]) for j in range(n) if j != i and games[i][j] > 0)
-            new.append(w[i] / den if den > 0 else p[i])
-        g = math.exp(sum(math.log(x) for x in new) / n)
-        new = [x / g for x in new]
-        done = max(abs(a - b) for a, b in zip(new, p, strict=True)) < 1e-10
+        new = w / (games / (p[:, None] + p[None, :])).sum(axis=1)
+        new /= np.exp(np.log(new).mean())
+        done = np.abs(new - p).max() < 1e-10
         p = new
         if done:
             break
-    return {c: math.log(p[k[c]]) for c in ids}
+    return {c: float(math.log(p[k[c]])) for c in ids}
 
 
 def count_cycles(ids: list[str], outcomes: dict[Pair, PairOutcome]) -> int:

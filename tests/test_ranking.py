@@ -122,12 +122,20 @@ def test_round_robin_bt_and_cycles():
     assert count_cycles(ids, cyc) == 1
     r = aggregate_round_robin(ids, cyc)
     assert r.best_id is None and r.worst_id is None and r.ranks == [1, 1, 1]
+    assert all(abs(v) < 1e-9 for v in bradley_terry(ids, cyc).values())  # a perfect cycle: equal strengths
     order = {("a", "b"): PairOutcome("a", "b", winner="a"), ("b", "c"): PairOutcome("b", "c", winner="b"),
              ("a", "c"): PairOutcome("a", "c", winner="a")}
     r = aggregate_round_robin(ids, order)
     assert r.candidate_ids == ["a", "b", "c"] and r.ranks == [1, 2, 3] and r.best_id == "a" and r.worst_id == "c"
     bt = bradley_terry(ids, order)
-    assert bt["a"] > bt["b"] > bt["c"]
+    assert bt["a"] > bt["b"] > bt["c"] and abs(sum(bt.values())) < 1e-9
+    # MM fixed point: for each i, W_i = sum_j n_ij p_i / (p_i + p_j)
+    import math
+
+    p = {c: math.exp(v) for c, v in bt.items()}
+    w = {"a": 2.1, "b": 1.1, "c": 0.1}  # wins + 0.1 prior pseudo-ties split over 2 opponents
+    for i in ids:
+        assert sum(1.1 * p[i] / (p[i] + p[j]) for j in ids if j != i) == pytest.approx(w[i], rel=1e-6)
     assert count_cycles(ids, order) == 0
 
 
