@@ -6,6 +6,16 @@ lockstep: each round collects the judge calls that prompts still need (up to `ba
 and appends them as one shard before anything else happens. A crash or Ctrl-C therefore loses at most
 the round in flight; a rerun reuses every answered call and asks again only what is missing or failed.
 Rankings are derived from judgments, so they are rebuilt and written (one shard, old ones removed) at the end.
+
+Judgment rows (one per judge call): a_id is the candidate shown first; `order` is 0 when a_id comes first in
+the prompt's candidate order (kind, index, id) and 1 when the call swapped them; verdict a|b|tie|fail is
+relative to a_id/b_id and winner_id names the id. Reward-model rows score one candidate: a_id = candidate,
+b_id = null, verdict "score" (or "fail"), plus n_tokens and truncated. Failed calls are kept with their raw
+text and error, and are asked again by the next run; the cache key is (prompt_id, a_id, b_id) inside the
+judge-hash directory, so the order is part of the key.
+
+Candidates with identical text in one prompt tie without a judge call (no row), so a tie can never turn into
+a chosen/rejected pair with the same text.
 """
 
 from __future__ import annotations
