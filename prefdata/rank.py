@@ -129,6 +129,8 @@ def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
     from prefdata.judges.reward_model import RewardModelJudge, is_reward_model_dir
 
     if is_reward_model_dir(cfg.judge):
+        if cfg.base_url or cfg.logprobs:
+            raise PrefdataError(f"{cfg.judge} is a reward-model folder, scored in this process; drop --base-url/--logprobs")
         return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length)
     from prefdata.judges.llm_judge import ChatBackend, LLMPairJudge
     from prefdata.judges.templates import load_template
