@@ -3,7 +3,7 @@
 Model: a random LlamaForSequenceClassification (num_labels=1) with the demo tokenizer; its size is set by
 flags (default 4 layers, hidden 256: small enough for a 2-core CPU, big enough that compute dominates).
 Inputs: `--n` completions of 20..300 words under one prompt. Also checks batched == single scores.
-Usage: python bench/bench_judge_rm.py [--n 128] [--batch 1 8 32]
+Usage: python bench/bench_judge_rm.py [--n 128] [--batch 1 8 32] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     import torch
 
@@ -50,10 +51,12 @@ def main() -> None:
             for i in range(args.n)]
     with tempfile.TemporaryDirectory() as tmp:
         path = build(Path(tmp) / "rm", args.layers, args.hidden)
-        results = {"n": args.n, "layers": args.layers, "hidden": args.hidden, "threads": torch.get_num_threads()}
+        results = {"n": args.n, "layers": args.layers, "hidden": args.hidden, "dtype": args.dtype,
+                   "threads": torch.get_num_threads()}
+        print(json.dumps(results), flush=True)
         ref = None
         for bs in args.batch:
-            judge = RewardModelJudge(str(path), batch_size=bs)
+            judge = RewardModelJudge(str(path), batch_size=bs, dtype=args.dtype)
             judge.score(reqs[:4])  # warm-up
             t0 = time.perf_counter()
             if bs == 1:
