@@ -215,3 +215,21 @@ def test_cli_trains_with_yaml_config_and_flags(tmp_path, tiny_llama_dir, capsys)
     assert summary["global_step"] == 2
     saved = json.loads((tmp_path / "out" / "prefdata_train.json").read_text())
     assert saved["loss_type"] == "dpo"
+
+
+def test_chunked_lm_head_matches_plain_logits(tokenizer, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from prefdata.train.data import sequence_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    batch = PairCollator(tokenizer.pad_token_id)([tokenize_pair(p, tokenizer, 512, 2560) for p in _pairs(3)])
+    grads = []
+    for chunk in (0, 5):
+        model.zero_grad()
+        logps, lengths = sequence_logps(model, batch, chunk)
+        logps.sum().backward()
+        grads.append((logps.detach(), model.model.embed_tokens.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-4)
+    assert lengths.tolist() == batch["completion_mask"].sum(-1).tolist()

@@ -17,7 +17,7 @@ class AIPOConfig(TrainingArguments):
     with 10% warmup, 1 epoch per iteration, β 0.1, α 0.09, λ 0.5, prompts up to 512 tokens and sequences up to 2560.
     Fields that differ from [`~transformers.TrainingArguments`]: `learning_rate` (5e-7, not 5e-5),
     `lr_scheduler_type` ("cosine", not "linear"), `warmup_steps` (0.1, a ratio, not 0), `num_train_epochs` (1, not
-    3), `logging_steps` (10, not 500), `save_only_model` stays False so checkpoints can resume, and
+    3), `logging_steps` (10, not 500), `gradient_checkpointing` (True, as in TRL), `save_only_model` stays False so checkpoints can resume, and
     `remove_unused_columns` (False: the collator needs the tokenized columns).
 
     > Parameters that control the loss
@@ -58,6 +58,14 @@ class AIPOConfig(TrainingArguments):
         Prompts longer than this keep their last tokens (the end nearest the response).
     max_length (`int`, *optional*, defaults to `2560`):
         Prompt + response. Longer responses are cut at the end (losing their EOS); the count is logged as a warning.
+
+    > Parameters that control memory
+
+    logps_chunk_tokens (`int`, *optional*, defaults to `1024`):
+        The LM head is applied to completion tokens only, this many at a time and recomputed in backward, so the
+        [batch, length, vocab] logits never exist. 0 uses the model's own logits (needed under FSDP / ZeRO-3).
+    gradient_checkpointing (`bool`, *optional*, defaults to `True`):
+        As in TRL: recompute layer activations in backward (TrainingArguments defaults to False).
     """
 
     loss_type: str = field(default="aipo", metadata={"help": f"One of {', '.join(LOSS_TYPES)}."})
@@ -74,6 +82,7 @@ class AIPOConfig(TrainingArguments):
     ref_cache_dir: str | None = field(default=None, metadata={"help": "Reference log-prob cache folder."})
     max_prompt_length: int = field(default=512, metadata={"help": "Maximum prompt tokens (left-truncated)."})
     max_length: int = field(default=2560, metadata={"help": "Maximum prompt + response tokens."})
+    logps_chunk_tokens: int = field(default=1024, metadata={"help": "LM-head chunk size in tokens; 0 = plain logits."})
 
     # TrainingArguments defaults changed to the paper's.
     learning_rate: float = field(default=5e-7, metadata={"help": "AdamW learning rate (paper: 5e-7)."})
@@ -82,6 +91,7 @@ class AIPOConfig(TrainingArguments):
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs per iteration (paper: 1)."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized columns."})
+    gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in backward."})
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:

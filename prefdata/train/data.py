@@ -219,26 +219,71 @@ class PairCollator:
         return batch
 
 
-def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion log-probs [2B] and completion lengths [2B] for a `PairCollator` batch."""
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor], chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs [2B] (float32) and completion lengths [2B] for a `PairCollator` batch.
+
+    With `chunk_tokens` > 0 the LM head never materializes the [2B, C, V] logits: a pre-hook on the output
+    embedding takes the hidden states and hands the head an empty slice, and the head is applied here to the
+    completion tokens only, `chunk_tokens` at a time, each chunk recomputed in backward (activation checkpointing).
+    0 uses the model's own logits (e.g. under FSDP / ZeRO-3, where the head's weight is sharded outside its forward).
+    """
     mask = batch["completion_mask"]
     c = mask.shape[1]
-    position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=position_ids,
-        logits_to_keep=c + 1,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1]  # position P-1+j predicts completion token j
     labels = batch["input_ids"][:, -c:]
+    kwargs = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "position_ids": (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0),
+        "logits_to_keep": c + 1,  # position P-1+j predicts completion token j
+        "use_cache": False,
+    }
+    if chunk_tokens <= 0:
+        logits = model(**kwargs).logits[:, :-1]
+        parts = []
+        for s in range(0, logits.shape[0], 4):  # float32 copies of the logits, a few rows at a time
+            chunk = logits[s : s + 4].float()
+            parts.append(chunk.gather(-1, labels[s : s + 4].unsqueeze(-1)).squeeze(-1) - chunk.logsumexp(-1))
+        return (torch.cat(parts) * mask).sum(-1), mask.sum(-1)
+
+    inner = model
+    while isinstance(getattr(inner, "module", None), torch.nn.Module):  # DDP / accelerate wrappers
+        inner = inner.module
+    head = inner.get_output_embeddings()
+    captured: dict[str, torch.Tensor] = {}
+
+    def take_hidden(module: torch.nn.Module, args: tuple) -> tuple:
+        captured["hidden"] = args[0]
+        return (args[0][:, :0],)
+
+    handle = head.register_forward_pre_hook(take_hidden)
+    try:
+        model(**kwargs)
+    finally:
+        handle.remove()
+    sel = mask.bool()
+    hidden = captured["hidden"][:, :-1][sel]  # [N, H], completion positions only
+    targets = labels[sel]
+    softcap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
     parts = []
-    for s in range(0, logits.shape[0], 4):  # float32 copies of the logits, a few rows at a time
-        chunk = logits[s : s + 4].float()
-        parts.append(chunk.gather(-1, labels[s : s + 4].unsqueeze(-1)).squeeze(-1) - chunk.logsumexp(-1))
-    per_token = torch.cat(parts)
-    return (per_token * mask).sum(-1), mask.sum(-1)
+    for s in range(0, hidden.shape[0], chunk_tokens):
+        args = (hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens], head.weight, head.bias, softcap)
+        if torch.is_grad_enabled():
+            parts.append(torch.utils.checkpoint.checkpoint(_token_logps, *args, use_reentrant=False))
+        else:
+            parts.append(_token_logps(*args))
+    per_token = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+    rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[sel]
+    logps = torch.zeros(mask.shape[0], dtype=torch.float32, device=mask.device).index_add(0, rows, per_token)
+    return logps, mask.sum(-1)
+
+
+def _token_logps(
+    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+) -> torch.Tensor:
+    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
 
 
 # ---------------------------------------------------------------- reference log-probs and their cache
@@ -268,7 +313,12 @@ def data_fingerprint(ds: Dataset) -> str:
 
 @torch.no_grad()
 def compute_logps(
-    model: Any, ds: Dataset, collator: PairCollator, batch_size: int, autocast_dtype: torch.dtype | None = None
+    model: Any,
+    ds: Dataset,
+    collator: PairCollator,
+    batch_size: int,
+    autocast_dtype: torch.dtype | None = None,
+    chunk_tokens: int = 1024,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One no-grad pass: summed log-probs of every chosen and rejected completion under `model`."""
     was_training = model.training
@@ -279,7 +329,7 @@ def compute_logps(
         for s in range(0, len(ds), batch_size):
             batch = {k: v.to(device) for k, v in collator([ds[i] for i in range(s, min(s + batch_size, len(ds)))]).items()}
             with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                logps, _ = sequence_logps(model, batch)
+                logps, _ = sequence_logps(model, batch, chunk_tokens)
             c, r = logps.double().cpu().numpy().reshape(2, -1)
             chosen.append(c)
             rejected.append(r)

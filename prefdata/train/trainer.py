@@ -92,6 +92,7 @@ class AIPOTrainer(Trainer):
         cache_dir = Path(args.ref_cache_dir) if args.ref_cache_dir else None
         data_key = data_fingerprint(ds)
         autocast = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
+        chunk = args.logps_chunk_tokens
         chosen, rejected = [], []
         for ref in refs:
             key = f"{model_fingerprint(ref)[:16]}-{data_key[:16]}-{str(autocast).removeprefix('torch.')}"
@@ -99,10 +100,10 @@ class AIPOTrainer(Trainer):
             def compute(ref: str = ref) -> tuple[np.ndarray, np.ndarray]:
                 logger.info("computing reference log-probs of %d pairs with %s", len(ds), ref)
                 if ref == self.policy_path:
-                    return compute_logps(model.to(args.device), ds, collator, args.ref_batch_size, autocast)
+                    return compute_logps(model.to(args.device), ds, collator, args.ref_batch_size, autocast, chunk)
                 ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32).to(args.device)
                 try:
-                    return compute_logps(ref_model, ds, collator, args.ref_batch_size, autocast)
+                    return compute_logps(ref_model, ds, collator, args.ref_batch_size, autocast, chunk)
                 finally:
                     del ref_model
 
@@ -117,7 +118,7 @@ class AIPOTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
         args: AIPOConfig = self.args  # type: ignore[assignment]
-        logps, lengths = sequence_logps(model, inputs)
+        logps, lengths = sequence_logps(model, inputs, args.logps_chunk_tokens)
         pc, pr = logps.chunk(2)
         lc, lr = lengths.chunk(2)
         ref_c = inputs["ref_chosen_logps"].to(pc.dtype).T  # [K, B]
