@@ -55,6 +55,11 @@ class IterateConfig:
     """The LLM judge (fixed across rounds). None: the starting model (in-process vLLM) or the served model."""
     base_url: list[str] = field(default_factory=list)
     """OpenAI-compatible judge endpoints; empty: in-process vLLM judge."""
+    position_bias: str = "both"
+    """both | random | fixed (see `prefdata rank`). A judge too weak to agree with itself under swapped
+    order yields only ties with `both`, and then nothing to export."""
+    keep_truncated: bool = False
+    """Keep pairs with a completion that hit max_tokens (dropped by default, see `prefdata export`)."""
     loss_type: str = "aipo"
     max_steps: int = -1
     """Training steps per round (-1: one epoch over the round's pairs)."""
@@ -173,7 +178,8 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                         judge_llm = build_llm(GenerateConfig(model=judge_path, seed=0), judge_path)
             finally:
                 shutdown_llm(policy_llm)
-            rank_fields = {"judge": cfg.judge, "base_url": list(cfg.base_url), "progress": progress, **cfg.rank}
+            rank_fields = {"judge": cfg.judge, "base_url": list(cfg.base_url), "position_bias": cfg.position_bias,
+                           "progress": progress, **cfg.rank}
             if cfg.judge_model:
                 rank_fields.setdefault("judge_model", cfg.judge_model if cfg.base_url else judge_path)
             elif in_process_judge:
@@ -181,7 +187,8 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
             rs = rank_run(run, RankConfig(**rank_fields), llm=judge_llm)
             log(f"round {t}: rank: {_brief(rs)}")
             # -- export best vs worst
-            ecfg = ExportConfig(out=str(rd / "exports" / "pairs"), name="pairs", overwrite=True, **cfg.export)
+            ecfg = ExportConfig(out=str(rd / "exports" / "pairs"), name="pairs", overwrite=True,
+                                **{"keep_truncated": cfg.keep_truncated, **cfg.export})
             es = export_run(run, ecfg)
             log(f"round {t}: export: {es.lines()[0]}")
             # -- train from the policy, with the policy as the reference (AIPO)

@@ -38,6 +38,8 @@ def command(
     judge: str | None = typer.Option(None, "--judge", help="Judge template or reward-model folder [verdict-only]."),
     judge_model: str | None = typer.Option(None, "--judge-model"),
     base_url: list[str] = typer.Option([], "--base-url", help="Judge endpoint(s); none: in-process vLLM."),
+    position_bias: str | None = typer.Option(None, "--position-bias", help="Judge order policy: both | random | fixed [both]."),
+    keep_truncated: bool | None = typer.Option(None, "--keep-truncated", help="Keep pairs with a completion cut by max_tokens."),
     loss_type: str | None = typer.Option(None, "--loss", help="aipo | dpo | ... [aipo]."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps per round (-1: one epoch)."),
     set_: list[str] = typer.Option([], "--set", help="STAGE.FIELD=VALUE for any stage setting (repeatable)."),
@@ -50,7 +52,8 @@ def command(
     cfg = build_config(
         IterateConfig, config, rounds=rounds, model=model, prompts=prompts, prompts_per_round=prompts_per_round,
         self_instruct=self_instruct, self_instruct_prompts=self_instruct_prompts, n=n, temperature=temperature,
-        max_tokens=max_tokens, judge=judge, judge_model=judge_model, base_url=base_url, loss_type=loss_type,
+        max_tokens=max_tokens, judge=judge, judge_model=judge_model, base_url=base_url, position_bias=position_bias,
+        keep_truncated=keep_truncated, loss_type=loss_type,
         max_steps=max_steps,
     )
     for stage, fields in _parse_sets(set_).items():

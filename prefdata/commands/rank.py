@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from prefdata.config import build_config
+from prefdata.errors import PrefdataError
 
 
 def command(
@@ -30,6 +31,8 @@ def command(
     rm_batch_size: int = typer.Option(None, "--rm-batch-size", help="Reward-model forward batch."),
     rm_max_length: int = typer.Option(None, "--rm-max-length", help="Reward-model input limit (longer inputs are flagged)."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
+    export: Path | None = typer.Option(None, "--export", help="Also export best-vs-worst pairs into this folder."),
+    push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="Also push that export to ORG/NAME (needs --export)."),
     config: Path = typer.Option(None, "--config", help="YAML file with RankConfig fields."),
 ) -> None:
     """Rank each prompt's candidates with a judge (iterative pairwise, round-robin, or reward-model scores)."""
@@ -43,6 +46,8 @@ def command(
         requests_per_minute=requests_per_minute, batch_size=batch_size, rm_batch_size=rm_batch_size,
         rm_max_length=rm_max_length, progress=progress,
     )
+    if push_to_hub and export is None:
+        raise PrefdataError("--push-to-hub needs --export DIR (the folder that is pushed)")
     s = rank_run(RunDir(run), cfg)
     cons = "n/a" if s["consistency"] is None else f"{s['consistency']:.1%}"
     typer.echo(
@@ -53,3 +58,15 @@ def command(
         f"{s['elapsed_s']:.1f}s"
     )
     typer.echo(f"rankings: {Path(run) / 'rankings' / s['judge_hash']}")
+    if export is not None:
+        from prefdata.export import ExportConfig, export_run
+
+        es = export_run(RunDir(run), ExportConfig(judge_hash=s["judge_hash"], out=str(export)))
+        for line in es.lines():
+            typer.echo(line)
+        if push_to_hub:
+            from prefdata.push import push_export
+
+            res = push_export(export, push_to_hub)
+            for line in res.lines():
+                typer.echo(line)
