@@ -1,7 +1,7 @@
 """Judge quality against human labels: the demo model (SmolLM2-135M-Instruct) as judge on HH-RLHF.
 
 Runs `prefdata.judge_eval.evaluate` with one in-process vLLM engine shared by several judge settings.
-Usage: python bench/bench_judge_eval.py --data ../shared/data/hh_rlhf_helpful_test_300.jsonl [--limit 300]
+Usage: python bench/bench_judge_eval.py --data tests/data/hh_rlhf_helpful_test_300.jsonl [--limit 300]
        [--mt-bench-limit 40] [--out-dir /tmp/judge-eval]
 """
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HH = REPO.parent / "shared" / "data" / "hh_rlhf_helpful_test_300.jsonl"
+HH = REPO / "tests" / "data" / "hh_rlhf_helpful_test_300.jsonl"
 
 
 def hh_to_messages(text: str) -> list[dict[str, str]]:

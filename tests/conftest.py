@@ -22,7 +22,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# Real public data (prompts, judge prompts, human preferences) copied from ../shared/data with license notes.
+SHARED_DATA = REPO / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
