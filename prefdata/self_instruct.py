@@ -2,7 +2,7 @@
 
 Each request shows 8 instructions drawn from a prompt pool as a numbered list ("Come up with a series of
 tasks: 1. ... 8. ... 9.") and lets the model continue; items 9 and 10 are new instructions. Then the
-pipeline's filters run: length bounds, duplicates (of each other and of the pool), banned keywords,
+pipeline's filters run: an item cut by max_tokens, length bounds, duplicates (of each other and of the pool), banned keywords,
 prompts that ask for images or files, leading punctuation or non-ASCII, and template leftovers.
 
 Reads:  a prompt pool (any file `prefdata.prompts` reads; the last user turn of each prompt is used).
@@ -116,7 +116,11 @@ def run_self_instruct(llm: Any, cfg: SelfInstructConfig, out_file: Path) -> dict
         outs = llm.generate(reqs, params, use_tqdm=False)
         sent += k
         for o in outs:
-            for inst in parse_response(o.outputs[0].text, n_first)[: cfg.new_per_request]:
+            items = parse_response(o.outputs[0].text, n_first)
+            if o.outputs[0].finish_reason == "length" and items:
+                items.pop()  # the item being written when max_tokens hit is incomplete
+                reasons["truncated"] = reasons.get("truncated", 0) + 1
+            for inst in items[: cfg.new_per_request]:
                 key = re.sub(r"\W+", " ", inst.lower()).strip()
                 if key in seen:
                     reasons["duplicate"] = reasons.get("duplicate", 0) + 1
