@@ -274,7 +274,13 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
     stats: dict[str, float] = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
     if todo:
         sampler = make_sampler(cfg, llm)
-        _sample_all(run, cfg, sampler, todo, shash, stats, progress)
+        try:
+            _sample_all(run, cfg, sampler, todo, shash, stats, progress)
+        finally:
+            if llm is None and cfg.backend == "vllm":
+                from prefdata.samplers.vllm_local import shutdown_llm
+
+                shutdown_llm(sampler.llm)  # we started it, we stop it
     wall = time.time() - t0
     summary = GenerateSummary(
         run=str(run.path),

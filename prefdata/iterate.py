@@ -106,12 +106,9 @@ def _slice_prompts(cfg: IterateConfig, t: int, out: Path) -> str | None:
 
 def shutdown_llm(llm: Any) -> None:
     """Stop an in-process vLLM engine and free its memory before training."""
-    if llm is None:
-        return
-    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
-    del llm
+    from prefdata.samplers.vllm_local import shutdown_llm as _stop
+
+    _stop(llm)
     gc.collect()
 
 

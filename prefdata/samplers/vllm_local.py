@@ -45,6 +45,15 @@ def build_llm(cfg: Any, model_path: str) -> Any:
         raise PrefdataError(f"vLLM could not load model {model_path}: {first}") from e
 
 
+def shutdown_llm(llm: Any) -> None:
+    """Stop an in-process engine (its worker processes and memory) instead of leaving it to interpreter exit."""
+    if llm is None:
+        return
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+
+
 class VLLMSampler:
     name = "vllm"
 
