@@ -139,7 +139,11 @@ def model_label(cfg: GenerateConfig) -> str:
     """A machine-independent model name for hashes and provenance (never a local absolute path)."""
     if cfg.model is None or cfg.model in ("demo", DEMO_NAME, f"HuggingFaceTB/{DEMO_NAME}"):
         return f"HuggingFaceTB/{DEMO_NAME}"
-    return cfg.model.rstrip("/").split("/")[-1] if os.path.isdir(cfg.model) else cfg.model
+    if os.path.isdir(cfg.model):
+        parts = os.path.abspath(cfg.model).rstrip("/").split("/")
+        # A prefdata checkpoint (e.g. an iterate round's `train/`) is named by its round folder too.
+        return "/".join(parts[-2:]) if os.path.isfile(os.path.join(cfg.model, "prefdata_train.json")) else parts[-1]
+    return cfg.model
 
 
 def sampler_hash(cfg: GenerateConfig) -> str:

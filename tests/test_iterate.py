@@ -53,7 +53,7 @@ def test_iterate_two_rounds_and_resume(tmp_path, tiny_llama_dir, tiny_rm_dir):
     assert table.height == 2 and table["round"].to_list() == [0, 1]
     assert "round 0: done" in logs
     r1 = RunDir(work / "round-1").read_meta()["stages"]["generate"]
-    assert [e["model"] for e in r1.values()] == ["train"]  # round 1's policy is round 0's checkpoint
+    assert [e["model"] for e in r1.values()] == ["round-0/train"]  # round 1's policy is round 0's checkpoint
     tr1 = json.loads((work / "round-1" / "train" / "prefdata_train.json").read_text())
     assert tr1["model"].endswith("round-0/train")  # ... which is also the starting point (and reference) of training
     # Each round took a new slice of the prompt file.
