@@ -210,15 +210,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _done_prompt_ids(existing: pl.DataFrame | None, shash: str) -> set[str]:
+    if existing is None or not existing.height:
+        return set()
+    return set(existing.filter(pl.col("sampler_hash") == shash)["prompt_id"].unique().to_list())
+
+
 def prompts_todo(run: RunDir, cfg: GenerateConfig) -> int:
     """How many prompts of this shard still need sampling under this config (0: nothing to start an engine for)."""
-    shash = sampler_hash(cfg)
     shard = parse_shard(cfg.shard) if cfg.shard else None
     pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
-    existing = run.read_candidates()
-    done: set[str] = set()
-    if existing is not None and existing.height:
-        done = set(existing.filter(pl.col("sampler_hash") == shash)["prompt_id"].unique().to_list())
+    done = _done_prompt_ids(run.read_candidates(), sampler_hash(cfg))
     return sum(1 for p in pset.table["prompt_id"] if in_shard(p, shard) and p not in done)
 
 
@@ -255,9 +257,7 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
                 "use a new --run directory, or pass --allow-new-config to keep both (kept apart by sampler hash)"
             )
     run.write_prompts(pset.table)
-    done: set[str] = set()
-    if existing is not None and existing.height:
-        done = set(existing.filter(pl.col("sampler_hash") == shash)["prompt_id"].unique().to_list())
+    done = _done_prompt_ids(existing, shash)
 
     todo = [r for r in pset.table.iter_rows(named=True) if in_shard(r["prompt_id"], shard)]
     n_in_shard = len(todo)

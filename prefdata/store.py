@@ -47,6 +47,18 @@ def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock held while the block runs (processes sharing a run or the model cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def read_parquet_dir(folder: Path) -> pl.DataFrame | None:
     """All finished shards of a folder as one frame (None when there are none)."""
     if not folder.is_dir():
@@ -96,16 +108,9 @@ class RunDir:
         return self
 
     # -- run.json -----------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self) -> contextlib.AbstractContextManager[None]:
         """An exclusive lock on the run (several processes or shards may share one run directory)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return file_lock(self.path / ".lock")
 
     def read_meta(self) -> dict[str, Any]:
         if not self.run_json.is_file():

@@ -21,9 +21,9 @@ class VLLMBackend:
 
     @classmethod
     def load(cls, model: str, *, seed: int = 0, max_model_len: int = 4096, dtype: str = "auto") -> VLLMBackend:
-        from vllm import LLM
+        from prefdata.samplers.vllm_local import start_engine
 
-        return cls(LLM(model=model, seed=seed, max_model_len=max_model_len, dtype=dtype), model)
+        return cls(start_engine(model, seed=seed, max_model_len=max_model_len, dtype=dtype), model)
 
     def config(self) -> dict[str, object]:
         return {"backend": "vllm", "model": self.model_name}

