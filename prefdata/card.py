@@ -16,14 +16,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from prefdata import __version__
+from prefdata.store import secret_name
 
 if TYPE_CHECKING:
     from prefdata.export import ExportConfig, ExportSummary
 
-# A name is secret when its last word is one of these (api_key, hf_token, --judge-api-key; not max_tokens).
-SECRET_WORDS = frozenset(
-    {"key", "apikey", "token", "secret", "password", "passwd", "auth", "authorization", "credential", "credentials", "cookie"}
-)
 # Options in a command line and their value: --api-key X, --hf-token=X, ...
 OPTION = re.compile(r"(--?[A-Za-z][\w-]*)(=|\s+)(?!-)(\S+)")
 # Token shapes of common providers (OpenAI, Hugging Face, Anthropic, GitHub, bearer headers).
@@ -58,14 +55,6 @@ def redact(text: str) -> str:
         if secret_name(name, any_word=True) and len(value) >= 8:
             text = text.replace(value, MASK)
     return text
-
-
-def secret_name(name: str, any_word: bool = False) -> bool:
-    """Whether a config key, option or env variable name holds a secret (judged by its words)."""
-    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
-    if not words:
-        return False
-    return any(w in SECRET_WORDS for w in words) if any_word else words[-1] in SECRET_WORDS
 
 
 def size_category(n: int) -> str:

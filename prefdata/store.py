@@ -179,7 +179,18 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-_SECRET_OPTION = re.compile(r"(^|[-_])(api[-_]?key|key|token|secret|password|passwd)$")
+# A name is secret when its last word is one of these (api_key, hf_token, --judge-api-key; not max_tokens).
+SECRET_WORDS = frozenset(
+    {"key", "apikey", "token", "secret", "password", "passwd", "auth", "authorization", "credential", "credentials", "cookie"}
+)
+
+
+def secret_name(name: str, any_word: bool = False) -> bool:
+    """Whether a config key, option or env variable name holds a secret (judged by its words)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+    if not words:
+        return False
+    return any(w in SECRET_WORDS for w in words) if any_word else words[-1] in SECRET_WORDS
 
 
 def command_line() -> str:
@@ -194,7 +205,7 @@ def command_line() -> str:
             continue
         if a.startswith("--"):
             name, eq, _ = a[2:].partition("=")
-            if _SECRET_OPTION.search(name.lower()):
+            if secret_name(name):
                 if eq:
                     out.append(f"--{name}=***")
                 else:
