@@ -26,6 +26,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / "tests" / "data"
 
 
+# Tests that start a vLLM engine or server (minutes on CPU). `pytest -m "not slow"` is the fast loop.
+_ENGINE_FIXTURES = {"vllm_llm", "vllm_server"}
+_ENGINE_TESTS = {"test_iterate.py", "test_rank_export_cli.py::test_rank_then_export_in_one_command"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        file_name = item.nodeid.split("/")[-1]
+        by_name = file_name.split("::")[0] in _ENGINE_TESTS or file_name.split("[")[0] in _ENGINE_TESTS
+        if by_name or _ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     from prefdata.models import demo_model_dir as _demo
