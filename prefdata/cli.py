@@ -6,10 +6,11 @@ print one line and exit 2; Ctrl-C says how to resume and exits 130.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import sys
+from typing import Any
 
-import click
 import typer
 
 from prefdata import __version__
@@ -49,22 +50,72 @@ for _verb in VERBS:
     app.command(_verb.replace("_", "-"))(_mod.command)
 
 
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """`name` from every click the installed typer may use: typer >= 0.29 vendors its own as `typer._click`,
+    older typer uses the `click` package, so catching only `click.X` would miss the errors of one of them."""
+    found: list[type[BaseException]] = []
+    for module in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            cls = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if isinstance(cls, type) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+_CLICK_ERRORS = _click_classes("ClickException")
+_EXITS = _click_classes("Exit")
+_ABORTS = _click_classes("Abort")
+_INTERRUPTED = "\ninterrupted: finished shards are kept; run the same command again to resume"
+
+
+def _usage_error(cmd: Any, e: Any, argv: list[str]) -> None:
+    """Print click's usage line, then one `error:` line (with a "did you mean" where a name was misspelled)."""
+    ctx = getattr(e, "ctx", None)
+    if ctx is None:  # some parser errors (an option without its value) carry no context: rebuild the verb's
+        ctx = cmd.context_class(cmd, info_name="prefdata")
+        verb = next((a for a in argv if not a.startswith("-")), None)
+        sub = cmd.get_command(ctx, verb) if verb else None
+        if sub is not None:
+            ctx = sub.context_class(sub, info_name=verb, parent=ctx)
+    message = e.format_message() if type(e).__name__ != "NoSuchOption" else e.message
+    hint = ""
+    if type(e).__name__ == "NoSuchOption":
+        close = list(getattr(e, "possibilities", None) or [])
+        if close:
+            hint = f"; did you mean {close[0]}?"
+    elif message.startswith("No such command"):
+        message = message.split(". Did you mean")[0]  # some clicks add their own list; give one suggestion
+        name = message.split("'")[1] if message.count("'") >= 2 else ""
+        close = difflib.get_close_matches(name, sorted(getattr(cmd, "commands", {})), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; verbs: {', '.join(sorted(getattr(cmd, 'commands', {})))}"
+    print(ctx.get_usage(), file=sys.stderr)
+    print(f"error: {message.rstrip('.')}{hint} (see '{ctx.command_path} --help')", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     cmd = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        rv = cmd.main(args=argv, prog_name="prefdata", standalone_mode=False)
+        rv = cmd.main(args=args, prog_name="prefdata", standalone_mode=False)
     except PrefdataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        print("\ninterrupted: finished shards are kept; run the same command again to resume", file=sys.stderr)
+    except _EXITS as e:
+        sys.exit(getattr(e, "exit_code", 0))
+    except _CLICK_ERRORS as e:
+        if hasattr(e, "ctx"):  # a UsageError: wrong flag, missing option, unknown verb, bad value
+            _usage_error(cmd, e, args)
+            sys.exit(2)
+        print(f"error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(getattr(e, "exit_code", 1) or 1)
+    except (KeyboardInterrupt, *_ABORTS):
+        print(_INTERRUPTED, file=sys.stderr)
         sys.exit(130)
     code = rv if isinstance(rv, int) else 0
+    if code == 130:  # typer >= 0.29 turns Ctrl-C into an exit code of 130
+        print(_INTERRUPTED, file=sys.stderr)
     sys.exit(code)
 
 
