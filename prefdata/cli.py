@@ -36,8 +36,11 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show the libraries' output live (any verb) instead of in RUN/logs/."),
 ) -> None:
-    pass
+    from prefdata import console
+
+    console.set_verbose(verbose)
 
 
 for _verb in VERBS:
@@ -95,6 +98,12 @@ def _usage_error(cmd: Any, e: Any, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from prefdata import console
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:  # any verb: show the libraries' output live instead of in RUN/logs/
+        argv.remove("--verbose")
+        console.set_verbose(True)
     cmd = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -113,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, *_ABORTS):
         print(_INTERRUPTED, file=sys.stderr)
         sys.exit(130)
+    if console.last_log() is not None:
+        print(f"log: {console.last_log()} (vLLM, torch and transformers output; --verbose shows it live)", file=sys.stderr)
     code = rv if isinstance(rv, int) else 0
     if code == 130:  # typer >= 0.29 turns Ctrl-C into an exit code of 130
         print(_INTERRUPTED, file=sys.stderr)

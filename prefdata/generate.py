@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
 from prefdata import __version__
+from prefdata.console import capture_output, say
+from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
 from prefdata.models import DEMO_NAME, resolve_model
 from prefdata.prompts import load_prompts
@@ -185,6 +186,8 @@ class GenerateSummary:
     wall_s: float
     tokens_per_s: float
     """Generated tokens per second of sampling (engine start and loading excluded)."""
+    log: str | None = None
+    """The file that holds the libraries' output (vLLM, torch, transformers, warnings) for this stage."""
 
     def lines(self) -> list[str]:
         pct = 100.0 * self.truncated / self.candidates if self.candidates else 0.0
@@ -276,15 +279,20 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
         },
     )
     stats: dict[str, float] = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
+    log_path = None
     if todo:
-        sampler = make_sampler(cfg, llm)
-        try:
-            _sample_all(run, cfg, sampler, todo, shash, stats, progress)
-        finally:
-            if llm is None and cfg.backend == "vllm":
-                from prefdata.samplers.vllm_local import shutdown_llm
+        if progress:
+            say(f"generate: {len(todo)} prompts x {sum(s.n for s in cfg.plan())} completions with {model_label(cfg)} "
+                f"({cfg.backend}) into {run.path}")
+        with capture_output(run.path / "logs", "generate") as log_path:
+            sampler = make_sampler(cfg, llm)
+            try:
+                _sample_all(run, cfg, sampler, todo, shash, stats, progress)
+            finally:
+                if llm is None and cfg.backend == "vllm":
+                    from prefdata.samplers.vllm_local import shutdown_llm
 
-                shutdown_llm(sampler.llm)  # we started it, we stop it
+                    shutdown_llm(sampler.llm)  # we started it, we stop it
     wall = time.time() - t0
     summary = GenerateSummary(
         run=str(run.path),
@@ -300,6 +308,7 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
         tokens=int(stats["tokens"]),
         wall_s=wall,
         tokens_per_s=stats["tokens"] / stats["sample_s"] if stats["sample_s"] > 0 else 0.0,
+        log=str(log_path) if log_path else None,
     )
 
     def _upd(meta: dict[str, Any]) -> None:
@@ -321,7 +330,16 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
     label = model_label(cfg) if cfg.backend != "openai" else str(cfg.model)
     max_len = getattr(sampler, "max_model_len", None)
     tag = f"{host_tag()}-{cfg.shard.replace('/', 'of')}" if cfg.shard else host_tag()
-    bar = tqdm(total=len(todo), unit="prompt", desc="generate", disable=not progress, dynamic_ncols=True)
+    per_prompt = sum(s.n for s in plan)
+    bar = console_progress(len(todo) * per_prompt, "generate", "completion", disable=not progress)
+    live = {"tokens": 0, "t0": time.time()}
+
+    def on_done(completions: int, tokens: int) -> None:
+        live["tokens"] += tokens
+        bar.update(completions)
+        el = time.time() - live["t0"]
+        bar.set_postfix_str(f"{live['tokens'] / el if el else 0:.0f} tok/s, skipped {stats['skipped']:.0f}", refresh=False)
+
     try:
         for start in range(0, len(todo), cfg.batch_size):
             batch = todo[start : start + cfg.batch_size]
@@ -331,18 +349,20 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
                     n_prompt = sampler.prompt_tokens(r["messages"])
                     if n_prompt is not None and n_prompt >= max_len:
                         stats["skipped"] += 1
+                        bar.total -= per_prompt
                         continue
                 keep.append(r)
             rows: list[dict[str, Any]] = []
             if keep:
                 t_batch = time.time()
-                outs = sampler.sample([r["messages"] for r in keep], plan)
+                live["t0"], live["tokens"] = t_batch - stats["sample_s"], int(stats["tokens"])
+                outs = sampler.sample([r["messages"] for r in keep], plan, on_done=on_done if progress else None)
                 stats["sample_s"] += time.time() - t_batch
-                for r, per_prompt in zip(keep, outs, strict=True):
-                    if per_prompt is None:
+                for r, per_prompt_out in zip(keep, outs, strict=True):
+                    if per_prompt_out is None:
                         stats["skipped"] += 1
                         continue
-                    for spec, comps in zip(plan, per_prompt, strict=True):
+                    for spec, comps in zip(plan, per_prompt_out, strict=True):
                         for idx, comp in enumerate(comps):
                             rows.append(_row(r["prompt_id"], shash, spec.kind, idx, comp.text, comp.finish_reason, comp.n_tokens, label))
                     if r.get("reference"):
@@ -355,7 +375,7 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
                 stats["cands"] += df.height
                 stats["trunc"] += int((df["finish_reason"] == "length").sum())
                 stats["tokens"] += int(df.filter(pl.col("kind") != "reference")["n_tokens"].fill_null(0).sum())
-            bar.update(len(batch))
+            bar.n = int(stats["sampled"]) * per_prompt  # exact after each shard, whatever the callbacks counted
             el = stats["sample_s"]
             bar.set_postfix_str(f"{stats['tokens'] / el if el else 0:.0f} tok/s, skipped {stats['skipped']:.0f}")
     finally:

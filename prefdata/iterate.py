@@ -24,6 +24,7 @@ from typing import Any
 
 import polars as pl
 
+from prefdata.console import captured, say
 from prefdata.errors import PrefdataError
 from prefdata.store import RunDir, atomic_write_bytes, command_line
 
@@ -103,7 +104,8 @@ def _slice_prompts(cfg: IterateConfig, t: int, out: Path) -> str | None:
     return str(out)
 
 
-def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = print) -> pl.DataFrame:
+@captured("iterate")
+def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = say) -> pl.DataFrame:
     """Run (or resume) the loop; returns the per-round summary table."""
     from prefdata.export import ExportConfig, export_run
     from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo

@@ -89,8 +89,7 @@ def load_pairs(path: str, limit: int | None) -> list[tuple[tuple[tuple[str, str]
 
 
 def evaluate(cfg: JudgeEvalConfig, llm: Any = None, judge: PairJudge | PointwiseJudge | None = None) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
+    from prefdata.console import progress
     from prefdata.rank import RankConfig, build_judge
 
     pairs = load_pairs(cfg.data, cfg.limit)
@@ -101,7 +100,7 @@ def evaluate(cfg: JudgeEvalConfig, llm: Any = None, judge: PairJudge | Pointwise
         ), llm)
     t0 = time.monotonic()
     records: list[dict[str, Any]] = []
-    bar = tqdm(total=len(pairs), unit="pair", desc="judge-eval", disable=not cfg.progress)
+    bar = progress(len(pairs), "judge-eval", "pair", disable=not cfg.progress)
     for s in range(0, len(pairs), max(1, cfg.batch_size // 2)):
         chunk = pairs[s : s + max(1, cfg.batch_size // 2)]
         if isinstance(judge, PairJudge):

@@ -27,6 +27,8 @@ from typing import Any
 
 import polars as pl
 
+from prefdata.console import captured
+from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
 from prefdata.judges.verdict import (
     Candidate,
@@ -220,6 +222,7 @@ def load_prompts(run: RunDir, kinds: list[str]) -> list[_Prompt]:
     return out
 
 
+@captured("rank")
 def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge | PointwiseJudge | None = None) -> dict[str, Any]:
     """Rank every prompt of `run`; returns the summary that is also recorded in run.json.
 
@@ -511,9 +514,7 @@ def _summarize(rows: list[dict[str, Any]], stats: dict[str, Any], jh: str, strat
 
 
 def _progress(cfg: RankConfig, total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="cmp", desc="rank", disable=not cfg.progress, dynamic_ncols=True, smoothing=0.1)
+    return console_progress(total, "rank", "cmp", disable=not cfg.progress, smoothing=0.1)
 
 
 __all__ = ["RankConfig", "build_judge", "judge_hash_of", "load_prompts", "rank_run", "read_judgments", "read_rankings"]

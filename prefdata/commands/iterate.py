@@ -58,7 +58,7 @@ def command(
     )
     for stage, fields in _parse_sets(set_).items():
         getattr(cfg, stage).update(fields)
-    table = iterate(workdir, cfg, progress=not quiet, log=typer.echo)
+    table = iterate(workdir, cfg, progress=not quiet)
     typer.echo(f"\nrounds finished: {table.height}; summary in {workdir / 'rounds.md'} and {workdir / 'rounds.png'}")
     with pl_config():
         typer.echo(str(table))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefdata.errors import PrefdataError
@@ -40,7 +41,9 @@ class HFSampler:
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self._encode(messages))
 
-    def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec]) -> list[list[list[Completion]]]:
+    def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec],
+               on_done: Callable[[int, int], None] | None = None) -> list[list[list[Completion]]]:
+        """out[prompt][plan entry]; `on_done(completions, tokens)` after each generate call."""
         import torch
 
         c = self.cfg
@@ -66,6 +69,7 @@ class HFSampler:
                 with torch.inference_mode():
                     out = self.model.generate(**batch, **gen)
                 new = out[:, batch["input_ids"].shape[1] :]
+                done_tokens = 0
                 for k in range(new.shape[0]):
                     i = start + k // spec.n
                     toks = new[k].tolist()
@@ -84,4 +88,7 @@ class HFSampler:
                             if s in text:
                                 text = text[: text.index(s)]
                     result[i][j].append(Completion(text=text, finish_reason=finish, n_tokens=n_tok))
+                    done_tokens += n_tok
+                if on_done is not None:
+                    on_done(new.shape[0], done_tokens)
         return result

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 from prefdata.errors import PrefdataError
@@ -104,18 +105,27 @@ class OpenAISampler:
             out.append(Completion(text=ch.message.content or "", finish_reason=normalize_finish(ch.finish_reason), n_tokens=n_tok))
         return out
 
-    async def _batch(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec]) -> list[Any]:
+    async def _batch(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec],
+                     on_done: Callable[[int, int], None] | None = None) -> list[Any]:
         client = self._openai.AsyncOpenAI(**self._client_args)
         sem = asyncio.Semaphore(self.cfg.concurrency)
+
+        async def one(conv: list[dict[str, str]], spec: SampleSpec) -> list[Completion]:
+            got = await self._one(client, sem, conv, spec)
+            if on_done is not None:
+                on_done(len(got), sum(c.n_tokens or 0 for c in got))
+            return got
+
         try:
-            tasks = [self._one(client, sem, conv, spec) for conv in conversations for spec in plan]
+            tasks = [one(conv, spec) for conv in conversations for spec in plan]
             return await asyncio.gather(*tasks, return_exceptions=True)
         finally:
             await client.close()
 
-    def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec]) -> list[list[list[Completion]] | None]:
-        """out[prompt][plan entry]; None for a prompt the server refused as too long."""
-        results = asyncio.run(self._batch(conversations, plan))
+    def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec],
+               on_done: Callable[[int, int], None] | None = None) -> list[list[list[Completion]] | None]:
+        """out[prompt][plan entry]; None for a prompt the server refused as too long. `on_done` per request."""
+        results = asyncio.run(self._batch(conversations, plan, on_done))
         out: list[list[list[Completion]] | None] = []
         for i in range(len(conversations)):
             row = results[i * len(plan) : (i + 1) * len(plan)]

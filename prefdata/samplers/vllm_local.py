@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from typing import Any
 
 from prefdata.errors import PrefdataError
@@ -103,20 +104,34 @@ class VLLMSampler:
             stop=list(c.stop) or None,
         )
 
-    def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec]) -> list[list[list[Completion]]]:
-        """Returns out[prompt][plan entry] = completions. All kinds go to the engine in one call."""
+    def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec],
+               on_done: Callable[[int, int], None] | None = None) -> list[list[list[Completion]]]:
+        """Returns out[prompt][plan entry] = completions. All kinds go to the engine at once.
+
+        The requests are queued, then the engine is stepped here (as `LLM.chat` does inside), so that each
+        finished request reports `on_done(completions, tokens)` while the rest of the batch is still running.
+        """
         convs, params = [], []
         for spec in plan:
             p = self._params(spec)
             convs.extend(conversations)
             params.extend([p] * len(conversations))
-        outs = self.llm.chat(convs, sampling_params=params, use_tqdm=False)
+        ids = self.llm.enqueue_chat(convs, sampling_params=params, use_tqdm=False)
+        order = {rid: k for k, rid in enumerate(ids)}
+        outs: list[Any] = [None] * len(ids)
+        engine = self.llm.llm_engine
+        while engine.has_unfinished_requests():
+            for ro in engine.step():
+                if ro.finished and ro.request_id in order:
+                    outs[order[ro.request_id]] = ro
+                    if on_done is not None:
+                        on_done(len(ro.outputs), sum(len(o.token_ids) for o in ro.outputs))
         result: list[list[list[Completion]]] = [[[] for _ in plan] for _ in conversations]
         for j, _spec in enumerate(plan):
             for i in range(len(conversations)):
                 ro = outs[j * len(conversations) + i]
                 result[i][j] = [
                     Completion(text=o.text, finish_reason=normalize_finish(o.finish_reason), n_tokens=len(o.token_ids))
-                    for o in ro.outputs
+                    for o in sorted(ro.outputs, key=lambda o: o.index)
                 ]
         return result
