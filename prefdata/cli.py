@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         argv.remove("--verbose")
         console.set_verbose(True)
     cmd = typer.main.get_command(app)
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = argv
     try:
         rv = cmd.main(args=args, prog_name="prefdata", standalone_mode=False)
     except PrefdataError as e:
