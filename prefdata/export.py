@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import polars as pl
 
 from prefdata.card import build_card, plot_lengths
 from prefdata.errors import PrefdataError
+from prefdata.export_folder import check_out, clean_stale, swap_into_place, temp_folder, write_manifest
 from prefdata.pairs import (
     DROP_REASONS,
     NEEDS_FULL_ORDER,
@@ -215,8 +215,9 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
 
     name = cfg.name or (f"{judge_hash}-{cfg.pairs}" + ("" if cfg.shape == "conversational" else f"-{cfg.shape}"))
     out = Path(cfg.out) if cfg.out else run.exports_dir(name)
-    _check_out(out, cfg.overwrite)
-    tmp = out.parent / f".tmp-export-{uuid.uuid4().hex[:8]}-{out.name}"
+    clean_stale(out.parent)
+    check_out(out, cfg.overwrite)
+    tmp = temp_folder(out)
     try:
         files = _write_data(tmp, splits, cfg)
         judge_stats = ranking_stats(rankings)
@@ -253,7 +254,8 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         (tmp / "README.md").write_text(card, encoding="utf-8")
         files.append("README.md")
         summary.files = sorted(files)
-        _swap_into_place(tmp, out)
+        write_manifest(tmp, files)
+        swap_into_place(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -594,31 +596,6 @@ def _write_data(folder: Path, splits: dict[str, pl.DataFrame], cfg: ExportConfig
                 part.write_ndjson(folder / rel)
             files.append(rel)
     return files
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise PrefdataError(f"--out {out} is a file; pass a folder")
-    if not any(out.iterdir()):
-        return
-    if not overwrite:
-        raise PrefdataError(f"--out {out} is not empty; pass --overwrite to replace it, or choose another --out")
-    card = out / "README.md"
-    if not (card.is_file() and "prefdata" in card.read_text(encoding="utf-8", errors="replace")):
-        raise PrefdataError(f"--out {out} is not a prefdata export (no prefdata README.md); refusing to overwrite it")
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists():
-        old = out.parent / f".old-export-{uuid.uuid4().hex[:8]}-{out.name}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 # -- statistics -------------------------------------------------------------------------------------

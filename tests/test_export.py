@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+
 import datasets
 import polars as pl
 import pytest
 
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run, split_prompt_ids
+from prefdata.export_folder import MANIFEST
 from prefdata.store import RunDir
 from tests.test_export_fixtures import JUDGE, cand, four, make_run
 
@@ -219,3 +226,62 @@ def test_config_validation():
                     ({"test_size": 1.0}, "--test-size"), ({"min_margin": -1}, "--min-margin")):  # fmt: skip
         with pytest.raises(PrefdataError, match=msg):
             ExportConfig(**kw)
+
+
+def test_overwrite_refuses_a_project_folder_that_mentions_prefdata(tmp_path, capsys):
+    """Issue 10.1: a README that says "prefdata" is no licence to delete a folder; only a manifest that lists
+    every file in the folder is."""
+    from prefdata.cli import main
+
+    run = make_run(tmp_path / "run", [("q", four())])
+    proj = tmp_path / "myproject"
+    (proj / "src").mkdir(parents=True)
+    (proj / "README.md").write_text("# My project\nWe use prefdata.\n")
+    (proj / "src" / "important.py").write_text("x\n")
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--run", str(run.path), "--out", str(proj), "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: ") and "not a prefdata export" in err[0]
+    assert (proj / "src" / "important.py").read_text() == "x\n"
+
+    out = tmp_path / "out"
+    export_run(run, ExportConfig(out=str(out)))
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert sorted(manifest["files"]) == sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                                               if p.is_file() and p.name != MANIFEST)  # fmt: skip
+    (out / "data" / "mine.txt").write_text("added by hand")  # an export with a file prefdata did not write
+    with pytest.raises(PrefdataError, match=r"holds 1 file\(s\) prefdata did not write \(e.g. data/mine.txt\)"):
+        export_run(run, ExportConfig(out=str(out), overwrite=True))
+    assert (out / "data" / "mine.txt").exists()
+    (out / "data" / "mine.txt").unlink()
+    export_run(run, ExportConfig(out=str(out), pairs="all", overwrite=True, format="jsonl"))
+    assert not list(out.glob("data/*.parquet")) and list(out.glob("data/*.jsonl"))
+
+
+def _dead_pid() -> int:
+    p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return int(p.stdout)
+
+
+def test_stale_temp_folders_of_killed_exports_are_cleaned(tmp_path):
+    """Issue 10.1: a killed export leaves `.tmp-export-*` beside --out; the next export removes those of dead
+    processes, keeps a live process's, and restores an old export killed between the two renames."""
+    run = make_run(tmp_path / "run", [("q", four())])
+    exports = tmp_path / "exports"
+    code = (
+        "import os, signal, sys; from pathlib import Path; from prefdata.export_folder import temp_folder\n"
+        "t = temp_folder(Path(sys.argv[1])); t.mkdir(parents=True); (t / 'half.parquet').write_bytes(b'x')\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code, str(exports / "a")], env=dict(os.environ), timeout=60)
+    assert p.returncode == -signal.SIGKILL
+    (killed,) = [d for d in exports.iterdir() if d.name.startswith(".tmp-export-")]
+    live = exports / f".tmp-export-{os.getpid()}-0123abcd-b"
+    live.mkdir()
+    old = exports / f".old-export-{_dead_pid()}-89abcdef-c"  # killed after `c` was moved aside
+    old.mkdir()
+    (old / "README.md").write_text("previous export")
+    export_run(run, ExportConfig(out=str(exports / "a")))
+    assert not killed.exists() and live.is_dir()
+    assert (exports / "c" / "README.md").read_text() == "previous export" and not old.exists()
+    assert sorted(d.name for d in exports.iterdir()) == sorted(["a", "c", live.name])

@@ -163,7 +163,9 @@ def fake_hub(monkeypatch):
 
 
 def _folder_files(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    """The export's files as push sees them: hidden ones (the .prefdata-export.json manifest) stay local."""
+    files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    return {rel: p.read_bytes() for rel, p in files.items() if not any(s.startswith(".") for s in rel.split("/"))}
 
 
 def test_push_uploads_exactly_the_export(tmp_path, fake_hub):
