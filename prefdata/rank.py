@@ -127,9 +127,14 @@ class _Prompt:
 
 
 def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
-    """The judge named by the config: a reward-model folder, or a template over OpenAI / in-process vLLM."""
+    """The judge named by the config: a verifier, a reward-model folder, or a template over OpenAI / in-process vLLM."""
     from prefdata.judges.reward_model import RewardModelJudge, is_reward_model_dir
+    from prefdata.judges.verifier import build_verifier, is_verifier
 
+    if is_verifier(cfg.judge):
+        if cfg.base_url or cfg.logprobs:
+            raise PrefdataError(f"{cfg.judge} is a verifier, run in this process; drop --base-url/--logprobs")
+        return build_verifier(cfg.judge)
     if is_reward_model_dir(cfg.judge):
         if cfg.base_url or cfg.logprobs:
             raise PrefdataError(f"{cfg.judge} is a reward-model folder, scored in this process; drop --base-url/--logprobs")
@@ -252,6 +257,8 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
     elapsed = time.monotonic() - t0
     summary = _summarize(rows, stats, jh, strategy, elapsed)
     summary["prompts_without_candidates"] = run.read_prompts().height - len(prompts)
+    if getattr(judge, "needs_reference", False):
+        summary["prompts_without_reference"] = sum(p.reference is None for p in prompts)
     template = getattr(judge, "template", None)
     run.record_stage("rank", jh, {
         "judge_hash": jh,
@@ -396,13 +403,15 @@ def _run_scores(
     # identical texts in a prompt are scored once and share the score
     rep: dict[tuple[str, str], str] = {}
     todo: list[ScoreRequest] = []
+    if getattr(judge, "needs_reference", False):
+        prompts = [p for p in prompts if p.reference is not None]  # counted in the summary, never scored
     for p in prompts:
         first_of: dict[str, str] = {}
         for c in p.cands:
             r = first_of.setdefault(c.text, c.id)
             rep[(p.pid, c.id)] = r
             if r == c.id and (p.pid, c.id) not in done:
-                todo.append(ScoreRequest(p.pid, p.messages, c))
+                todo.append(ScoreRequest(p.pid, p.messages, c, p.reference))
     bar = _progress(cfg, len(todo))
     failures = truncated = 0
     chunk = max(cfg.batch_size, cfg.rm_batch_size)

@@ -12,7 +12,7 @@ from prefdata.errors import PrefdataError
 
 def command(
     run: Path = typer.Option(..., "--run", help="Run directory written by `prefdata generate`."),
-    judge: str = typer.Option(None, "--judge", help="Template name (judges/), template .yaml path, or reward-model folder."),
+    judge: str = typer.Option(None, "--judge", help="Template name (judges/), template .yaml path, reward-model folder, verify:number, verify:exact, or python:FILE.py:FUNCTION."),
     base_url: list[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server URL (repeat to spread load)."),
     judge_model: str = typer.Option(None, "--judge-model", help="Served model name, or model path for in-process vLLM."),
     position_bias: str = typer.Option(None, "--position-bias", help="both (default) | random | fixed."),
@@ -57,6 +57,9 @@ def command(
         f"{s['with_best_and_worst']} prompts with best and worst, {s['without_preference']} without; "
         f"{s['elapsed_s']:.1f}s"
     )
+    if s.get("prompts_without_reference"):
+        typer.echo(f"skipped {s['prompts_without_reference']} prompts without a reference answer (the verifier needs one; "
+                   "generate with --reference-field COLUMN)")
     typer.echo(f"rankings: {Path(run) / 'rankings' / s['judge_hash']}")
     if export is not None:
         from prefdata.export import ExportConfig, export_run

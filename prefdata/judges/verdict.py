@@ -81,6 +81,7 @@ class ScoreRequest:
     prompt_id: str
     messages: tuple[tuple[str, str], ...]
     candidate: Candidate
+    reference: str | None = None  # the prompt's reference answer (verifier judges need it)
 
 
 @runtime_checkable
