@@ -21,6 +21,27 @@ from prefdata.store import MESSAGES_DTYPE
 AUTO_FIELDS = ("messages", "prompt", "turns", "instruction", "question")
 ROLES = {"system", "user", "assistant"}
 BUNDLED = Path(__file__).parent / "data" / "mt_bench_questions.jsonl"
+# Prompt sets shipped in the package, picked by name (`--prompts arithmetic` or `--prompts bundled:arithmetic`).
+# arithmetic / arithmetic-eval: written by scripts/make_arithmetic.py; the answer is in the `answer` field.
+BUNDLED_SETS = {
+    "mt-bench": BUNDLED,
+    "arithmetic": BUNDLED.parent / "arithmetic.jsonl",
+    "arithmetic-eval": BUNDLED.parent / "arithmetic_eval.jsonl",
+}
+
+
+def resolve_prompt_path(path: str | Path | None) -> Path:
+    """A prompt file path, or a bundled set's file: None is MT-Bench; a bundled name wins only if no such file exists."""
+    if path is None:
+        return BUNDLED
+    s = str(path)
+    name = s.removeprefix("bundled:")
+    if s.startswith("bundled:") or not Path(s).exists():
+        if name in BUNDLED_SETS:
+            return BUNDLED_SETS[name]
+        if s.startswith("bundled:"):
+            raise PrefdataError(f"no bundled prompt set {name!r}; bundled sets: {', '.join(BUNDLED_SETS)}")
+    return Path(s)
 
 
 @dataclass
@@ -33,7 +54,10 @@ class PromptSet:
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
-        raise PrefdataError(f"prompt file {path} does not exist; pass a .jsonl/.json/.parquet/.csv file or a datasets folder")
+        raise PrefdataError(
+            f"prompt file {path} does not exist; pass a .jsonl/.json/.parquet/.csv file, a datasets folder, or a bundled "
+            f"set ({', '.join(BUNDLED_SETS)})"
+        )
     if path.is_dir():
         if not ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):
             raise PrefdataError(f"{path} is a folder but not a `datasets` folder saved with save_to_disk")
@@ -112,7 +136,7 @@ def load_prompts(
     limit: int | None = None,
 ) -> PromptSet:
     """Read prompts, build canonical messages, give each a stable id, drop duplicates (counted)."""
-    p = Path(path) if path is not None else BUNDLED
+    p = resolve_prompt_path(path)
     rows = _read_rows(p)
     if not rows:
         raise PrefdataError(f"{p} has no rows; give a file with at least one prompt")

@@ -108,3 +108,34 @@ def test_bad_input_cli_one_line(tmp_path, content, args, needle):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and needle in lines[0], lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_bundled_arithmetic_sets_by_name_and_disjoint():
+    from prefdata.prompts import BUNDLED_SETS
+
+    train = load_prompts("arithmetic", reference_field="answer")
+    evals = load_prompts("bundled:arithmetic-eval", reference_field="answer")
+    assert train.table.height >= 2000 and evals.table.height >= 300
+    assert train.table["reference"].null_count() == 0
+    assert not set(train.table["prompt_id"]) & set(evals.table["prompt_id"])
+
+    def problems(name: str) -> set[tuple[str, int, int]]:
+        rows = [json.loads(x) for x in BUNDLED_SETS[name].read_text().splitlines()]
+        for r in rows:  # the reference is the right answer
+            assert int(r["answer"]) == {"+": r["a"] + r["b"], "-": r["a"] - r["b"], "*": r["a"] * r["b"]}[r["op"]]
+        return {(r["op"], r["a"], r["b"]) for r in rows}
+
+    assert not problems("arithmetic") & problems("arithmetic-eval")  # disjoint by problem, not only by phrasing
+    with pytest.raises(PrefdataError, match="no bundled prompt set"):
+        load_prompts("bundled:nope")
+
+
+def test_make_arithmetic_is_reproducible(tmp_path):
+    from pathlib import Path
+
+    from prefdata.prompts import BUNDLED_SETS
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_arithmetic.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True, capture_output=True)
+    assert (tmp_path / "arithmetic.jsonl").read_bytes() == BUNDLED_SETS["arithmetic"].read_bytes()
+    assert (tmp_path / "arithmetic_eval.jsonl").read_bytes() == BUNDLED_SETS["arithmetic-eval"].read_bytes()
