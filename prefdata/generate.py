@@ -159,15 +159,10 @@ def sampler_hash(cfg: GenerateConfig) -> str:
 
 
 def _folder_fingerprint(path: str) -> str:
-    items = []
-    for name in sorted(os.listdir(path)):
-        p = os.path.join(path, name)
-        if os.path.isfile(p):
-            st = os.stat(p)
-            items.append((name, st.st_size))
-    with open(os.path.join(path, "config.json"), "rb") as f:
-        items.append(("config", f.read().decode("utf-8", "replace")))
-    return stable_hash(items)
+    """The model files' content (weights included), so an in-place overwrite is a new sampler."""
+    from prefdata.fingerprint import folder_hash
+
+    return folder_hash(path)
 
 
 @dataclass

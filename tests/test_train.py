@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -233,3 +234,130 @@ def test_chunked_lm_head_matches_plain_logits(tokenizer, tiny_llama_dir):
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-4)
     assert lengths.tolist() == batch["completion_mask"].sum(-1).tolist()
+
+
+# ---------------------------------------------------------------- kill -9 and rerun
+
+
+CHILD = Path(__file__).with_name("train_child.py")
+
+
+def _train_argv(data: Path, model: Path, out: Path, steps: int = 4) -> list[str]:
+    return ["train", str(data), "--model", str(model), "--output-dir", str(out), "--max-steps", str(steps),
+            "--lr", "1e-3", "--batch-size", "4", "--config", str(data.with_name("fast.yaml"))]  # fmt: skip
+
+
+def _fast_yaml(folder: Path) -> None:
+    (folder / "fast.yaml").write_text(
+        "warmup_steps: 0\nlogging_steps: 1\nsave_steps: 1\nreport_to: []\ndisable_tqdm: true\n"
+        "dataloader_pin_memory: false\nseed: 0\n"
+    )
+
+
+def _child(kill_at: str, argv: list[str]) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(CHILD.parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, str(CHILD), kill_at, "--", *argv], capture_output=True, text=True, env=env, timeout=600)
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_llama_dir):
+    """One 4-step run that nothing interrupts: the reference for every kill test."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    data = _write_jsonl(folder / "pairs.jsonl", _pairs(12))
+    _fast_yaml(folder)
+    out = folder / "out"
+    done = _child("none", _train_argv(data, tiny_llama_dir, out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return data, out
+
+
+def test_kill_inside_checkpoint_save_then_rerun_resumes(tmp_path, tiny_llama_dir, uninterrupted):
+    """Regression (issue 10 item 2): a kill while checkpoint-2 is written left it half-written, and every
+    `--resume latest` then failed. Now the half-written folder is dropped and the rerun resumes from checkpoint-1."""
+    ref_data, ref_out = uninterrupted
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
+    _fast_yaml(tmp_path)
+    out = tmp_path / "out"
+    killed = _child("save:2:weights", _train_argv(data, tiny_llama_dir, out))
+    assert killed.returncode == -9
+    assert (out / "checkpoint-2" / "model.safetensors").is_file()  # the kill landed inside the save
+    assert not (out / "checkpoint-2" / "optimizer.pt").exists()
+    rerun = _child("none", [*_train_argv(data, tiny_llama_dir, out), "--resume", "latest"])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((out / "prefdata_train.json").read_text())
+    assert summary["resumed_from_step"] == 1 and summary["global_step"] == 4
+    _assert_same_weights(out, ref_out)
+    _assert_same_weights(out / "checkpoint-4", ref_out / "checkpoint-4")
+
+
+def test_rerun_resumes_refuses_another_config_and_finished_run_does_nothing(tmp_path, tiny_llama_dir, capsys):
+    """Regression (issue 10 items 3, 4, 9): a rerun restarted at step 0; a finished run trained one more step per
+    `--resume latest`; a different config would mix into the same folder; `--resume latest` on an empty folder."""
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(8))
+    _fast_yaml(tmp_path)
+    out = tmp_path / "out"
+    argv = _train_argv(data, tiny_llama_dir, out, steps=2)
+    code, stdout, err = _cli([*argv, "--resume", "latest"], capsys)  # no checkpoint yet: starts at step 0
+    assert code == 0 and "Traceback" not in err
+    first = json.loads(stdout.strip().splitlines()[-1])
+    assert first["global_step"] == 2
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+
+    for extra in ([], ["--resume", "latest"]):  # finished: nothing trains, the summary is printed again
+        code, stdout, _ = _cli([*argv, *extra], capsys)
+        again = json.loads(stdout.strip().splitlines()[-1])
+        assert code == 0 and again["already_finished"] and again["global_step"] == 2
+        assert again["train_loss"] == first["train_loss"]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # killed after checkpoint-1 (the summary and checkpoint-2 gone): the same command resumes at step 1
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-2")
+    (out / "prefdata_train.json").unlink()
+    code, stdout, _ = _cli(argv, capsys)
+    assert code == 0
+    assert json.loads((out / "prefdata_train.json").read_text())["resumed_from_step"] == 1
+
+    # another learning rate: refused in one line; --overwrite starts over
+    other = [a if a != "1e-3" else "2e-3" for a in argv]
+    code, _, err = _cli(other, capsys)
+    assert code == 2 and err.count("\n") == 1 and "different training run" in err and "learning_rate" in err
+    assert "--overwrite" in err
+    code, stdout, _ = _cli([*other, "--overwrite"], capsys)
+    summary = json.loads((out / "prefdata_train.json").read_text())
+    assert code == 0 and summary["resumed_from_step"] == 0 and summary["config"]["learning_rate"] == 2e-3
+
+    # a checkpoint of another run left without a summary is refused too
+    (out / "prefdata_train.json").unlink()
+    code, _, err = _cli(argv, capsys)
+    assert code == 2 and "checkpoints of a different training run" in err
+
+
+@pytest.mark.parametrize(
+    "flag, value, field",
+    [("--lr", "-1", "learning_rate"), ("--lr", "0", "learning_rate"), ("--batch-size", "0", "per_device_train_batch_size"),
+     ("--max-steps", "0", "max_steps"), ("--beta", "-0.1", "beta"), ("--lambda", "-1", "lambda_")],
+)  # fmt: skip
+def test_out_of_range_train_values_are_one_line(tmp_path, capsys, flag, value, field):
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(2))
+    code, _, err = _cli(["train", str(data), "--output-dir", str(tmp_path / "o"), flag, value], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error:") and field in err
+    assert not (tmp_path / "o").exists()

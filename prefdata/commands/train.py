@@ -20,7 +20,12 @@ def command(
     learning_rate: float = typer.Option(None, "--lr", help="Learning rate (default 5e-7)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Pairs per device per step (default 8)."),
     ref_model: list[str] = typer.Option(None, "--ref-model", help="Reference model folder; repeat for mrpo."),
-    resume: str = typer.Option(None, "--resume", help="Checkpoint folder to resume from, or 'latest'."),
+    resume: str = typer.Option(
+        None, "--resume", help="Checkpoint folder to resume from, or 'latest' (a rerun resumes by itself)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Delete the checkpoints and summary of a previous run in --output-dir; start over."
+    ),
     config: str = typer.Option(None, "--config", help="YAML file of AIPOConfig fields; flags override it."),
 ) -> None:
     """Train a model on chosen/rejected pairs and save it (with its tokenizer) for the next round."""
@@ -46,7 +51,7 @@ def command(
         raise PrefdataError(f"dataset {dataset} does not exist; pass an export folder, a .parquet/.jsonl file or a saved dataset")
     cfg = build_config(AIPOConfig, config, **flags)
     resume_arg: str | bool | None = True if resume == "latest" else resume
-    summary = train(dataset, model, config=cfg, resume_from_checkpoint=resume_arg)
+    summary = train(dataset, model, config=cfg, resume_from_checkpoint=resume_arg, overwrite=overwrite)
     last = summary["last_logged"]
     typer.echo(
         json.dumps(
@@ -57,6 +62,7 @@ def command(
                 "accuracy": last.get("rewards/accuracies"),
                 "margin": last.get("rewards/margins"),
                 **{k: v for k, v in summary.items() if k.startswith("truncated/")},
+                **({"already_finished": True} if summary.get("already_finished") else {}),
             }
         )
     )

@@ -106,7 +106,36 @@ class AIPOConfig(TrainingArguments):
             raise ValueError("max_prompt_length must be smaller than max_length")
         if self.beta <= 0:
             raise ValueError("beta must be positive")
+        self._check_ranges()
         super().__post_init__()
+
+    def _check_ranges(self) -> None:
+        """Out-of-range values fail here, with the field's name, before any model is loaded."""
+        import math
+
+        def bad(name: str, rule: str) -> ValueError:
+            return ValueError(f"{name} must be {rule} (got {getattr(self, name)!r})")
+
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise bad("learning_rate", "a positive number, e.g. 5e-7")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                     "ref_batch_size", "max_prompt_length", "max_length"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise bad(name, "at least 1")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise bad("max_steps", "a positive number of steps (or -1 for whole epochs)")
+        if not self.num_train_epochs > 0:
+            raise bad("num_train_epochs", "positive")
+        for name in ("alpha", "lambda_", "bcr_budget", "warmup_steps", "weight_decay", "logps_chunk_tokens"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise bad(name, "zero or positive")
+        if not abs(self.mrpo_eta) < 1:
+            raise bad("mrpo_eta", "between -1 and 1 (a relative clipping range)")
+        if self.mrpo_weights is not None and (
+            any(w < 0 for w in self.mrpo_weights) or abs(sum(self.mrpo_weights) - 1) > 1e-6
+        ):
+            raise bad("mrpo_weights", "non-negative and sum to 1")
 
     def loss_kwargs(self) -> dict:
         """The hyperparameters `preference_loss` takes."""

@@ -5,10 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
+from prefdata.train.resume import (
+    checkpoints,
+    clear_run,
+    read_marker,
+    refuse_other_run,
+    remove_incomplete,
+    run_identity,
+    state_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +32,14 @@ def train(
     *,
     config: Any = None,
     resume_from_checkpoint: str | bool | None = None,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train `model` (default: the demo model) on `dataset` and save a bf16 checkpoint into `output_dir`.
+
+    Rerunning the same call resumes: an `output_dir` that holds complete checkpoints of the same run (same
+    settings, models and pairs) continues from the latest one, and a finished run only returns its summary.
+    Checkpoints of a different run are refused unless `overwrite` is set.
 
     Args:
         dataset: an export folder, a .parquet/.jsonl file or a saved `datasets` folder of pairs.
@@ -32,14 +47,18 @@ def train(
             `ref_models` says otherwise.
         output_dir: where checkpoints and the final model go (overrides `config.output_dir`).
         config: an `AIPOConfig`; None builds one from the defaults.
-        resume_from_checkpoint: a checkpoint folder, or True for the latest in `output_dir`.
+        resume_from_checkpoint: a checkpoint folder, or True for the latest in `output_dir` (the latest complete
+            checkpoint is used anyway; with none, training starts at step 0).
+        overwrite: remove the checkpoints and summary a previous run left in `output_dir` and start over.
         **overrides: `AIPOConfig` fields (loss_type="dpo", beta=0.5, max_steps=10, ref_models=[...], ...).
 
     Returns:
         A summary: output_dir, global_step, train_loss, the last logged train metrics, eval metrics if the dataset
-        has a test split, truncation counts, and the reference cache files. Also written to
+        has a test split, truncation counts, the reference cache files and the run fingerprint. Also written to
         `output_dir/prefdata_train.json`.
     """
+    from transformers.trainer_callback import TrainerState
+
     from prefdata.models import resolve_model
     from prefdata.train.config import AIPOConfig
     from prefdata.train.data import default_cache_dir, load_pairs, truncation_counts
@@ -63,9 +82,26 @@ def train(
     if cfg.ref_cache_dir is None:
         cfg.ref_cache_dir = str(default_cache_dir(dataset))
 
-    trainer = AIPOTrainer(model_path, cfg, train_ds, eval_ds)
-    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     out = Path(cfg.output_dir)
+    identity = run_identity(cfg, model_path, train_ds.to_list(), eval_ds.to_list() if eval_ds is not None else None)
+    if overwrite:
+        clear_run(out)
+    finished = _finished_summary(out, identity, resume_from_checkpoint)
+    if finished is not None:
+        return finished
+    resume_path = _resume_point(out, identity, resume_from_checkpoint)
+
+    trainer = AIPOTrainer(model_path, cfg, train_ds, eval_ds, run_identity=identity)
+    start_step = state_of(resume_path)["global_step"] if resume_path else 0
+    if resume_path is not None and start_step >= state_of(resume_path)["max_steps"]:
+        # Killed after the last checkpoint but before the summary: the weights are final, do not train again.
+        trainer._load_from_checkpoint(str(resume_path))
+        trainer.state = TrainerState.load_from_json(str(resume_path / "trainer_state.json"))
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        train_loss, runtime = (sum(losses) / len(losses) if losses else float("nan")), None
+    else:
+        result = trainer.train(resume_from_checkpoint=str(resume_path) if resume_path else None)
+        train_loss, runtime = result.training_loss, result.metrics.get("train_runtime")
     trainer.save_model(str(out))
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
     logged = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
@@ -75,18 +111,64 @@ def train(
         "loss_type": cfg.loss_type,
         "pairs": len(train_ds),
         "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "train_runtime": result.metrics.get("train_runtime"),
+        "resumed_from_step": start_step,
+        "train_loss": train_loss,
+        "train_runtime": runtime,
         "first_logged": logged[0] if logged else {},
         "last_logged": logged[-1] if logged else {},
         "eval": eval_metrics,
         **truncation_counts(trainer.train_dataset),
         "ref_cache": trainer.ref_cache_paths,
+        "fingerprint": identity["fingerprint"],
+        "config": identity["config"],
     }
     if trainer.is_world_process_zero():
         to_bf16_safetensors(out)
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str))
+        tmp = out / f".{SUMMARY_FILE}.tmp"
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+        os.replace(tmp, out / SUMMARY_FILE)  # last: its presence means the final model is complete
     return summary
+
+
+def _finished_summary(out: Path, identity: dict[str, Any], resume: str | bool | None) -> dict[str, Any] | None:
+    """The saved summary when `out` holds this run, finished; refuse a finished different run."""
+    f = out / SUMMARY_FILE
+    if isinstance(resume, str) or not f.is_file():
+        return None
+    try:
+        saved = json.loads(f.read_text())
+    except ValueError:
+        return None  # a summary cut short: the final save did not finish, so train (or resume) again
+    if saved.get("fingerprint") != identity["fingerprint"]:
+        raise refuse_other_run(out, "the final model", saved if "config" in saved else None, identity)
+    logger.warning("%s already holds this finished run (step %s); nothing to do", out, saved.get("global_step"))
+    return {**saved, "already_finished": True}
+
+
+def _resume_point(out: Path, identity: dict[str, Any], resume: str | bool | None) -> Path | None:
+    """The checkpoint to continue from: the one given, else the latest complete one of this run, else None."""
+    if isinstance(resume, str):
+        path = Path(resume).expanduser()
+        if not path.is_dir():
+            raise PrefdataError(f"checkpoint {path} does not exist; pass a checkpoint-N folder or --resume latest")
+        marker = read_marker(path)
+        if marker is None:
+            raise PrefdataError(f"{path} is not a complete checkpoint (its save did not finish); pass another one")
+        if marker["fingerprint"] != identity["fingerprint"]:
+            raise refuse_other_run(path, "a checkpoint", marker, identity)
+        remove_incomplete(out)
+        return path
+    remove_incomplete(out)
+    found = checkpoints(out)
+    for _, _path, marker in found:
+        if (marker or {}).get("fingerprint") != identity["fingerprint"]:
+            raise refuse_other_run(out, "checkpoints", marker, identity)
+    if found:
+        logger.warning("resuming from %s", found[-1][1])
+        return found[-1][1]
+    if resume:
+        logger.warning("no complete checkpoint in %s: training starts at step 0", out)
+    return None
 
 
 def to_bf16_safetensors(folder: Path) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from prefdata.train.config import AIPOConfig
 from prefdata.train.data import (
@@ -32,6 +33,7 @@ from prefdata.train.data import (
     tokenize_pairs,
 )
 from prefdata.train.losses import preference_loss, preference_metrics
+from prefdata.train.resume import write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class AIPOTrainer(Trainer):
         eval_dataset: Dataset | None = None,
         processing_class: Any = None,
         callbacks: list | None = None,
+        run_identity: dict[str, Any] | None = None,
     ) -> None:
         model_path = model if isinstance(model, str) else str(model.name_or_path)
         if isinstance(model, str):
@@ -65,6 +68,7 @@ class AIPOTrainer(Trainer):
         collator = PairCollator(pad)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
         self.policy_path = model_path
+        self.run_identity = run_identity or {"fingerprint": None, "config": {}}
         self.ref_cache_paths: list[str] = []
         train_dataset = self._prepare(train_dataset, model, processing_class, collator, args)
         if eval_dataset is not None:
@@ -114,6 +118,19 @@ class AIPOTrainer(Trainer):
             rejected.append(r)
         ds = ds.add_column("ref_chosen_logps", np.stack(chosen, 1).tolist())
         return ds.add_column("ref_rejected_logps", np.stack(rejected, 1).tolist())
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """Save, mark the checkpoint complete, and only then delete old ones (a kill never loses the last one)."""
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            run_dir = Path(self._get_output_dir(trial=trial))
+            write_marker(run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}", self.run_identity)
+            rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"

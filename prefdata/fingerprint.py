@@ -1,0 +1,86 @@
+"""Content hashes of model folders, so a checkpoint overwritten in place is never mistaken for the old one.
+
+A model is identified by what its files hold (weights, config, tokenizer, chat template), not by its path, file
+names, sizes or mtimes. Hashing a 15 GB model on every run would be slow, so each file's digest is cached under
+the prefdata cache folder, keyed by the file's absolute path, size, mtime and ctime: a file is read again only
+when one of these changes (an in-place overwrite changes the mtime and ctime even when the size stays the same).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+_SKIP_SUFFIXES = (".md",)
+_SKIP_NAMES = ("prefdata_train.json",)  # the trainer's summary: run times, not part of the model
+_BLOCK = 1 << 22
+
+
+def _cache_file(folder: Path) -> Path:
+    from prefdata.models import cache_dir
+
+    key = hashlib.sha256(str(folder).encode()).hexdigest()[:32]
+    return cache_dir() / "fingerprints" / f"{key}.json"
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The top-level files that make up a model (checkpoint-* subfolders, hidden files and docs are not part of it)."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix not in _SKIP_SUFFIXES and p.name not in _SKIP_NAMES
+    )
+
+
+def folder_hash(folder: str | Path) -> str:
+    """sha256 over (name, content digest) of every model file in `folder`; per-file digests are cached."""
+    folder = Path(folder).expanduser().resolve()
+    cache_path = _cache_file(folder)
+    try:
+        cached = json.loads(cache_path.read_text())
+        if not isinstance(cached, dict):
+            cached = {}
+    except (OSError, ValueError):
+        cached = {}
+    fresh: dict[str, list] = {}
+    total = hashlib.sha256()
+    for f in model_files(folder):
+        st = f.stat()  # follows symlinks (hub snapshots link to blobs)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        entry = cached.get(f.name)
+        digest = entry[3] if isinstance(entry, list) and len(entry) == 4 and entry[:3] == stamp else _file_digest(f)
+        fresh[f.name] = [*stamp, digest]
+        total.update(f"{f.name}\0{digest}\n".encode())
+    if fresh != cached:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(fresh))
+            os.replace(tmp, cache_path)
+        except OSError:
+            pass  # a read-only cache only costs speed
+    return total.hexdigest()
+
+
+def model_hash(model: str) -> str:
+    """Content hash of a local model folder, or of a hub model's cached snapshot; the name alone if neither is found."""
+    p = Path(model).expanduser()
+    if p.is_dir():
+        return folder_hash(p)
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot = snapshot_download(model, local_files_only=True)
+    except Exception:  # not in the local cache (or not a valid repo id): nothing to read
+        return hashlib.sha256(f"hub:{model}".encode()).hexdigest()
+    return folder_hash(snapshot)
