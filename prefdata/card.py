@@ -156,6 +156,7 @@ def build_card(
         f"| judge comparisons | {_n(js.get('comparisons'))} |",
         f"| ties | {_n(js.get('ties'))} ({_pct(js.get('ties_rate'))}) |",
         f"| failures | {_n(js.get('failures'))} ({_pct(js.get('failures_rate'))}) |",
+        f"| judge prompts longer than the judge's context (`too_long`) | {_n(js.get('too_long'))} |",
         f"| inconsistent (verdict changed when the order was swapped) | {_n(js.get('inconsistent'))} "
         f"({_pct(js.get('inconsistent_rate'))}) |",
         f"| mean consistency | {_num(js.get('consistency_mean'))} |",

@@ -142,7 +142,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     if candidates is None:
         raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
 
-    _check_full_order(rankings, cfg.pairs, cfg.shape, judge_hash)
+    _check_full_order(_final(rankings), cfg.pairs, cfg.shape, judge_hash)
     prompt_msgs = _prompt_messages(prompts, rankings)
     cands = _candidates_by_id(candidates, rankings)
     verdicts = {} if cfg.keep_inconsistent else _load_verdicts(run, judge_hash)
@@ -155,6 +155,10 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     n_considered = 0
     for rk in rows_in:
         pid = rk["prompt_id"]
+        if (rk.get("failures") or 0) > 0:  # not final: a failed call decided part of it (rank retries it)
+            drops["judge_failed"] += 1
+            n_considered += cfg.shape != "ranking"
+            continue
         ranked = _ranked_candidates(rk, cands)
         if cfg.shape == "ranking":
             row, dropped = _ranking_row(rk, ranked, prompt_msgs[pid], cfg)
@@ -209,6 +213,11 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         warnings.append(
             f"chosen is longer than rejected in {share:.0%} of pairs ({lengths['measure']}): the judge may "
             "favour length; consider a length-controlled judge, --min-margin or length-normalised training"
+        )
+    if drops.get("judge_failed"):
+        warnings.append(
+            f"{drops['judge_failed']} prompts skipped: their rankings rest on failed judge calls; run the same "
+            "`prefdata rank` command again to retry those calls, then export again"
         )
     if cfg.test_size > 0 and "test" not in splits:
         warnings.append("too few prompts for a test split; everything is in train")
@@ -283,6 +292,13 @@ def pick_judge(run: RunDir, judge_hash: str | None) -> str:
     if len(found) > 1:
         raise PrefdataError(f"{run.path} has rankings from several judges ({', '.join(found)}); pick one with --judge")
     return found[0]
+
+
+def _final(rankings: pl.DataFrame) -> pl.DataFrame:
+    """Rankings that rest on no failed judge call (the others are skipped and counted as judge_failed)."""
+    if "failures" not in rankings.columns:
+        return rankings
+    return rankings.filter(pl.col("failures").fill_null(0) == 0)
 
 
 def _check_full_order(rankings: pl.DataFrame, pairs: str, shape: str, judge_hash: str) -> None:
@@ -642,6 +658,7 @@ def ranking_stats(rankings: pl.DataFrame) -> dict[str, Any]:
         "ties": total("ties"),
         "failures": total("failures"),
         "inconsistent": total("inconsistent"),
+        "too_long": total("too_long"),
     }
     for k in ("ties", "failures", "inconsistent"):
         v = out[k]
@@ -679,6 +696,7 @@ def _relax_hint(drops: Counter[str]) -> str:
         "inconsistent": "--keep-inconsistent",
         "below_margin": "a lower --min-margin",
         "margin_unknown": "--min-margin 0",
+        "judge_failed": "a rerun of `prefdata rank` (it retries the failed judge calls)",
     }
     useful = [h for k, h in hints.items() if drops.get(k)]
     if useful:

@@ -20,6 +20,7 @@ NEEDS_FULL_ORDER = frozenset({"best-vs-each", "all", "adjacent"})
 
 # Drop reasons, in the order the filters run; the card lists them in this order.
 DROP_REASONS: dict[str, str] = {
+    "judge_failed": "prompt skipped: its ranking rests on a failed judge call (a rerun of `prefdata rank` retries it)",
     "no_preference": "no strict preference between best and worst (all tied or failed)",
     "tie": "the two candidates share a rank",
     "inconsistent": "the direct comparison of the two did not consistently prefer the chosen one",

@@ -68,8 +68,18 @@ RANKING_SCHEMA = {
     "prompt_id": pl.String, "judge_hash": pl.String, "strategy": pl.String, "candidate_ids": pl.List(pl.String),
     "ranks": pl.List(pl.Int64), "scores": pl.List(pl.Float64), "best_id": pl.String, "worst_id": pl.String,
     "complete": pl.Boolean, "n_candidates": pl.Int64, "comparisons": pl.Int64, "ties": pl.Int64, "failures": pl.Int64,
-    "inconsistent": pl.Int64, "consistency": pl.Float64, "margin": pl.Float64,
+    "inconsistent": pl.Int64, "consistency": pl.Float64, "margin": pl.Float64, "too_long": pl.Int64,
 }
+
+# `prefdata rank` exits with this when judge calls failed (or the endpoint went away): the rankings of some
+# prompts are not final; a rerun of the same command retries exactly those calls.
+EXIT_FAILURES = 3
+
+
+class JudgeUnreachable(PrefdataError):
+    """The judge endpoint stayed unreachable; the run stopped early (what was answered is kept)."""
+
+    exit_code = EXIT_FAILURES
 
 
 @dataclass
@@ -99,6 +109,7 @@ class RankConfig:
     backoff_s: float = 0.5  # OpenAI: first retry delay, doubled each time
     requests_per_minute: float | None = None  # OpenAI: rate limit over all endpoints
     timeout_s: float = 120.0  # OpenAI: per request
+    unreachable_after: int = 8  # OpenAI: stop the run after this many connection failures in a row
     batch_size: int = 64  # judge calls per round (= per judgments shard; the most a crash can lose)
     rm_batch_size: int = 16  # reward model forward batch (halved on out-of-memory)
     rm_max_length: int | None = None  # reward model input limit; longer inputs are cut and flagged
@@ -150,7 +161,7 @@ def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
         ob = OpenAIBackend(
             list(cfg.base_url), cfg.judge_model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
             max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, requests_per_minute=cfg.requests_per_minute,
-            timeout_s=cfg.timeout_s,
+            timeout_s=cfg.timeout_s, unreachable_after=cfg.unreachable_after,
         )
         ob.preflight()
         backend = ob
@@ -371,19 +382,32 @@ def _run_pairwise(
                 failures += v.verdict == "fail"
             run.write_shard(run.judgments_dir(jh), pl.DataFrame(shard, schema=JUDGMENT_SCHEMA))
             new_calls += len(batch)
+            down = getattr(judge, "unavailable", None)
+            if down:
+                answered = sum(v.verdict != "fail" for v in resolved.values()) - cached_at_start
+                raise JudgeUnreachable(
+                    f"stopped early: {down}; the {answered} judgments answered in this run are kept, start the server "
+                    "and run the same command again to continue"
+                )
             bar.set_postfix(failures=failures, cached=cached_at_start, refresh=False)
             for st in active:
                 bar.update(advance(st))
     finally:
         bar.close()
     rows = []
+    failed_calls = too_long = 0
     for st in states:
         assert st.result is not None
         c = count(st.outcomes)
+        failed = [resolved[k] for k in st.calls if resolved[k].verdict == "fail"]
+        long_ = sum(is_too_long(v.error) for v in failed)
+        failed_calls += len(failed)
+        too_long += long_
         rows.append(_row(st.p.pid, jh, strategy, st.result, len(st.p.cands), len(st.calls), c.ties, c.failures,
-                         c.inconsistent, c.consistency))
+                         c.inconsistent, c.consistency, long_))
     stats = {
         "judge_calls_new": new_calls, "judge_calls_cached": cached_at_start, "call_failures_new": failures,
+        "failed_calls": failed_calls, "too_long": too_long,
         "cycles": sum(st.result.cycles for st in states if st.result), "agreed_pairs": 0,
     }
     agreed = sum(count(st.outcomes).agreed for st in states)
@@ -437,6 +461,7 @@ def _run_scores(
     finally:
         bar.close()
     rows = []
+    failed_calls = 0
     for p in prompts:
         ids = [c.id for c in p.cands]
         scores: dict[str, float | None] = {}
@@ -446,16 +471,23 @@ def _run_scores(
         ranking = rank_by_scores(ids, scores, cfg.min_margin)
         vals = [(c, v) for c, v in scores.items() if v is not None]
         ties = sum(abs(a[1] - b[1]) <= cfg.min_margin for i, a in enumerate(vals) for b in vals[i + 1 :])
-        calls = len({rep[(p.pid, c)] for c in ids})
-        rows.append(_row(p.pid, jh, "scores", ranking, len(ids), calls, ties, sum(v is None for v in scores.values()), 0, None))
+        reps = {rep[(p.pid, c)] for c in ids}
+        failed_calls += sum(1 for c in reps if (p.pid, c) not in done or done[(p.pid, c)].error is not None)
+        rows.append(_row(p.pid, jh, "scores", ranking, len(ids), len(reps), ties, sum(v is None for v in scores.values()), 0,
+                         None, 0))
     truncated_total = sum(1 for r in done.values() if r.truncated)
     return rows, {"judge_calls_new": len(todo), "judge_calls_cached": cached, "call_failures_new": failures,
-                  "truncated_inputs": truncated_total}
+                  "failed_calls": failed_calls, "too_long": 0, "truncated_inputs": truncated_total}
 
 
 # -- output ---------------------------------------------------------------------------------------
+def is_too_long(error: str | None) -> bool:
+    """A call refused because the judge prompt does not fit the judge's context (it fails again on a rerun)."""
+    return bool(error) and str(error).startswith("too_long")
+
+
 def _row(pid: str, jh: str, strategy: str, r: Ranking, n: int, calls: int, ties: int, failures: int, inconsistent: int,
-         consistency: float | None) -> dict[str, Any]:
+         consistency: float | None, too_long: int) -> dict[str, Any]:
     margin = None
     if r.best_id is not None and r.worst_id is not None:
         s = dict(zip(r.candidate_ids, r.scores, strict=True))
@@ -465,7 +497,7 @@ def _row(pid: str, jh: str, strategy: str, r: Ranking, n: int, calls: int, ties:
         "prompt_id": pid, "judge_hash": jh, "strategy": strategy, "candidate_ids": r.candidate_ids, "ranks": r.ranks,
         "scores": r.scores, "best_id": r.best_id, "worst_id": r.worst_id, "complete": r.complete, "n_candidates": n,
         "comparisons": calls, "ties": ties, "failures": failures, "inconsistent": inconsistent, "consistency": consistency,
-        "margin": margin,
+        "margin": margin, "too_long": too_long,
     }
 
 
@@ -516,6 +548,7 @@ def _summarize(rows: list[dict[str, Any]], stats: dict[str, Any], jh: str, strat
         "consistency": consistency,
         "with_best_and_worst": sum(r["best_id"] is not None for r in rows),
         "without_preference": sum(r["best_id"] is None for r in rows),
+        "prompts_not_final": sum(r["failures"] > 0 for r in rows),
         "elapsed_s": round(elapsed, 3),
         "calls_per_s": round(stats.get("judge_calls_new", 0) / elapsed, 3) if elapsed > 0 else None,
         **stats,

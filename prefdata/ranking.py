@@ -198,7 +198,11 @@ def iterative(ids: Sequence[str]) -> Strategy:
 
 
 def round_robin(ids: Sequence[str]) -> Strategy:
-    """All pairs at once; ranks by points (win 1, tie 1/2), scores are Bradley-Terry log-strengths."""
+    """All pairs at once; ranks by points (win 1, tie 1/2), scores are Bradley-Terry log-strengths.
+
+    A failed comparison gives no points and makes the ranking incomplete: its order rests on a pair that was
+    never judged, so it is not final (a rerun of rank retries the call; export skips the prompt until then).
+    """
     ids = list(ids)
     if len(ids) < 2:
         return Ranking(ids, [1] * len(ids), [None] * len(ids), None, None, True)
@@ -223,8 +227,9 @@ def aggregate_round_robin(ids: list[str], outcomes: dict[Pair, PairOutcome]) -> 
     ranks: list[int | None] = [1 + sum(points[d] > points[c] for d in ids) for c in order]
     top, bottom = order[0], order[-1]
     separated = points[top] > points[bottom]
+    complete = not any(o.fail for o in outcomes.values())
     return Ranking(
-        order, ranks, [bt[c] for c in order], top if separated else None, bottom if separated else None, True,
+        order, ranks, [bt[c] for c in order], top if separated else None, bottom if separated else None, complete,
         cycles=count_cycles(ids, outcomes),
     )
 

@@ -29,6 +29,7 @@ from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings  #
 class FaultServer:
     def __init__(self) -> None:
         self.healthy = False
+        self.delay_s = 0.0  # answer each chat request this late (keeps a subprocess busy in lock and kill tests)
         self.attempts: Counter[str] = Counter()
         self.requests: list[str] = []
         self.lock = threading.Lock()
@@ -68,6 +69,10 @@ class FaultServer:
             self.attempts[key] += 1
             n = self.attempts[key]
             self.requests.append(key)
+        if self.delay_s:
+            import time
+
+            time.sleep(self.delay_s)
         kind = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 6
         if not self.healthy:
             if kind == 0 and n == 1:
@@ -192,7 +197,10 @@ def test_cli_yaml_config_and_flags(tmp_path, fault_servers, capsys):
     conf.write_text(f"judge: arena-hard-style\nbase_url: {fault_servers[0].url}\nstrategy: round-robin\nposition_bias: fixed\n")
     with pytest.raises(SystemExit) as e:
         main(["rank", "--run", str(run.path), "--config", str(conf), "--position-bias", "both", "--no-progress"])
-    assert e.value.code == 0
+    # the fault server answers in mt-bench's [[A]] style, which arena-hard's rule cannot read: every call fails,
+    # so rank ends with exit 3 (failed calls remain) and says how to retry
+    assert e.value.code == 3
+    assert "run the same command again" in capsys.readouterr().err
     meta = run.read_meta()["stages"]["rank"]
     (entry,) = meta.values()
     assert entry["config"]["judge"] == "arena-hard-style" and entry["config"]["position_bias"] == "both"

@@ -32,7 +32,7 @@ from prefdata.store import RunDir
 
 RANKING_COLUMNS = [
     "prompt_id", "judge_hash", "strategy", "candidate_ids", "ranks", "scores", "best_id", "worst_id", "complete",
-    "n_candidates", "comparisons", "ties", "failures", "inconsistent", "consistency", "margin",
+    "n_candidates", "comparisons", "ties", "failures", "inconsistent", "consistency", "margin", "too_long",
 ]
 
 

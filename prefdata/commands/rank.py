@@ -36,7 +36,7 @@ def command(
     config: Path = typer.Option(None, "--config", help="YAML file with RankConfig fields."),
 ) -> None:
     """Rank each prompt's candidates with a judge (iterative pairwise, round-robin, or reward-model scores)."""
-    from prefdata.rank import RankConfig, rank_run
+    from prefdata.rank import EXIT_FAILURES, RankConfig, rank_run
     from prefdata.store import RunDir
 
     cfg = build_config(
@@ -61,15 +61,41 @@ def command(
         typer.echo(f"skipped {s['prompts_without_reference']} prompts without a reference answer (the verifier needs one; "
                    "generate with --reference-field COLUMN)")
     typer.echo(f"rankings: {Path(run) / 'rankings' / s['judge_hash']}")
+    if s.get("too_long"):
+        typer.echo(
+            f"{s['too_long']} judge prompts do not fit the judge's context (too_long); their prompts are left out of "
+            "exports: use a judge with a longer context (--max-model-len for the in-process judge)", err=True,
+        )
+    retry = s.get("failed_calls", 0) - s.get("too_long", 0)
     if export is not None:
         from prefdata.export import ExportConfig, export_run
 
-        es = export_run(RunDir(run), ExportConfig(judge_hash=s["judge_hash"], out=str(export)))
-        for line in es.lines():
-            typer.echo(line)
+        try:
+            es = export_run(RunDir(run), ExportConfig(judge_hash=s["judge_hash"], out=str(export)))
+        except PrefdataError as e:
+            if retry <= 0:
+                raise
+            typer.echo(f"error: {e}", err=True)  # the exit code below says why: failed calls remain
+            push_to_hub = None
+        else:
+            for line in es.lines():
+                typer.echo(line)
         if push_to_hub:
             from prefdata.push import push_export
 
             res = push_export(export, push_to_hub)
             for line in res.lines():
                 typer.echo(line)
+    if retry > 0:
+        typer.echo(
+            f"{retry} judge calls failed: the rankings of {s['prompts_not_final']} prompts are not final and exports "
+            f"skip them; run the same command again to retry those calls: {rerun_command()}", err=True,
+        )
+        raise typer.Exit(EXIT_FAILURES)
+
+
+def rerun_command() -> str:
+    """The command as typed (secret options masked), named `prefdata` however it was started."""
+    from prefdata.store import command_line
+
+    return "prefdata " + command_line().split(" ", 1)[-1] if " " in command_line() else command_line()

@@ -80,6 +80,11 @@ class LLMPairJudge:
             **self.backend.config(),
         }
 
+    @property
+    def unavailable(self) -> str | None:
+        """Why the backend gave up on its endpoint (the stage stops early), or None."""
+        return getattr(self.backend, "unavailable", None)
+
     def judge(self, requests: list[PairRequest]) -> list[Verdict]:
         if not requests:
             return []

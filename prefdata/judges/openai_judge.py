@@ -5,6 +5,10 @@ slows a run down instead of failing it. Retried: connection errors, timeouts, 40
 that are not a valid chat completion (garbage JSON, no choices). Other 4xx answers (a bad request will not
 get better) fail at once. Every failure is returned as an error string, never raised, so the caller can
 record it; nothing is capped silently.
+
+An endpoint that stays unreachable is not retried forever: after `unreachable_after` connection failures in a
+row (across all requests and URLs; any answer from a server resets the count) the backend marks itself
+`unavailable`, every call still queued fails at once without being sent, and the caller stops the run.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class OpenAIBackend:
         backoff_s: float = 0.5,
         requests_per_minute: float | None = None,
         timeout_s: float = 120.0,
+        unreachable_after: int = 8,
     ) -> None:
         if not base_urls:
             raise PrefdataError("the OpenAI judge needs at least one --base-url")
@@ -50,6 +55,9 @@ class OpenAIBackend:
         self.timeout_s = timeout_s
         self._rr = 0
         self._next_start = 0.0
+        self.unreachable_after = max(1, unreachable_after)
+        self._conn_failures = 0  # connection failures in a row, over all requests
+        self.unavailable: str | None = None  # why the endpoints count as down (then nothing more is sent)
 
     def config(self) -> dict[str, object]:
         """What changes verdicts (the model); URLs, concurrency and retries do not."""
@@ -128,11 +136,14 @@ class OpenAIBackend:
         t0 = time.monotonic()
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
+            if self.unavailable is not None:
+                return ChatOut(error=f"not sent: {self.unavailable}", latency_s=time.monotonic() - t0, attempts=attempt)
             url = self.base_urls[(k + attempt) % len(self.base_urls)]
             await self._wait_rate(lock)
             retry_after = 0.0
             try:
                 r = await client.post(f"{url}/chat/completions", json=body)
+                self._conn_failures = 0
                 if r.status_code >= 400:
                     last = f"HTTP {r.status_code} from {url}: {r.text[:200]}"
                     if r.status_code not in RETRY_STATUS:
@@ -141,6 +152,12 @@ class OpenAIBackend:
                 else:
                     text, tops = _parse_completion(r)
                     return ChatOut(text=text, top_logprobs=tops, latency_s=time.monotonic() - t0, attempts=attempt + 1)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                last = f"{type(e).__name__} from {url}: {e}"
+                self._conn_failures += 1
+                if self._conn_failures >= self.unreachable_after and self.unavailable is None:
+                    where = ", ".join(self.base_urls)
+                    self.unavailable = f"the judge server ({where}) refused {self._conn_failures} connections in a row"
             except httpx.HTTPError as e:
                 last = f"{type(e).__name__} from {url}: {e}"
             except ValueError as e:  # not JSON, or not a chat completion
