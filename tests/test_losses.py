@@ -206,3 +206,80 @@ def test_parity_with_trl_sigmoid_dpo(beta):
     # and aipo with alpha = lambda = 0 is that same TRL loss
     aipo = preference_loss("aipo", pc, pr, rc, rr, lc, lr, beta=beta, alpha=0.0, lambda_=0.0).mean()
     torch.testing.assert_close(aipo, trl_loss, rtol=1e-10, atol=1e-10)
+
+
+# ---------------------------------------------------------------- MRPO against the official K=2 code (papers.md 2.2, 2.5)
+
+
+def _worked_example():
+    """Policy −45/−65, external reference −40/−70, primary reference −50/−60 (chosen/rejected), β 0.1, ε 0.1."""
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    ones = torch.ones(1)
+    return t(-45.0), t(-65.0), [t(-50.0), t(-40.0)], [t(-60.0), t(-70.0)], ones, ones
+
+
+def test_mrpo_code_mapping_reproduces_the_official_worked_example():
+    """Regression (issue 9 item 1): the weights came from the CLIPPED margins (a = 0.609, loss 0.405370).
+
+    By hand, in the code's order: Δ1 = 30, Δ2 = 10, a = 30/(40 + 1e-6) = 0.75; s = 45/110, ε_w = 0.0409,
+    ε_l = 0.0591; clipped external −47.9545 / −63.5455; L̃ = l1' + l2 − log(a e^{l1'} + (1−a) e^{l2}).
+    """
+    from prefdata.train.losses import _mrpo_reference, multi_dpo_loss
+
+    pc, pr, rc, rr, lc, lr = _worked_example()
+    loss = preference_loss("mrpo", pc, pr, rc, rr, lc, lr, beta=0.1, mrpo_eta=0.1, mrpo_weight_mapping="code")
+    assert loss.item() == pytest.approx(0.386475, abs=5e-7)
+    assert multi_dpo_loss(pc, pr, rc, rr, beta=0.1, mrpo_eta=0.1).item() == pytest.approx(0.450914, abs=5e-7)
+
+    a, s = 30 / (40 + 1e-6), 45 / 110
+    clip_w = min(max(-40.0, (1 + 0.1 * s) * -50.0), (1 - 0.1 * s) * -50.0)
+    clip_l = min(max(-70.0, (1 + 0.1 * (1 - s)) * -60.0), (1 - 0.1 * (1 - s)) * -60.0)
+    assert clip_w == pytest.approx(-47.954545, abs=1e-6) and clip_l == pytest.approx(-63.545455, abs=1e-6)
+    c, r = _mrpo_reference(pc, rc, rr, 0.1, None, "code")
+    for got, l1c, l2 in ((c, clip_w, -50.0), (r, clip_l, -60.0)):
+        # the log-sum-exp form of the code, and the harmonic-mean identity −log(a/e^{l2} + (1−a)/e^{l1'})
+        lse = l1c + l2 - math.log(a * math.exp(l1c) + (1 - a) * math.exp(l2))
+        harmonic = -math.log(a / math.exp(l2) + (1 - a) / math.exp(l1c))
+        assert got.item() == pytest.approx(lse, abs=1e-9) and lse == pytest.approx(harmonic, abs=1e-9)
+
+
+def test_mrpo_margin_mapping_also_weighs_by_unclipped_margins():
+    """"margin": the external reference weighs |Δ1| / (|Δ1| + |Δ2| + 1e-6) of the (clipped) harmonic mean."""
+    from prefdata.train.losses import _mrpo_reference
+
+    pc, _, rc, rr, _, _ = _worked_example()
+    w_ext = 30 / (40 + 1e-6)
+    c, r = _mrpo_reference(pc, rc, rr, 0.1, None, "margin")
+    fixed_c, fixed_r = _mrpo_reference(pc, rc, rr, 0.1, [1 - w_ext, w_ext], "margin")
+    torch.testing.assert_close(c, fixed_c, rtol=0, atol=1e-12)
+    torch.testing.assert_close(r, fixed_r, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("mapping", ["code", "margin"])
+def test_mrpo_properties(mapping):
+    """papers.md 2.5 on random batches: identical references are DPO; a=1 is the primary, a=0 the clipped external;
+    the harmonic-mean identity; |l1' − l2| ≤ ε|l2| after clipping."""
+    from prefdata.train.losses import _mrpo_parts, _mrpo_reference
+
+    pc, pr, rc, rr, lc, lr = _batch(12)
+    dpo = preference_loss("dpo", pc, pr, rc, rr, lc, lr)
+    same = preference_loss("mrpo", pc, pr, [rc, rc], [rr, rr], lc, lr, mrpo_weight_mapping=mapping)
+    torch.testing.assert_close(same, dpo, rtol=0, atol=1e-12)
+
+    ec, er = rc * 1.3 + 2.0, rr * 0.8 - 1.0  # an external reference far from the primary
+    eta = 0.1
+    clipped_c, clipped_r, w = _mrpo_parts([rc, ec], [rr, er], eta, None, mapping)
+    assert torch.all((clipped_c[1] - rc).abs() <= eta * rc.abs() + 1e-9)
+    assert torch.all((clipped_r[1] - rr).abs() <= eta * rr.abs() + 1e-9)
+    torch.testing.assert_close(w.sum(0), torch.ones_like(pc), rtol=0, atol=1e-12)
+    c, r = _mrpo_reference(pc, [rc, ec], [rr, er], eta, [1.0, 0.0], mapping)
+    torch.testing.assert_close(c, rc, rtol=0, atol=1e-12)
+    torch.testing.assert_close(r, rr, rtol=0, atol=1e-12)
+    c, r = _mrpo_reference(pc, [rc, ec], [rr, er], eta, [0.0, 1.0], mapping)
+    torch.testing.assert_close(c, clipped_c[1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(r, clipped_r[1], rtol=0, atol=1e-12)
+    c, _ = _mrpo_reference(pc, [rc, ec], [rr, er], eta, None, mapping)
+    a = w[0]  # the weight of the primary reference
+    lse = clipped_c[1] + rc - torch.log(a * torch.exp(clipped_c[1] - rc) + (1 - a)) - rc  # l1' + l2 − log(a e^{l1'} + (1−a) e^{l2})
+    torch.testing.assert_close(c, lse, rtol=0, atol=1e-9)
+    torch.testing.assert_close(c, -torch.log(a * torch.exp(-rc) + (1 - a) * torch.exp(-clipped_c[1])), rtol=1e-9, atol=1e-9)

@@ -361,3 +361,28 @@ def test_out_of_range_train_values_are_one_line(tmp_path, capsys, flag, value, f
     code, _, err = _cli(["train", str(data), "--output-dir", str(tmp_path / "o"), flag, value], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error:") and field in err
     assert not (tmp_path / "o").exists()
+
+
+def test_simpo_runs_no_reference_pass(tmp_path, tiny_llama_dir):
+    """Regression (issue 9 item 12): SimPO computed (and cached) reference log-probs it never reads."""
+    from prefdata.train import train
+    from prefdata.train.data import compute_logps
+
+    calls = []
+    import prefdata.train.trainer as trainer_mod
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return compute_logps(*args, **kwargs)
+
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    original, trainer_mod.compute_logps = trainer_mod.compute_logps, counting
+    try:
+        s = train(data, str(tiny_llama_dir), tmp_path / "out", loss_type="simpo", beta=2.0, max_steps=1,
+                  save_strategy="no", **FAST)  # fmt: skip
+    finally:
+        trainer_mod.compute_logps = original
+    assert calls == [] and s["ref_cache"] == [] and not (tmp_path / ".prefdata_ref_cache").exists()
+    assert s["global_step"] == 1 and torch.isfinite(torch.tensor(s["train_loss"]))
+    with pytest.raises(PrefdataError, match="simpo uses no reference"):
+        train(data, str(tiny_llama_dir), tmp_path / "o2", loss_type="simpo", ref_models=[str(tiny_llama_dir)])

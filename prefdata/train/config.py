@@ -98,6 +98,8 @@ class AIPOConfig(TrainingArguments):
             raise ValueError(f"loss_type {self.loss_type!r} is not one of {', '.join(LOSS_TYPES)}")
         if self.mrpo_weight_mapping not in MRPO_WEIGHT_MAPPINGS:
             raise ValueError(f"mrpo_weight_mapping must be one of {', '.join(MRPO_WEIGHT_MAPPINGS)}")
+        if self.loss_type == "simpo" and self.ref_models:
+            raise ValueError("loss_type simpo uses no reference model; drop ref_models (--ref-model)")
         if self.loss_type != "mrpo" and len(self.ref_models) > 1:
             raise ValueError(f"loss_type {self.loss_type} takes one reference model; several are for mrpo")
         if self.loss_type == "mrpo" and self.mrpo_weights is not None and len(self.mrpo_weights) != 1 + len(self.ref_models):

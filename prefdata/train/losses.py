@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 LOSS_TYPES = ("aipo", "alpha_dpo", "dpo", "dpo_nll", "ipo", "simpo", "bcr", "mrpo")
 MRPO_WEIGHT_MAPPINGS = ("margin", "code")
+REFERENCE_FREE = ("simpo",)  # loss types that never read the reference log-probs
 
 RefLogps = torch.Tensor | Sequence[torch.Tensor]
 
@@ -160,22 +161,46 @@ def _mrpo_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The MRPO aggregated reference log π̃_ref(y_w|x), log π̃_ref(y_l|x) (papers.md 2.1-2.2).
 
-    With K references l_0 (primary: the starting policy) and l_1..l_{K-1} (external):
-    - CTRO clipping: each external l_k is clipped into [(1+ε)·l_0, (1−ε)·l_0] (a relative band around the primary;
-      log-probs are ≤ 0), with ε_w = ε·s, ε_l = ε·(1−s), s = |b_w| / (|b_w| + |b_l|), b = mean over references.
-    - ARWC weights (mrpo_weights None): w_k ∝ |Δ_k|, Δ_k = l_k(y_w) − l_k(y_l), per example.
-      Mapping "margin" (default): w_k is the weight OF reference k (the paper's description, per secondary
-      sources). Mapping "code" (K=2 only): the official code's assignment, where the weight computed from the
-      external margin |Δ_1| multiplies the primary reference and vice versa.
-    - Aggregation, the weighted harmonic mean: log π̃(y) = −log Σ_k w_k exp(−l_k(y)).
+    With K references l_0 (primary: the starting policy) and l_1..l_{K-1} (external), in the official code's order:
+    - ARWC weights (mrpo_weights None), from the UNCLIPPED margins Δ_k = l_k(y_w) − l_k(y_l), per example:
+      an external reference's share is |Δ_k| / (Σ_j |Δ_j| + 1e-6) and the primary takes the rest.
+      Mapping "margin" (default): that share is the weight OF reference k (the paper's description, per secondary
+      sources). Mapping "code" (K=2 only, the official code exactly): a = |Δ_1| / (|Δ_0| + |Δ_1| + 1e-6), computed
+      from the external margin, weighs the primary reference and 1 − a the external one.
+    - CTRO clipping, after the weights: each external l_k is clipped into [(1+ε)·l_0, (1−ε)·l_0] (a relative band
+      around the primary; log-probs are ≤ 0), with ε_w = ε·s, ε_l = ε·(1−s), s = |b_w| / (|b_w| + |b_l|) and b the
+      mean over references of the unclipped log-probs.
+    - Aggregation, the weighted harmonic mean: log π̃(y) = −log Σ_k w_k exp(−l'_k(y)).
     Identical references give π̃ = π_ref (so MRPO reduces to DPO).
     """
+    lc, lr, w = _mrpo_parts(ref_chosen_logps, ref_rejected_logps, eta, weights, mapping)
+    log_w = torch.log(w.clamp(min=1e-30))
+    return -torch.logsumexp(log_w - lc, dim=0), -torch.logsumexp(log_w - lr, dim=0)
+
+
+def _mrpo_parts(
+    ref_chosen_logps: RefLogps, ref_rejected_logps: RefLogps, eta: float, weights: Sequence[float] | None, mapping: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped reference log-probs [K, B] (chosen, rejected) and the per-reference weights [K, B] of `mapping`."""
     if mapping not in MRPO_WEIGHT_MAPPINGS:
         raise ValueError(f"unknown mrpo_weight_mapping {mapping!r}; choose one of {', '.join(MRPO_WEIGHT_MAPPINGS)}")
     lc, lr = _stack(ref_chosen_logps), _stack(ref_rejected_logps)  # [K, B]
     if lc.shape != lr.shape:
         raise ValueError(f"mrpo: chosen and rejected reference log-probs differ in shape: {lc.shape} vs {lr.shape}")
     k = lc.shape[0]
+    if weights is None:
+        margins = (lc - lr).abs()  # unclipped: the weights come before CTRO, as in the official code
+        share = margins[1:] / (margins.sum(0, keepdim=True) + 1e-6)  # [K-1, B]
+        if mapping == "code":
+            if k != 2:
+                raise ValueError("mrpo_weight_mapping 'code' is defined for exactly two references")
+            w = torch.cat([share, 1 - share])  # a (from |Δ_1|) weighs the primary, 1 − a the external reference
+        else:
+            w = torch.cat([1 - share.sum(0, keepdim=True), share])
+    else:
+        if len(weights) != k:
+            raise ValueError(f"mrpo_weights has {len(weights)} values for {k} references")
+        w = torch.as_tensor(list(weights), dtype=lc.dtype, device=lc.device).unsqueeze(1).expand_as(lc)
     if eta < 0:
         eps_w = eps_l = torch.full_like(lc[0], -eta)
     else:
@@ -184,19 +209,28 @@ def _mrpo_reference(
         eps_w, eps_l = eta * s, eta * (1 - s)
     lc = torch.cat([lc[:1], _clip(lc[1:], lc[0], eps_w)])
     lr = torch.cat([lr[:1], _clip(lr[1:], lr[0], eps_l)])
-    if weights is None:
-        w = (lc - lr).abs() + 1e-6  # [K, B]
-        w = w / w.sum(0, keepdim=True)
-        if mapping == "code":
-            if k != 2:
-                raise ValueError("mrpo_weight_mapping 'code' is defined for exactly two references")
-            w = w.flip(0)
-    else:
-        if len(weights) != k:
-            raise ValueError(f"mrpo_weights has {len(weights)} values for {k} references")
-        w = torch.as_tensor(list(weights), dtype=lc.dtype, device=lc.device).unsqueeze(1).expand_as(lc)
-    log_w = torch.log(w.clamp(min=1e-30))
-    return -torch.logsumexp(log_w - lc, dim=0), -torch.logsumexp(log_w - lr, dim=0)
+    return lc, lr, w
+
+
+def multi_dpo_loss(
+    policy_chosen_logps: torch.Tensor,
+    policy_rejected_logps: torch.Tensor,
+    ref_chosen_logps: RefLogps,
+    ref_rejected_logps: RefLogps,
+    *,
+    beta: float = 0.1,
+    mrpo_eta: float = 0.1,
+    mrpo_weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """The multi-DPO baseline of the MRPO code (`--mref_naive`): Σ_k w_k · DPO(π; l'_k), per example [B].
+
+    One DPO loss per (CTRO-clipped) reference, weighted by that reference's own margin share (with K=2:
+    a · DPO(clipped external) + (1 − a) · DPO(primary), a = |Δ_1| / (|Δ_0| + |Δ_1| + 1e-6)).
+    """
+    lc, lr, w = _mrpo_parts(ref_chosen_logps, ref_rejected_logps, mrpo_eta, mrpo_weights, "margin")
+    policy_margin = policy_chosen_logps - policy_rejected_logps
+    per_ref = -F.logsigmoid(beta * (policy_margin.unsqueeze(0) - (lc - lr)))  # [K, B]
+    return (w * per_ref).sum(0)
 
 
 def _clip(ext: torch.Tensor, primary: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

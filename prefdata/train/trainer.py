@@ -32,7 +32,7 @@ from prefdata.train.data import (
     sequence_logps,
     tokenize_pairs,
 )
-from prefdata.train.losses import preference_loss, preference_metrics
+from prefdata.train.losses import REFERENCE_FREE, preference_loss, preference_metrics
 from prefdata.train.resume import write_marker
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ class AIPOTrainer(Trainer):
             ds = tokenize_pairs(ds, tokenizer, args.max_prompt_length, args.max_length)
         if "ref_chosen_logps" in ds.column_names:
             return ds
+        if args.loss_type in REFERENCE_FREE:  # SimPO never reads a reference: no pass, no cache file
+            zeros = [[0.0]] * len(ds)
+            return ds.add_column("ref_chosen_logps", zeros).add_column("ref_rejected_logps", zeros)
         refs = (
             ([self.policy_path] + list(args.ref_models)) if args.loss_type == "mrpo" else (args.ref_models or [self.policy_path])
         )
