@@ -469,8 +469,8 @@ def _run_scores(
             r = done.get((p.pid, rep[(p.pid, cid)]))
             scores[cid] = r.score if r is not None and r.error is None else None
         ranking = rank_by_scores(ids, scores, cfg.min_margin)
-        vals = [(c, v) for c, v in scores.items() if v is not None]
-        ties = sum(abs(a[1] - b[1]) <= cfg.min_margin for i, a in enumerate(vals) for b in vals[i + 1 :])
+        group = [r for r in ranking.ranks if r is not None]
+        ties = sum(a == b for i, a in enumerate(group) for b in group[i + 1 :])  # pairs sharing a tie group
         reps = {rep[(p.pid, c)] for c in ids}
         failed_calls += sum(1 for c in reps if (p.pid, c) not in done or done[(p.pid, c)].error is not None)
         rows.append(_row(p.pid, jh, "scores", ranking, len(ids), len(reps), ties, sum(v is None for v in scores.values()), 0,

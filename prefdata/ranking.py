@@ -281,18 +281,26 @@ def count_cycles(ids: list[str], outcomes: dict[Pair, PairOutcome]) -> int:
 
 
 def rank_by_scores(ids: list[str], scores: dict[str, float | None], min_margin: float = 0.0) -> Ranking:
-    """Sort by score; rank_i = 1 + #{j : s_j - s_i > min_margin}, so candidates within the margin tie.
+    """Sort by score; candidates joined by a chain of score gaps <= min_margin share a rank (tie groups).
 
-    best/worst are the top and bottom scores, reported only when they differ by more than min_margin.
-    Unscored candidates (failures) come last with null rank.
+    Ties must be transitive, or a pair inside the margin could still be exported (1.0/0.6/0.2 with margin 0.5
+    would rank 0.6 above 0.2): so scores sorted high to low start a new group only where the gap to the
+    previous score is > min_margin, and any two candidates in different groups differ by more than the
+    margin. rank = 1 + number of candidates in higher groups. best/worst are the top and bottom scores,
+    reported only when they are in different groups. Unscored candidates (failures) come last, rank null.
     """
     pos = {c: i for i, c in enumerate(ids)}
     scored = sorted((c for c in ids if scores.get(c) is not None), key=lambda c: (-(scores[c] or 0.0), pos[c]))
     failed = [c for c in ids if scores.get(c) is None]
-    ranks: list[int | None] = [1 + sum((scores[d] or 0.0) - (scores[c] or 0.0) > min_margin for d in scored) for c in scored]
+    ranks: list[int | None] = []
+    for i, c in enumerate(scored):
+        if i and (scores[scored[i - 1]] or 0.0) - (scores[c] or 0.0) <= min_margin:
+            ranks.append(ranks[-1])
+        else:
+            ranks.append(i + 1)
     ranks += [None] * len(failed)
     best = worst = None
-    if len(scored) >= 2 and (scores[scored[0]] or 0.0) - (scores[scored[-1]] or 0.0) > min_margin:
+    if len(scored) >= 2 and ranks[0] != ranks[len(scored) - 1]:
         best, worst = scored[0], scored[-1]
     order = scored + failed
     return Ranking(order, ranks, [scores.get(c) for c in order], best, worst, not failed)

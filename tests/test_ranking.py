@@ -284,3 +284,39 @@ def copy_inputs(run: RunDir, dest: Path) -> RunDir:
     """A fresh run with the same prompts and candidates (no judgments)."""
     shutil.copytree(run.path, dest, ignore=shutil.ignore_patterns("judgments", "rankings"))
     return RunDir(dest)
+
+
+class ScoreByQuality:
+    """A pointwise judge whose score is the hidden quality / 10 (stands in for a reward model's opinion)."""
+
+    def config(self) -> dict[str, object]:
+        return {"kind": "oracle-score"}
+
+    def score(self, requests):
+        from prefdata.judges.verdict import ScoreResult
+
+        return [ScoreResult(r.candidate.id, quality(r.candidate.text) / 10, 3) for r in requests]
+
+
+def test_min_margin_ties_are_transitive():
+    r = rank_by_scores(["a", "b", "c"], {"a": 1.0, "b": 0.6, "c": 0.2}, min_margin=0.5)
+    assert r.ranks == [1, 1, 1] and r.best_id is None  # 1.0~0.6 and 0.6~0.2 chain into one tie group
+    r = rank_by_scores(["a", "b", "c", "d"], {"a": 1.0, "b": 0.8, "c": 0.2, "d": 0.1}, min_margin=0.3)
+    assert r.ranks == [1, 1, 3, 3] and (r.best_id, r.worst_id) == ("a", "d")
+
+
+def test_min_margin_no_exported_pair_within_the_margin(tmp_path):
+    from prefdata.export import ExportConfig, export_run
+
+    qs = [[10, 6, 2], [10, 4], [9, 8, 3, 2, 1]]  # scores q/10; margin 0.5
+    run, pids = make_run(tmp_path / "r", [[f"ans q={q} #{i}" for i, q in enumerate(x)] for x in qs])
+    s = rank_run(run, RankConfig(strategy="scores", min_margin=0.5, progress=False), judge=ScoreByQuality())
+    df = read_rankings(run, s["judge_hash"])
+    assert df.filter(pl.col("prompt_id") == pids[0])["ranks"].to_list() == [[1, 1, 1]]
+    for pairs in ("adjacent", "all", "best-vs-each", "best-worst"):
+        e = export_run(run, ExportConfig(pairs=pairs, out=str(tmp_path / pairs)))
+        rows = pl.read_parquet(tmp_path / pairs / "data")
+        assert e.n_rows == rows.height > 0
+        gaps = (rows["chosen_score"] - rows["rejected_score"]).to_list()
+        assert min(gaps) > 0.5 + 1e-9, (pairs, gaps)
+        assert pids[0] not in set(rows["prompt_id"])
