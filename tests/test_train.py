@@ -386,3 +386,24 @@ def test_simpo_runs_no_reference_pass(tmp_path, tiny_llama_dir):
     assert s["global_step"] == 1 and torch.isfinite(torch.tensor(s["train_loss"]))
     with pytest.raises(PrefdataError, match="simpo uses no reference"):
         train(data, str(tiny_llama_dir), tmp_path / "o2", loss_type="simpo", ref_models=[str(tiny_llama_dir)])
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "datasets"])
+def test_every_export_format_is_accepted_with_its_split(tmp_path, fmt):
+    """Regression (issue 9 item 13): a `--format jsonl` export folder was refused by train."""
+    from prefdata.export import ExportConfig, export_run
+
+    try:
+        from tests.test_export_fixtures import four, make_run
+    except ImportError:
+        from test_export_fixtures import four, make_run
+
+    run = make_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
+    s = export_run(run, ExportConfig(format=fmt, test_size=0.34, out=str(tmp_path / fmt)))
+    train, evals = load_pairs(tmp_path / fmt)
+    assert evals is not None and {"train": len(train), "test": len(evals)} == s.splits == {"train": 4, "test": 2}
+    prompts = {r["prompt"][0]["content"] for r in train} | {r["prompt"][0]["content"] for r in evals}
+    assert prompts == {f"q{i}" for i in range(6)}
+    row = train[0]
+    assert row["chosen"][0]["content"].endswith("best answer with many words here")
+    assert row["rejected"][0]["content"].endswith("bad")

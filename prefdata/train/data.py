@@ -44,15 +44,7 @@ def load_pairs(path: str | Path) -> tuple[Dataset, Dataset | None]:
             else:
                 train, evals = ds, None
         else:
-            data = p / "data" if (p / "data").is_dir() else p
-            train_files = sorted(glob.glob(str(data / "train-*.parquet")))
-            test_files = sorted(glob.glob(str(data / "test-*.parquet")))
-            if not train_files:
-                train_files = sorted(set(glob.glob(str(data / "*.parquet"))) - set(test_files))
-            if not train_files:
-                raise PrefdataError(f"dataset folder {p} has no parquet files (expected data/train-*.parquet)")
-            train = _read_files(train_files)
-            evals = _read_files(test_files) if test_files else None
+            train, evals = _read_folder(p)
     elif p.suffix == ".parquet":
         train, evals = _read_files([str(p)]), None
     elif p.suffix in (".jsonl", ".json"):
@@ -63,11 +55,29 @@ def load_pairs(path: str | Path) -> tuple[Dataset, Dataset | None]:
     return train, normalize_pairs(evals, str(p)) if evals is not None and len(evals) else None
 
 
+def _read_folder(p: Path) -> tuple[Dataset, Dataset | None]:
+    """An export folder of either file format (data/train-*.parquet or .jsonl, test-* the eval split)."""
+    data = p / "data" if (p / "data").is_dir() else p
+    for ext in ("parquet", "jsonl"):
+        test_files = sorted(glob.glob(str(data / f"test-*.{ext}")))
+        train_files = sorted(glob.glob(str(data / f"train-*.{ext}")))
+        if not train_files:
+            train_files = sorted(set(glob.glob(str(data / f"*.{ext}"))) - set(test_files))
+        if train_files:
+            read = _read_files if ext == "parquet" else _read_jsonl_files
+            return read(train_files), (read(test_files) if test_files else None)
+    raise PrefdataError(
+        f"dataset folder {p} has no data files (expected data/train-*.parquet or data/train-*.jsonl, or a saved dataset)"
+    )
+
+
 def _read_files(files: list[str]) -> Dataset:
     rows: list[dict[str, Any]] = []
     for f in files:
         try:
             rows.extend(pq.read_table(f, columns=None).select(_present(f)).to_pylist())
+        except PrefdataError:
+            raise
         except Exception as e:  # pyarrow raises several types for a corrupt file
             raise PrefdataError(f"cannot read parquet file {f}: {e}") from e
     return Dataset.from_list(rows)
@@ -81,7 +91,18 @@ def _present(f: str) -> list[str]:
     return list(REQUIRED)
 
 
+def _read_jsonl_files(files: list[str]) -> Dataset:
+    rows: list[dict[str, Any]] = []
+    for f in files:
+        rows.extend(_jsonl_rows(Path(f)))
+    return Dataset.from_list(rows)
+
+
 def _read_jsonl(p: Path) -> Dataset:
+    return Dataset.from_list(_jsonl_rows(p))
+
+
+def _jsonl_rows(p: Path) -> list[dict[str, Any]]:
     rows = []
     try:
         text = p.read_text()
@@ -97,7 +118,7 @@ def _read_jsonl(p: Path) -> Dataset:
             raise PrefdataError(
                 f"{p} row {i + 1} is missing {', '.join(missing)}; a preference row needs prompt, chosen, rejected"
             )
-    return Dataset.from_list([{c: r[c] for c in REQUIRED} for r in rows])
+    return [{c: r[c] for c in REQUIRED} for r in rows]
 
 
 def normalize_pairs(ds: Dataset, where: str) -> Dataset:
