@@ -16,7 +16,7 @@ import typer
 from prefdata import __version__
 from prefdata.errors import PrefdataError
 
-VERBS = ("generate", "rank", "export", "push", "train", "iterate", "judge_eval")
+VERBS = ("generate", "rank", "export", "push", "train", "iterate", "eval", "judge_eval")
 
 app = typer.Typer(
     name="prefdata",

@@ -10,7 +10,7 @@ from prefdata.config import build_config
 from prefdata.errors import PrefdataError
 
 
-def _parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
+def _parse_sets(items: list[str], stages: tuple[str, ...] = ("generate", "rank", "export", "train")) -> dict[str, dict[str, object]]:
     """`--set train.learning_rate=1e-6` → {"train": {"learning_rate": 1e-6}} (values parsed as YAML)."""
     import yaml
 
@@ -18,8 +18,8 @@ def _parse_sets(items: list[str]) -> dict[str, dict[str, object]]:
     for item in items:
         key, sep, value = item.partition("=")
         stage, dot, fld = key.partition(".")
-        if not sep or not dot or stage not in ("generate", "rank", "export", "train"):
-            raise PrefdataError(f"--set {item!r}: write STAGE.FIELD=VALUE with STAGE one of generate, rank, export, train")
+        if not sep or not dot or stage not in stages:
+            raise PrefdataError(f"--set {item!r}: write STAGE.FIELD=VALUE with STAGE one of {', '.join(stages)}")
         out.setdefault(stage, {})[fld] = yaml.safe_load(value)
     return out
 

@@ -1,0 +1,175 @@
+"""`prefdata eval`: real sampling (transformers backend, tiny Llama) with a verifier, the scripted pairwise judge
+server with a hand-computed win rate, and the length-controlled estimate on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_rank_openai import FaultServer  # noqa: E402
+
+from prefdata.errors import PrefdataError  # noqa: E402
+from prefdata.eval import EvalConfig, Sides, eval_judge, eval_run, finish  # noqa: E402
+from prefdata.records import candidate_id, prompt_id  # noqa: E402
+from prefdata.stats import length_controlled_win_rate, wilson  # noqa: E402
+from prefdata.store import MESSAGES_DTYPE, RunDir  # noqa: E402
+
+
+def _wilson_by_hand(p: float, n: int) -> tuple[float, float]:
+    z = 1.959963984540054
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def test_wilson_matches_the_formula():
+    assert wilson(0.6, 5) == pytest.approx(_wilson_by_hand(0.6, 5))
+    lo, hi = wilson(0.0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)  # the textbook value for 0/10
+
+
+@pytest.fixture
+def arith_file(tmp_path):
+    rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b), "gold": f"The answer is {a + b}."}
+            for a, b in [(12, 30), (45, 11), (20, 22), (31, 17), (60, 9), (14, 14)]]
+    rows.append({"prompt": "Say something nice.", "answer": "", "gold": "Something nice."})  # no reference
+    f = tmp_path / "eval.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f
+
+
+def test_eval_with_verifier_real_sampling_column_baseline_and_resume(tmp_path, tiny_llama_dir, arith_file):
+    cfg = EvalConfig(model=str(tiny_llama_dir), baseline="gold", prompts=str(arith_file), judge="verify:number",
+                     reference_field="answer", backend="hf", max_tokens=6)
+    run = RunDir(tmp_path / "ev")
+    s = eval_run(run, cfg, progress=False)
+    # the baseline column holds the right answers: accuracy 6/6; the random tiny model gets none right
+    assert s["judge_kind"] == "verifier" and s["prompts"] == 7 and s["prompts_without_reference"] == 1
+    assert s["baseline_accuracy"] == 1.0 and s["baseline_scored"] == 6
+    assert (s["baseline_accuracy_low"], s["baseline_accuracy_high"]) == pytest.approx(_wilson_by_hand(1.0, 6))
+    assert s["accuracy"] == 0.0 and (s["accuracy_low"], s["accuracy_high"]) == pytest.approx(_wilson_by_hand(0.0, 6))
+    assert s["compared"] == 6 and s["win_rate"] == 0.0 and s["losses"] == 6
+    assert s["length_unit"] == "tokens" and s["len_mean"] <= 6 and s["baseline_len_mean"] > 0
+    assert s["lc_win_rate"] is not None and s["lc_win_rate"] < 0.5
+    assert json.loads((run.path / "eval.json").read_text())["accuracy"] == 0.0
+    md = (run.path / "eval.md").read_text()
+    assert "| accuracy (95% CI) | 0.000 [0.000, " in md and "| 1.000 [" in md
+    cands = run.read_candidates()
+    assert cands.filter(pl.col("kind") == "sample").height == 7 + 7  # one answer per side and prompt
+    # rerun: nothing sampled or judged again, the same report
+    s2 = eval_run(run, cfg, progress=False)
+    assert run.read_candidates().height == cands.height and s2 == s
+    meta = run.read_meta()
+    assert meta["stages"]["rank"][s["judge_hash"]]["counts"]["judge_calls_new"] == 0
+
+
+def test_eval_model_against_model_and_errors(tmp_path, tiny_llama_dir, demo_model_dir, arith_file):
+    from conftest import build_tiny_llama
+
+    other = build_tiny_llama(tmp_path / "other", demo_model_dir, seed=3)
+    cfg = EvalConfig(model=str(tiny_llama_dir), baseline=str(other), prompts=str(arith_file), judge="verify:number",
+                     reference_field="answer", backend="hf", max_tokens=4, limit=3)
+    s = eval_run(RunDir(tmp_path / "ev"), cfg, progress=False)
+    assert s["model_sampler"] != s["baseline_sampler"] and s["prompts"] == 3
+    assert s["accuracy"] == s["baseline_accuracy"] == 0.0 and s["win_rate"] == 0.5 and s["ties"] == 3
+    same = EvalConfig(model=str(tiny_llama_dir), baseline=str(tiny_llama_dir), prompts=str(arith_file),
+                      judge="verify:number", reference_field="answer", backend="hf", max_tokens=4)
+    with pytest.raises(PrefdataError, match="same model"):
+        eval_run(RunDir(tmp_path / "ev2"), same, progress=False)
+    bad = EvalConfig(model=str(tiny_llama_dir), baseline="nocolumn", prompts=str(arith_file), judge="verify:number")
+    with pytest.raises(PrefdataError, match="neither a model folder nor a column"):
+        eval_run(RunDir(tmp_path / "ev3"), bad, progress=False)
+
+
+def _pair_run(path: Path, pairs: list[tuple[str, str]]) -> tuple[RunDir, Sides]:
+    """An eval run as eval_generate leaves it: one answer per side and prompt, two sampler hashes."""
+    run = RunDir(path)
+    run.record_stage("generate", "m", {"note": "built by the test"})
+    prows, crows = [], []
+    for i, (mt, bt) in enumerate(pairs):
+        msgs = [{"role": "user", "content": f"Task number {i}"}]
+        pid = prompt_id(msgs)
+        prows.append({"prompt_id": pid, "messages": msgs, "source": "{}", "reference": None})
+        for shash, text in (("mhash", mt), ("bhash", bt)):
+            crows.append({"prompt_id": pid, "candidate_id": candidate_id(pid, shash, "sample", 0), "sampler_hash": shash,
+                          "kind": "sample", "index": 0, "text": text, "finish_reason": "stop",
+                          "n_tokens": len(text.split()), "model": shash})
+    run.write_prompts(pl.DataFrame(prows, schema={"prompt_id": pl.String, "messages": MESSAGES_DTYPE, "source": pl.String,
+                                                  "reference": pl.String}))
+    run.write_shard(run.candidates_dir, pl.DataFrame(crows))
+    return run, Sides("mhash", "bhash", "model", "baseline")
+
+
+def test_eval_pairwise_scripted_judge_hand_computed(tmp_path, monkeypatch):
+    server = FaultServer()
+    server.healthy = True  # judges by the hidden quality q=N in each answer, consistently in both orders
+    try:
+        pairs = [
+            ("answer q=5 with a few more words here", "answer q=2"),  # model wins both orders
+            ("answer q=7 and more", "answer q=1"),  # model wins both orders
+            ("answer q=3", "answer q=3 too"),  # tie both orders ([[C]])
+            ("answer q=1", "answer q=9 but longer"),  # model loses both orders
+            ("same q=4", "same q=4"),  # identical text: a tie without a call
+        ]
+        run, sides = _pair_run(tmp_path / "ev", pairs)
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text("".join(json.dumps({"prompt": f"Task number {i}"}) + "\n" for i in range(len(pairs))))
+        cfg = EvalConfig(model="m", baseline="b", prompts=str(prompts), judge="verdict-only", base_url=[server.url],
+                         rank={"backoff_s": 0.01})
+        rs = eval_judge(run, cfg, progress=False)
+        s = finish(run, cfg, sides, rs)
+        assert s["judge_kind"] == "pairwise" and s["compared"] == 5
+        assert (s["wins"], s["ties"], s["losses"]) == (4, 4, 2) and s["judge_calls"] == 8
+        assert s["identical_answers"] == 1 and len(server.requests) == 8  # both orders of 4 prompts
+        assert s["win_rate"] == pytest.approx(3 / 5)  # per prompt 1, 1, ½, 0, ½
+        assert (s["win_rate_low"], s["win_rate_high"]) == pytest.approx(_wilson_by_hand(0.6, 5))
+        assert s["len_mean"] == pytest.approx((8 + 4 + 2 + 2 + 2) / 5) and s["baseline_len_mean"] == pytest.approx((2 + 2 + 3 + 4 + 2) / 5)
+        # a rerun asks the judge nothing again
+        server.requests.clear()
+        s2 = finish(run, cfg, sides, eval_judge(run, cfg, progress=False))
+        assert server.requests == [] and s2["win_rate"] == s["win_rate"]
+    finally:
+        server.close()
+
+
+def test_length_controlled_win_rate_when_length_alone_decides():
+    rng = np.random.default_rng(0)
+    n = 400
+    # the model is longer on 80% of prompts, and the judge's preference depends on length only
+    d = np.where(rng.random(n) < 0.8, rng.integers(1, 80, n), -rng.integers(1, 80, n)).astype(float)
+    y = (rng.random(n) < 1 / (1 + np.exp(-4 * np.tanh(d / d.std())))).astype(float)
+    fit = length_controlled_win_rate(list(y), list(d))
+    assert y.mean() > 0.7  # the raw win rate rewards length
+    assert fit.low < 0.5 < fit.high and abs(fit.lc_win_rate - 0.5) < 0.08
+    # when length does not matter, the length-controlled rate stays at the raw one
+    y2 = (rng.random(n) < 0.7).astype(float)
+    fit2 = length_controlled_win_rate(list(y2), list(d))
+    assert fit2.lc_win_rate == pytest.approx(y2.mean(), abs=0.04)
+    # no length variation: the intercept alone, the raw win rate
+    fit3 = length_controlled_win_rate([1.0, 0.5, 0.5, 1.0], [3.0, 3.0, 3.0, 3.0])
+    assert fit3.lc_win_rate == pytest.approx(0.75, abs=1e-6)
+
+
+def test_cli_eval_prints_table_and_one_error_line(tmp_path, tiny_llama_dir, arith_file, capsys):
+    from prefdata.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--run", str(tmp_path / "ev"), "--model", str(tiny_llama_dir), "--baseline", "gold", "--prompts",
+              str(arith_file), "--judge", "verify:number", "--reference-field", "answer", "--backend", "hf",
+              "--max-tokens", "4", "--limit", "2", "--quiet"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "accuracy (95% CI)" in out and "length-controlled win rate" in out and "eval.json" in out
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--run", str(tmp_path / "ev4"), "--model", str(tiny_llama_dir), "--baseline", "gold", "--prompts",
+              str(arith_file), "--judge", "python:nope.py:f", "--reference-field", "answer", "--backend", "hf", "--quiet"])
+    assert e.value.code == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+    assert len(err) == 1 and "nope.py" in err[0]
