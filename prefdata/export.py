@@ -145,7 +145,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     _check_full_order(_final(rankings), cfg.pairs, cfg.shape, judge_hash)
     prompt_msgs = _prompt_messages(prompts, rankings)
     cands = _candidates_by_id(candidates, rankings)
-    verdicts = {} if cfg.keep_inconsistent else _load_verdicts(run, judge_hash)
+    verdicts = {} if cfg.keep_inconsistent else _load_verdicts(run, judge_hash, prompts, cands)
 
     order = {pid: i for i, pid in enumerate(prompts["prompt_id"].to_list())}
     rows_in = sorted(rankings.iter_rows(named=True), key=lambda r: order[r["prompt_id"]])
@@ -362,11 +362,14 @@ def _ranked_candidates(rk: dict[str, Any], cands: dict[str, dict[str, Any]]) -> 
     return out
 
 
-def _load_verdicts(run: RunDir, judge_hash: str) -> dict[tuple[str, frozenset[str]], list[str | None]]:
-    """Direct judge calls per candidate pair; only the few columns needed are read (raw output can be big)."""
+def _load_verdicts(
+    run: RunDir, judge_hash: str, prompts: pl.DataFrame, cands: dict[str, dict[str, Any]]
+) -> dict[tuple[str, frozenset[str]], list[str | None]]:
+    """Direct judge calls per candidate pair; only the few columns needed are read (raw output can be big).
+    A call whose content key shows it judged other texts than the candidates have now is left out."""
     folder = run.judgments_dir(judge_hash)
     files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
-    want = ["prompt_id", "a_id", "b_id", "verdict", "winner_id"]
+    want = ["prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_key"]
     frames = []
     for p in files:
         cols = [c for c in want if c in pl.read_parquet_schema(p)]
@@ -376,7 +379,26 @@ def _load_verdicts(run: RunDir, judge_hash: str) -> dict[tuple[str, frozenset[st
     df = pl.concat(frames, how="diagonal_relaxed")
     if not {"prompt_id", "a_id", "b_id", "verdict"} <= set(df.columns):
         return {}
-    return direct_verdicts(df.iter_rows(named=True))
+    rows = list(df.iter_rows(named=True))
+    if "content_key" in df.columns:
+        from prefdata.rank import content_key
+
+        has_ref = "reference" in prompts.columns
+        context = {
+            r["prompt_id"]: (r["messages"] or [], r["reference"] if has_ref else None) for r in prompts.iter_rows(named=True)
+        }
+
+        def current(r: dict[str, Any]) -> bool:
+            if r["content_key"] is None or r["prompt_id"] not in context:
+                return True
+            a, b = cands.get(r["a_id"]), cands.get(r["b_id"] or "")
+            if a is None or b is None:
+                return False
+            msgs, ref = context[r["prompt_id"]]
+            return r["content_key"] == content_key(judge_hash, msgs, ref, a.get("text") or "", b.get("text") or "")
+
+        rows = [r for r in rows if not r.get("b_id") or current(r)]
+    return direct_verdicts(rows)
 
 
 # -- rows -------------------------------------------------------------------------------------------

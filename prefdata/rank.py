@@ -11,8 +11,10 @@ Judgment rows (one per judge call): a_id is the candidate shown first; `order` i
 the prompt's candidate order (kind, index, id) and 1 when the call swapped them; verdict a|b|tie|fail is
 relative to a_id/b_id and winner_id names the id. Reward-model rows score one candidate: a_id = candidate,
 b_id = null, verdict "score" (or "fail"), plus n_tokens and truncated. Failed calls are kept with their raw
-text and error, and are asked again by the next run; the cache key is (prompt_id, a_id, b_id) inside the
-judge-hash directory, so the order is part of the key.
+text and error, and are asked again by the next run. The cache is keyed on content: a row is reused only when
+its `content_key` (a hash of the judge hash, the prompt, the reference and both texts in the order shown)
+equals that of the candidates as they are now, so a changed text is judged again, never mixed up by id.
+Rows written before content keys existed (no `content_key`) are asked again once.
 
 Candidates with identical text in one prompt tie without a judge call (no row), so a tie can never turn into
 a chosen/rejected pair with the same text.
@@ -21,6 +23,8 @@ a chosen/rejected pair with the same text.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +65,7 @@ JUDGMENT_SCHEMA = {
     "prompt_id": pl.String, "a_id": pl.String, "b_id": pl.String, "order": pl.Int8, "verdict": pl.String,
     "winner_id": pl.String, "score": pl.Float64, "raw": pl.String, "error": pl.String, "latency_s": pl.Float64,
     "attempts": pl.Int32, "repaired": pl.Boolean, "n_tokens": pl.Int32, "truncated": pl.Boolean,
-    "judge_hash": pl.String, "created": pl.Float64,
+    "judge_hash": pl.String, "created": pl.Float64, "content_key": pl.String,
 }
 
 RANKING_SCHEMA = {
@@ -127,6 +131,18 @@ class RankConfig:
             raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
+
+
+def content_key(
+    judge_hash: str, messages: Any, reference: str | None, first_text: str, second_text: str | None
+) -> str:
+    """What a judgment depends on besides the judge: the prompt, the reference and the texts in the order shown.
+
+    `messages`: (role, content) pairs or {"role", "content"} dicts. second_text is None for a score.
+    """
+    msgs = [[m["role"], m["content"]] if isinstance(m, dict) else [m[0], m[1]] for m in messages]
+    blob = json.dumps([judge_hash, msgs, reference, first_text, second_text], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
 @dataclass
@@ -300,10 +316,20 @@ def _run_pairwise(
     run: RunDir, cfg: RankConfig, judge: PairJudge, jh: str, strategy: str, prompts: list[_Prompt], old: pl.DataFrame | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     resolved: dict[tuple[str, str, str], Verdict] = {}
-    if old is not None and old.height:
-        ok = old.filter(pl.col("verdict") != "fail").sort("created")
+    by_pid = {p.pid: p for p in prompts}
+    texts = {(p.pid, c.id): c.text for p in prompts for c in p.cands}
+
+    def ckey(k: tuple[str, str, str]) -> str:
+        p = by_pid[k[0]]
+        return content_key(jh, p.messages, p.reference, texts[(k[0], k[1])], texts[(k[0], k[2])])
+
+    if old is not None and old.height and "content_key" in old.columns:
+        ok = old.filter((pl.col("verdict") != "fail") & pl.col("content_key").is_not_null()).sort("created")
         for r in ok.iter_rows(named=True):
-            resolved[(r["prompt_id"], r["a_id"], r["b_id"])] = Verdict(
+            k = (r["prompt_id"], r["a_id"], r["b_id"])
+            if (k[0], k[1]) not in texts or (k[0], k[2]) not in texts or r["content_key"] != ckey(k):
+                continue  # judged on other texts (or candidates no longer ranked): not this question
+            resolved[k] = Verdict(
                 r["a_id"], r["b_id"], r["verdict"], r["winner_id"], r["score"], r["raw"] or "", r["error"], r["latency_s"] or 0.0
             )
     cached_at_start = len(resolved)
@@ -377,6 +403,7 @@ def _run_pairwise(
                     "prompt_id": k[0], "a_id": k[1], "b_id": k[2], "order": order, "verdict": v.verdict, "winner_id": v.winner_id,
                     "score": v.score, "raw": v.raw, "error": v.error, "latency_s": v.latency_s, "attempts": v.attempts,
                     "repaired": v.repaired, "n_tokens": None, "truncated": None, "judge_hash": jh, "created": now,
+                    "content_key": ckey(k),
                 })
                 resolved[k] = v
                 failures += v.verdict == "fail"
@@ -420,9 +447,11 @@ def _run_scores(
     run: RunDir, cfg: RankConfig, judge: PointwiseJudge, jh: str, prompts: list[_Prompt], old: pl.DataFrame | None
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     done: dict[tuple[str, str], ScoreResult] = {}
-    if old is not None and old.height:
+    keys = {(p.pid, c.id): content_key(jh, p.messages, p.reference, c.text, None) for p in prompts for c in p.cands}
+    if old is not None and old.height and "content_key" in old.columns:
         for r in old.filter(pl.col("verdict") != "fail").sort("created").iter_rows(named=True):
-            done[(r["prompt_id"], r["a_id"])] = ScoreResult(r["a_id"], r["score"], r["n_tokens"] or 0, bool(r["truncated"]))
+            if r["content_key"] is not None and r["content_key"] == keys.get((r["prompt_id"], r["a_id"])):
+                done[(r["prompt_id"], r["a_id"])] = ScoreResult(r["a_id"], r["score"], r["n_tokens"] or 0, bool(r["truncated"]))
     cached = len(done)
     # identical texts in a prompt are scored once and share the score
     rep: dict[tuple[str, str], str] = {}
@@ -451,6 +480,7 @@ def _run_scores(
                     "prompt_id": q.prompt_id, "a_id": q.candidate.id, "b_id": None, "order": 0, "verdict": "score" if ok else "fail",
                     "winner_id": None, "score": r.score, "raw": "", "error": r.error, "latency_s": r.latency_s, "attempts": 1,
                     "repaired": False, "n_tokens": r.n_tokens, "truncated": r.truncated, "judge_hash": jh, "created": now,
+                    "content_key": keys[(q.prompt_id, q.candidate.id)],
                 })
                 done[(q.prompt_id, q.candidate.id)] = r
                 failures += not ok

@@ -172,7 +172,30 @@ class RunDir:
         return path
 
     def read_candidates(self) -> pl.DataFrame | None:
-        return read_parquet_dir(self.candidates_dir)
+        """Every candidate shard as one frame. The same candidate id with two different texts is an error that
+        names the shards: ranking one text and exporting the other would publish a pair nobody judged."""
+        folder = self.candidates_dir
+        if not folder.is_dir():
+            return None
+        files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+        if not files:
+            return None
+        df = pl.concat([pl.read_parquet(p).with_columns(pl.lit(p.name).alias("_shard")) for p in files], how="diagonal_relaxed")
+        if {"candidate_id", "text"} <= set(df.columns):
+            clash = (
+                df.group_by("candidate_id", maintain_order=True)
+                .agg(pl.col("text").n_unique().alias("n"), pl.col("_shard").unique(maintain_order=True).alias("shards"))
+                .filter(pl.col("n") > 1)
+            )
+            if clash.height:
+                first = clash.row(0, named=True)
+                where = " and ".join(str(folder / f) for f in first["shards"])
+                raise PrefdataError(
+                    f"candidate id {first['candidate_id']} has different texts in {where} ({clash.height} id(s) in all): "
+                    "the run mixes two generations under the same ids; move the shard you do not want out of "
+                    f"{folder} and run again"
+                )
+        return df.drop("_shard")
 
 
 def _now() -> str:
