@@ -407,3 +407,43 @@ def test_every_export_format_is_accepted_with_its_split(tmp_path, fmt):
     row = train[0]
     assert row["chosen"][0]["content"].endswith("best answer with many words here")
     assert row["rejected"][0]["content"].endswith("bad")
+
+
+GEMMA_TEMPLATE = (
+    "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def test_gemma_style_end_of_turn_is_where_the_completion_ends(tmp_path, demo_model_dir):
+    """Regression (issue 9 item 10): with a template whose end-of-turn token is not eos_token (Gemma), the trainer
+    appended <eos> after <end_of_turn>, one token more than vLLM samples (it stops at <end_of_turn> and keeps it)."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(demo_model_dir)
+    tok.add_special_tokens({"eos_token": "<eos>", "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tok.chat_template = GEMMA_TEMPLATE
+    eos, eot = tok.eos_token_id, tok.convert_tokens_to_ids("<end_of_turn>")
+    assert eos != eot
+    # a Gemma-style generation config: generation stops at <eos> or <end_of_turn>
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2, eos_token_id=eos))  # fmt: skip
+    model.generation_config.eos_token_id = [eos, eot]
+    from prefdata.train.data import stop_token_ids
+
+    assert stop_token_ids(model) == sorted([eos, eot])
+
+    pair = _pairs(1)[0]
+    ds = Dataset.from_list([{k: pair[k] for k in ("prompt", "chosen", "rejected")}])
+    row = tokenize_pairs(ds, tok, 512, 2560, stop_token_ids(model))[0]
+    for side in ("chosen", "rejected"):
+        ids = row[f"{side}_ids"]
+        # exactly what sampling returns: the answer's tokens, then <end_of_turn>, nothing after it
+        assert ids[-1] == eot and eos not in ids and ids.count(eot) == 1
+        assert tok.decode(ids[:-1]) == pair[side][0]["content"]
+    assert tok.decode(row["prompt_ids"]).endswith("<start_of_turn>model\n")
+    # without a stop token in the template, an EOS still ends the completion
+    tok.chat_template = GEMMA_TEMPLATE.replace("<end_of_turn>", "")
+    ids = tokenize_pairs(ds, tok, 512, 2560, stop_token_ids(model))[0]["chosen_ids"]
+    assert ids[-1] == eos and eot not in ids

@@ -153,17 +153,24 @@ def _messages(value: Any, column: str, where: str, row: int) -> list[dict[str, s
 # ---------------------------------------------------------------- tokenization
 
 
-def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_prompt_length: int, max_length: int) -> dict[str, Any]:
-    """Token ids of one pair: the chat template applied once, the completion ending in exactly one EOS.
+def tokenize_pair(
+    example: dict[str, Any], tokenizer: Any, max_prompt_length: int, max_length: int, stop_ids: Any = None
+) -> dict[str, Any]:
+    """Token ids of one pair: the chat template applied once, each completion ending where sampling stops.
 
     The prompt is rendered with the generation prompt; each completion is the rest of the rendered conversation.
-    Tokens the template adds after the end-of-turn EOS (a newline) are dropped, an EOS is added if the template
-    has none, and duplicates are collapsed. Prompts longer than `max_prompt_length` keep their last tokens;
-    completions longer than what is left of `max_length` are cut at the end and flagged.
+    vLLM stops at the first stop token (the tokenizer's EOS and the model's `generation_config.eos_token_id`,
+    given as `stop_ids`) and keeps it, so the completion ends at the template's end-of-turn token when that is a
+    stop token (ChatML `<|im_end|>`, Gemma `<end_of_turn>`, Llama 3 `<|eot_id|>`), with nothing after it: tokens
+    the template adds after it (a newline) are dropped, an EOS is added only if the template ends the turn with
+    no stop token, and a second stop token right after the first is dropped. Prompts longer than
+    `max_prompt_length` keep their last tokens; completions longer than what is left of `max_length` are cut at
+    the end and flagged.
     """
     if not getattr(tokenizer, "chat_template", None):
         raise PrefdataError("the model's tokenizer has no chat template; train from an instruct model or add one")
     eos = tokenizer.eos_token_id
+    stops = {eos, *(stop_ids or ())}
     prompt_text = tokenizer.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     out: dict[str, Any] = {"prompt_truncated": len(prompt_ids) > max_prompt_length}
@@ -174,11 +181,11 @@ def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_prompt_length: in
         if not full.startswith(prompt_text):
             raise PrefdataError("the chat template does not render the prompt as a prefix of the conversation")
         ids = tokenizer(full[len(prompt_text) :], add_special_tokens=False)["input_ids"]
-        while ids and ids[-1] != eos and not tokenizer.decode([ids[-1]]).strip():
+        while ids and ids[-1] not in stops and not tokenizer.decode([ids[-1]]).strip():
             ids.pop()
-        if not ids or ids[-1] != eos:
+        if not ids or ids[-1] not in stops:
             ids.append(eos)
-        while len(ids) >= 2 and ids[-2] == eos:
+        while len(ids) >= 2 and ids[-2] in stops:
             ids.pop()
         out[f"{side}_truncated"] = len(ids) > budget
         out[f"{side}_ids"] = ids[:budget]
@@ -186,11 +193,14 @@ def tokenize_pair(example: dict[str, Any], tokenizer: Any, max_prompt_length: in
     return out
 
 
-def tokenize_pairs(ds: Dataset, tokenizer: Any, max_prompt_length: int, max_length: int) -> Dataset:
+def tokenize_pairs(
+    ds: Dataset, tokenizer: Any, max_prompt_length: int, max_length: int, stop_ids: Any = None
+) -> Dataset:
     """Tokenize every pair and warn with the number of truncated prompts and completions."""
+    kwargs = {"tokenizer": tokenizer, "max_prompt_length": max_prompt_length, "max_length": max_length}
     tok = ds.map(
         tokenize_pair,
-        fn_kwargs={"tokenizer": tokenizer, "max_prompt_length": max_prompt_length, "max_length": max_length},
+        fn_kwargs={**kwargs, "stop_ids": sorted(stop_ids or ())},
         remove_columns=ds.column_names,
         desc="Tokenizing pairs",
     )
@@ -207,6 +217,15 @@ def tokenize_pairs(ds: Dataset, tokenizer: Any, max_prompt_length: int, max_leng
 
 def truncation_counts(ds: Dataset) -> dict[str, int]:
     return {f"truncated/{c}": int(sum(ds[f"{c}_truncated"])) for c in ("prompt", "chosen", "rejected")}
+
+
+def stop_token_ids(model: Any) -> list[int]:
+    """The ids generation stops at (vLLM and transformers read `generation_config.eos_token_id`, a list for Gemma)."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        ids |= {int(v) for v in (value if isinstance(value, list | tuple) else [value]) if v is not None}
+    return sorted(ids)
 
 
 # ---------------------------------------------------------------- batching and log-probs

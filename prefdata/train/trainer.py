@@ -30,6 +30,7 @@ from prefdata.train.data import (
     data_fingerprint,
     model_fingerprint,
     sequence_logps,
+    stop_token_ids,
     tokenize_pairs,
 )
 from prefdata.train.losses import REFERENCE_FREE, preference_loss, preference_metrics
@@ -87,7 +88,7 @@ class AIPOTrainer(Trainer):
 
     def _prepare(self, ds: Dataset, model: PreTrainedModel, tokenizer: Any, collator: PairCollator, args: AIPOConfig) -> Dataset:
         if "prompt_ids" not in ds.column_names:
-            ds = tokenize_pairs(ds, tokenizer, args.max_prompt_length, args.max_length)
+            ds = tokenize_pairs(ds, tokenizer, args.max_prompt_length, args.max_length, stop_token_ids(model))
         if "ref_chosen_logps" in ds.column_names:
             return ds
         if args.loss_type in REFERENCE_FREE:  # SimPO never reads a reference: no pass, no cache file
