@@ -447,3 +447,20 @@ def test_gemma_style_end_of_turn_is_where_the_completion_ends(tmp_path, demo_mod
     tok.chat_template = GEMMA_TEMPLATE.replace("<end_of_turn>", "")
     ids = tokenize_pairs(ds, tok, 512, 2560, stop_token_ids(model))[0]["chosen_ids"]
     assert ids[-1] == eos and eot not in ids
+
+
+def test_reference_with_another_tokenizer_is_refused(tmp_path, tiny_llama_dir, demo_model_dir, capsys):
+    """Regression (issue 9 item 9): an MRPO reference with another tokenizer scored the policy's ids silently."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(demo_model_dir)
+    tok.add_tokens(["<extra_a>", "<extra_b>"])
+    tok.save_pretrained(tmp_path / "tok")
+    other = build_tiny_llama(tmp_path / "other", tmp_path / "tok", seed=1, layers=1)
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(2))
+    capsys.readouterr()  # the build's progress bar
+    argv = ["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(tmp_path / "o"), "--loss", "mrpo",
+            "--ref-model", str(other), "--max-steps", "1"]  # fmt: skip
+    code, _, err = _cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "another tokenizer" in err and str(other) in err
+    assert not (tmp_path / ".prefdata_ref_cache").exists()

@@ -219,6 +219,24 @@ def truncation_counts(ds: Dataset) -> dict[str, int]:
     return {f"truncated/{c}": int(sum(ds[f"{c}_truncated"])) for c in ("prompt", "chosen", "rejected")}
 
 
+def check_same_tokenizer(policy_tokenizer: Any, policy: str, ref: str) -> None:
+    """Refuse a reference whose tokenizer differs: it would score the policy's token ids as other text."""
+    from transformers import AutoTokenizer
+
+    try:
+        ref_tok = AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError) as e:
+        raise PrefdataError(f"cannot load the tokenizer of reference model {ref}: {e}") from e
+    mine, theirs = policy_tokenizer.get_vocab(), ref_tok.get_vocab()
+    if mine != theirs:
+        differ = sum(1 for t, i in mine.items() if theirs.get(t) != i) + len(set(theirs) - set(mine))
+        raise PrefdataError(
+            f"reference model {ref} has another tokenizer than the policy {policy} ({len(theirs)} vs {len(mine)} "
+            f"tokens, {differ} differ); references score the policy's token ids, so use references that share "
+            "the policy's tokenizer"
+        )
+
+
 def stop_token_ids(model: Any) -> list[int]:
     """The ids generation stops at (vLLM and transformers read `generation_config.eos_token_id`, a list for Gemma)."""
     ids: set[int] = set()

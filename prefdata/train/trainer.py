@@ -26,6 +26,7 @@ from prefdata.train.config import AIPOConfig
 from prefdata.train.data import (
     PairCollator,
     cached_logps,
+    check_same_tokenizer,
     compute_logps,
     data_fingerprint,
     model_fingerprint,
@@ -61,10 +62,13 @@ class AIPOTrainer(Trainer):
         run_identity: dict[str, Any] | None = None,
     ) -> None:
         model_path = model if isinstance(model, str) else str(model.name_or_path)
-        if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         if processing_class is None:
             processing_class = AutoTokenizer.from_pretrained(model_path)
+        if args.loss_type not in REFERENCE_FREE:
+            for ref in args.ref_models:  # before any model is loaded: a mismatch fails fast
+                check_same_tokenizer(processing_class, model_path, ref)
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
         collator = PairCollator(pad)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
