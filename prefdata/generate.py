@@ -327,13 +327,9 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
     tag = f"{host_tag()}-{cfg.shard.replace('/', 'of')}" if cfg.shard else host_tag()
     per_prompt = sum(s.n for s in plan)
     bar = console_progress(len(todo) * per_prompt, "generate", "completion", disable=not progress)
-    live = {"tokens": 0, "t0": time.time()}
 
     def on_done(completions: int, tokens: int) -> None:
-        live["tokens"] += tokens
-        bar.update(completions)
-        el = time.time() - live["t0"]
-        bar.set_postfix_str(f"{live['tokens'] / el if el else 0:.0f} tok/s, skipped {stats['skipped']:.0f}", refresh=False)
+        bar.update(completions)  # tokens/s is shown per shard: in flight, only finished requests are counted
 
     try:
         for start in range(0, len(todo), cfg.batch_size):
@@ -350,7 +346,6 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
             rows: list[dict[str, Any]] = []
             if keep:
                 t_batch = time.time()
-                live["t0"], live["tokens"] = t_batch - stats["sample_s"], int(stats["tokens"])
                 outs = sampler.sample([r["messages"] for r in keep], plan, on_done=on_done if progress else None)
                 stats["sample_s"] += time.time() - t_batch
                 for r, per_prompt_out in zip(keep, outs, strict=True):

@@ -69,7 +69,10 @@ def shutdown_llm(llm: Any) -> None:
         return
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
+        try:  # a grace period long enough for the CPU worker to exit by itself (vLLM's default 5 s force-kills it)
+            core.shutdown(timeout=30)
+        except TypeError:  # older vLLM: no timeout argument
+            core.shutdown()
     gc.collect()
 
 
@@ -117,7 +120,10 @@ class VLLMSampler:
             convs.extend(conversations)
             params.extend([p] * len(conversations))
         ids = self.llm.enqueue_chat(convs, sampling_params=params, use_tqdm=False)
-        order = {rid: k for k, rid in enumerate(ids)}
+        # add_request returns the internal id (with a random suffix); outputs carry the id it was given
+        order = {}
+        for k, rid in enumerate(ids):
+            order[rid] = order[rid.split("-", 1)[0]] = k
         outs: list[Any] = [None] * len(ids)
         engine = self.llm.llm_engine
         while engine.has_unfinished_requests():
@@ -126,6 +132,8 @@ class VLLMSampler:
                     outs[order[ro.request_id]] = ro
                     if on_done is not None:
                         on_done(len(ro.outputs), sum(len(o.token_ids) for o in ro.outputs))
+        if any(ro is None for ro in outs):
+            raise PrefdataError("vLLM finished without returning every request; rerun the same command to resume")
         result: list[list[list[Completion]]] = [[[] for _ in plan] for _ in conversations]
         for j, _spec in enumerate(plan):
             for i in range(len(conversations)):
