@@ -63,12 +63,24 @@ class IterateConfig:
     loss_type: str = "aipo"
     max_steps: int = -1
     """Training steps per round (-1: one epoch over the round's pairs)."""
+    eval_prompts: str | None = None
+    """Held-out eval prompts (file or bundled set, e.g. arithmetic-eval): every round's checkpoint is evaluated
+    on them against the starting model, with the loop's judge (see prefdata.iterate_eval)."""
+    eval_size: int = 0
+    """How many eval prompts: the first K of eval_prompts, or without it K prompts of `prompts` kept apart by
+    prompt id. 0 and no eval_prompts: no eval. Eval prompts never enter training."""
+    eval_previous: bool = False
+    """Also evaluate each round's checkpoint against the previous round's."""
+    eval_max_tokens: int | None = None
+    """Eval answer limit (default: max_tokens)."""
     generate: dict[str, Any] = field(default_factory=dict)
     rank: dict[str, Any] = field(default_factory=dict)
     export: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.eval_size < 0:
+            raise ValueError("eval_size must be >= 0")
         if self.rounds < 1:
             raise ValueError("rounds must be at least 1")
         if self.prompts_per_round is not None and self.prompts_per_round < 1:
@@ -88,18 +100,30 @@ def policy_for_round(workdir: Path, cfg: IterateConfig, t: int) -> str | None:
     return str(prev)
 
 
-def _slice_prompts(cfg: IterateConfig, t: int, out: Path) -> str | None:
-    """The round's prompt file: a new slice of the prompt file each round (wrapping around)."""
-    if cfg.prompts_per_round is None:
+def _slice_prompts(cfg: IterateConfig, t: int, out: Path, held_out: set[str] | None = None) -> str | None:
+    """The round's prompt file: a new slice of the prompt file each round (wrapping around), without the
+    held-out eval prompts, and with the reference answers when generate reads them."""
+    if cfg.prompts_per_round is None and not held_out:
         return cfg.prompts
     from prefdata.prompts import load_prompts
 
-    table = load_prompts(cfg.prompts, field=cfg.generate.get("prompt_field")).table
-    k = min(cfg.prompts_per_round, table.height)
-    start = (t * k) % table.height
-    idx = [(start + i) % table.height for i in range(k)]
-    rows = table[idx]
-    lines = [json.dumps({"messages": m.to_list()}, ensure_ascii=False) for m in rows["messages"]]
+    ref = cfg.generate.get("reference_field")
+    table = load_prompts(cfg.prompts, field=cfg.generate.get("prompt_field"), reference_field=ref).table
+    if held_out:
+        table = table.filter(~pl.col("prompt_id").is_in(list(held_out)))
+        if table.height == 0:
+            raise PrefdataError("every prompt is held out for eval; lower --eval-size or pass --eval-prompts FILE")
+    if cfg.prompts_per_round is None:
+        rows = table
+    else:
+        k = min(cfg.prompts_per_round, table.height)
+        start = (t * k) % table.height
+        rows = table[[(start + i) % table.height for i in range(k)]]
+    if ref:
+        lines = [json.dumps({"messages": m, ref: r}, ensure_ascii=False) for m, r in zip(rows["messages"].to_list(),
+                                                                                          rows["reference"].to_list(), strict=True)]
+    else:
+        lines = [json.dumps({"messages": m.to_list()}, ensure_ascii=False) for m in rows["messages"]]
     atomic_write_bytes(out, ("\n".join(lines) + "\n").encode())
     return str(out)
 
@@ -107,8 +131,10 @@ def _slice_prompts(cfg: IterateConfig, t: int, out: Path) -> str | None:
 @captured("iterate")
 def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = say) -> pl.DataFrame:
     """Run (or resume) the loop; returns the per-round summary table."""
+    from prefdata import iterate_eval as ie
     from prefdata.export import ExportConfig, export_run
     from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo
+    from prefdata.judges.verifier import is_verifier
     from prefdata.models import resolve_model
     from prefdata.rank import RankConfig, rank_run
     from prefdata.samplers.vllm_local import build_llm, shutdown_llm, start_engine
@@ -119,9 +145,12 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
     _record(workdir, cfg)
     judge_llm: Any = None
     judge_path: str | None = None
-    in_process_judge = not cfg.base_url and not Path(cfg.judge).is_dir()
+    in_process_judge = not cfg.base_url and not Path(cfg.judge).is_dir() and not is_verifier(cfg.judge)
     if in_process_judge:
         judge_path = resolve_model(cfg.judge_model if cfg.judge_model else cfg.model)
+    held_out = ie.eval_prompt_ids(workdir, cfg)  # never trained on
+    start_path = resolve_model(cfg.model) if held_out else ""
+    eval_judge_model = (cfg.judge_model if cfg.base_url else judge_path) if (cfg.judge_model or in_process_judge) else None
     try:
         for t in range(cfg.rounds):
             rd = round_dir(workdir, t)
@@ -150,12 +179,19 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                     prompt_file = str(si_file)
                 else:
                     sliced = rd / "round_prompts.jsonl"
-                    prompt_file = str(sliced) if sliced.is_file() else _slice_prompts(cfg, t, sliced)
+                    prompt_file = str(sliced) if sliced.is_file() else _slice_prompts(cfg, t, sliced, held_out)
                 if prompt_file != cfg.prompts:
                     gen_fields.pop("prompt_field", None)  # our own files use `messages` / `prompt`
                 gcfg = GenerateConfig(prompts=prompt_file, model=policy_path, **gen_fields)
-                if gcfg.backend == "vllm" and policy_llm is None and prompts_todo(run, gcfg) > 0:
+                # the policy also answers the eval prompts: as the starting model (round 0), or as the last checkpoint
+                eval_todo = bool(held_out) and (ie.start_needs_sampling(workdir, cfg, start_path) if t == 0
+                                                else bool(ie.pending(workdir, cfg, t - 1, start_path)))
+                if gcfg.backend == "vllm" and policy_llm is None and (prompts_todo(run, gcfg) > 0 or eval_todo):
                     policy_llm = build_llm(gcfg, policy_path)
+                if eval_todo and t == 0:
+                    ie.sample_start(workdir, cfg, start_path, policy_llm, progress)
+                elif eval_todo:
+                    ie.sample(workdir, cfg, t - 1, start_path, policy_llm, progress)
                 gs = generate_run(run, gcfg, llm=policy_llm, progress=progress)
                 log(f"round {t}: generate: {gs.lines()[2]}")
                 # -- rank with the fixed judge (round 0 can reuse the policy engine when it is the judge)
@@ -176,6 +212,8 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                 rank_fields.setdefault("judge_model", judge_path)
             rs = rank_run(run, RankConfig(**rank_fields), llm=judge_llm)
             log(f"round {t}: rank: {_brief(rs)}")
+            if t >= 1:
+                ie.judge(workdir, cfg, t - 1, start_path, judge_llm, eval_judge_model, progress, log)
             # -- export best vs worst
             ecfg = ExportConfig(out=str(rd / "exports" / "pairs"), name="pairs", overwrite=True,
                                 **{"keep_truncated": cfg.keep_truncated, **cfg.export})
@@ -190,6 +228,22 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                        resume_from_checkpoint=_has_checkpoint(rd / "train"), **tr_fields)
             log(f"round {t}: train: step {ts.get('global_step')}, loss {ts.get('train_loss')} ({time.time() - t0:.0f} s)")
             write_round_table(workdir)
+        # checkpoints not evaluated yet (the last one, or any a crash left): their own engines
+        for t in range(cfg.rounds) if held_out else ():
+            if not ie.pending(workdir, cfg, t, start_path):
+                continue
+            ck = str(ie.checkpoint(workdir, t))
+            eval_llm = None
+            gen_fields = {"n": 1, "max_tokens": cfg.max_tokens, **cfg.generate}
+            if gen_fields.get("backend", "vllm") == "vllm":
+                eval_llm = build_llm(GenerateConfig(model=ck, **gen_fields), resolve_model(ck))
+            try:
+                ie.sample(workdir, cfg, t, start_path, eval_llm, progress)
+            finally:
+                shutdown_llm(eval_llm)
+            if in_process_judge and judge_llm is None:
+                judge_llm = start_engine(judge_path, seed=0)
+            ie.judge(workdir, cfg, t, start_path, judge_llm, eval_judge_model, progress, log)
     finally:
         shutdown_llm(judge_llm)
     return write_round_table(workdir)
@@ -219,7 +273,9 @@ def _record(workdir: Path, cfg: IterateConfig) -> None:
     path = workdir / "iterate.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"commands": []}
     same = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "rounds"}
-    if meta.get("config") and {k: v for k, v in meta["config"].items() if k != "rounds"} != same:
+    defaults = dataclasses.asdict(IterateConfig())
+    old = {k: meta["config"].get(k, defaults.get(k)) for k in same} if meta.get("config") else None
+    if old is not None and (old != same or set(meta["config"]) - set(same) - {"rounds"}):
         raise PrefdataError(
             f"{workdir} was started with a different loop config; use a new workdir, or rerun with the same flags "
             f"(only --rounds may change; recorded in {path})"
@@ -257,6 +313,7 @@ def round_rows(workdir: Path) -> list[dict[str, Any]]:
             "reward_margin": last.get("rewards/margins"),
             "accuracy": last.get("rewards/accuracies"),
             "steps": tr.get("global_step"),
+            **_eval_row(workdir, t),
         })
         t += 1
     return rows
@@ -266,16 +323,30 @@ def write_round_table(workdir: Path) -> pl.DataFrame:
     rows = round_rows(workdir)
     schema = {"round": pl.Int64, "pairs": pl.Int64, "chosen_len_mean": pl.Float64, "rejected_len_mean": pl.Float64,
               "consistency": pl.Float64, "tie_rate": pl.Float64, "failure_rate": pl.Float64, "train_loss": pl.Float64,
-              "reward_margin": pl.Float64, "accuracy": pl.Float64, "steps": pl.Int64}
+              "reward_margin": pl.Float64, "accuracy": pl.Float64, "steps": pl.Int64, **_eval_schema()}
     df = pl.DataFrame(rows, schema=schema) if rows else pl.DataFrame(schema=schema)
     df.write_parquet(workdir / "rounds.parquet")
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    for r in df.iter_rows():
+    # the markdown leaves out eval columns that no round has (eval off, or no previous-round eval)
+    shown = df.select([c for c in df.columns if not (c.startswith("eval_") and df[c].null_count() == df.height)])
+    lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+    for r in shown.iter_rows():
         lines.append("| " + " | ".join(_fmt(v) for v in r) + " |")
     (workdir / "rounds.md").write_text("# Rounds\n\n" + "\n".join(lines) + "\n")
     if df.height:
         _plot(df, workdir / "rounds.png")
     return df
+
+
+def _eval_row(workdir: Path, t: int) -> dict[str, Any]:
+    from prefdata.iterate_eval import row
+
+    return row(workdir, t)
+
+
+def _eval_schema() -> dict[str, Any]:
+    from prefdata.iterate_eval import EVAL_SCHEMA
+
+    return EVAL_SCHEMA
 
 
 def _fmt(v: Any) -> str:
@@ -292,10 +363,14 @@ def _plot(df: pl.DataFrame, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    has_eval = "eval_len_mean" in df.columns and df["eval_len_mean"].null_count() < df.height
+    fig, axes = plt.subplots(1, 4 if has_eval else 3, figsize=(17 if has_eval else 13, 3.6))
     r = df["round"].to_list()
     axes[0].plot(r, df["chosen_len_mean"].to_list(), "o-", label="chosen")
     axes[0].plot(r, df["rejected_len_mean"].to_list(), "s-", label="rejected")
+    if has_eval:
+        axes[0].plot(r, df["eval_len_mean"].to_list(), "^-", label="eval answers")
+        _plot_eval(axes[3], df, r)
     axes[0].set_title("mean length (tokens)")
     axes[0].legend()
     axes[1].plot(r, df["consistency"].to_list(), "o-", label="consistency")
@@ -313,3 +388,25 @@ def _plot(df: pl.DataFrame, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+def _plot_eval(ax: Any, df: pl.DataFrame, r: list[int]) -> None:
+    """Accuracy (verifier) or win rate vs the starting model, with its 95% interval, and the LC win rate."""
+    for key, label, marker in (("eval_accuracy", "accuracy", "o-"), ("eval_win_rate", "win rate vs start", "s-")):
+        vals = df[key].to_list()
+        if all(v is None for v in vals):
+            continue
+        lo, hi = df[f"{key}_low"].to_list(), df[f"{key}_high"].to_list()
+        y = [float("nan") if v is None else v for v in vals]
+        err = [[0 if v is None or a is None else v - a for v, a in zip(vals, lo, strict=True)],
+               [0 if v is None or b is None else b - v for v, b in zip(vals, hi, strict=True)]]
+        ax.errorbar(r, y, yerr=err, fmt=marker, capsize=3, label=label)
+    base = [v for v in df["eval_baseline_accuracy"].to_list() if v is not None]
+    if base:
+        ax.axhline(base[0], color="grey", linestyle="--", label="start accuracy")
+    lc = df["eval_lc_win_rate"].to_list()
+    if any(v is not None for v in lc):
+        ax.plot(r, [float("nan") if v is None else v for v in lc], "^:", label="LC win rate")
+    ax.set_title("eval (held-out prompts)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)

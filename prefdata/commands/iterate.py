@@ -42,6 +42,10 @@ def command(
     keep_truncated: bool | None = typer.Option(None, "--keep-truncated", help="Keep pairs with a completion cut by max_tokens."),
     loss_type: str | None = typer.Option(None, "--loss", help="aipo | dpo | ... [aipo]."),
     max_steps: int | None = typer.Option(None, "--max-steps", help="Training steps per round (-1: one epoch)."),
+    eval_prompts: str | None = typer.Option(None, "--eval-prompts", help="Held-out eval prompts (file or bundled set): every round is evaluated on them."),
+    eval_size: int | None = typer.Option(None, "--eval-size", help="Eval prompts: first K of --eval-prompts, or K of --prompts kept apart by id [0: no eval]."),
+    eval_previous: bool | None = typer.Option(None, "--eval-previous/--no-eval-previous", help="Also evaluate each round against the previous one."),
+    eval_max_tokens: int | None = typer.Option(None, "--eval-max-tokens", help="Eval answer limit [--max-tokens]."),
     set_: list[str] = typer.Option([], "--set", help="STAGE.FIELD=VALUE for any stage setting (repeatable)."),
     config: Path | None = typer.Option(None, "--config", help="YAML with the same fields (and generate/rank/export/train maps)."),
     quiet: bool = typer.Option(False, "--quiet"),
@@ -54,7 +58,8 @@ def command(
         self_instruct=self_instruct, self_instruct_prompts=self_instruct_prompts, n=n, temperature=temperature,
         max_tokens=max_tokens, judge=judge, judge_model=judge_model, base_url=base_url, position_bias=position_bias,
         keep_truncated=keep_truncated, loss_type=loss_type,
-        max_steps=max_steps,
+        max_steps=max_steps, eval_prompts=eval_prompts, eval_size=eval_size, eval_previous=eval_previous,
+        eval_max_tokens=eval_max_tokens,
     )
     for stage, fields in _parse_sets(set_).items():
         getattr(cfg, stage).update(fields)
