@@ -155,7 +155,7 @@ class _Prompt:
 
 def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
     """The judge named by the config: a verifier, a reward-model folder, or a template over OpenAI / in-process vLLM."""
-    from prefdata.judges.reward_model import RewardModelJudge, is_reward_model_dir
+    from prefdata.judges.reward_model import RewardModelJudge, check_reward_model_dir, is_reward_model_dir
     from prefdata.judges.verifier import build_verifier, is_verifier
 
     if is_verifier(cfg.judge):
@@ -163,6 +163,7 @@ def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
             raise PrefdataError(f"{cfg.judge} is a verifier, run in this process; drop --base-url/--logprobs")
         return build_verifier(cfg.judge)
     if is_reward_model_dir(cfg.judge):
+        check_reward_model_dir(cfg.judge)
         if cfg.base_url or cfg.logprobs:
             raise PrefdataError(f"{cfg.judge} is a reward-model folder, scored in this process; drop --base-url/--logprobs")
         return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length)

@@ -103,3 +103,68 @@ def test_scores_strategy_in_rank_run(tmp_path, tiny_rm_dir):
     assert rank_run(run, RankConfig(judge=str(tiny_rm_dir), progress=False))["judge_calls_new"] == 0
     with pytest.raises(PrefdataError, match="scores"):
         rank_run(run, RankConfig(judge=str(tiny_rm_dir), strategy="iterative", progress=False))
+
+
+def _rank_cli(run, judge: Path, capsys) -> tuple[int, str]:
+    from prefdata.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["rank", "--run", str(run.path), "--judge", str(judge), "--no-progress"])
+    return e.value.code, capsys.readouterr().err
+
+
+def test_folders_that_are_not_reward_models_are_refused(tmp_path, demo_model_dir, capsys):
+    import json
+    import shutil
+
+    from conftest import build_tiny_llama
+
+    run, _ = make_run(tmp_path / "r", [["Cats purr.", "Dogs bark."]])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    causal = build_tiny_llama(tmp_path / "causal", demo_model_dir)
+    only_config = tmp_path / "only-config"
+    only_config.mkdir()
+    shutil.copy(causal / "config.json", only_config / "config.json")
+    cfg = json.loads((only_config / "config.json").read_text())
+    cfg["architectures"] = ["LlamaForSequenceClassification"]
+    (only_config / "config.json").write_text(json.dumps(cfg))
+    # the causal LM's weights under a sequence-classification config: the score head would be random
+    fresh_head = tmp_path / "fresh-head"
+    shutil.copytree(causal, fresh_head)
+    (fresh_head / "config.json").write_text(json.dumps(cfg))
+    cases = {
+        empty: "is an empty folder",
+        causal: "holds LlamaForCausalLM, not a reward model",
+        only_config: "holds only a config and no weights",
+        fresh_head: "no trained weights for score.weight",
+    }
+    capsys.readouterr()  # what building the models printed
+    for folder, says in cases.items():
+        code, err = _rank_cli(run, folder, capsys)
+        # (library output such as transformers' load report goes to RUN/logs in a real terminal; here it is mixed in)
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and says in errors[0], (folder, err)
+        assert "template file" not in err and "Traceback" not in err
+    assert not (run.path / "judgments").exists()  # nothing half-written
+
+
+def test_score_in_a_mixed_batch_equals_score_alone_when_pad_ids_differ(tmp_path, demo_model_dir):
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = build_tiny_rm(tmp_path / "rm", demo_model_dir, seed=3)
+    tok = AutoTokenizer.from_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    other = next(i for i in (0, 1, 2) if i != tok.pad_token_id)
+    cfg["pad_token_id"] = other  # the head looks for this id; the tokenizer pads with another one
+    (folder / "config.json").write_text(json.dumps(cfg))
+    judge = RewardModelJudge(str(folder), batch_size=8)
+    assert judge.model.config.pad_token_id != judge.tok.pad_token_id
+    reqs = _reqs(6)
+    mixed = judge.score(reqs)
+    alone = [judge.score([q])[0] for q in reqs]
+    for m, a in zip(mixed, alone, strict=True):
+        assert m.score == pytest.approx(a.score, abs=1e-5)
+    assert len({round(a.score, 6) for a in alone}) > 1  # a real spread of scores, not one constant

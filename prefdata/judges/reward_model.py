@@ -4,7 +4,8 @@ Why it is built this way (anchors.md section 7):
 - the prompt and candidate go through the *reward model's* chat template, never the policy's, and are
   tokenized without adding special tokens a second time (the template already has them);
 - batches are sorted by length (less padding), padded on the right with an attention mask, so a real token
-  never sees a pad and keeps the position it has when scored alone; scores come back in request order;
+  never sees a pad and keeps the position it has when scored alone; the pad id is the model config's, the
+  one the head uses to find the last real token (not the tokenizer's); scores come back in request order;
 - an input longer than max_length is cut from the left (the response end is kept) and flagged `truncated`;
 - on out-of-memory the batch is halved and scoring goes on; a single item that still does not fit fails alone.
 """
@@ -18,10 +19,41 @@ from typing import Any
 from prefdata.errors import PrefdataError
 from prefdata.judges.verdict import ScoreRequest, ScoreResult
 
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.index.json")
+
 
 def is_reward_model_dir(path: str) -> bool:
+    """A folder given as --judge is meant as a reward model (whatever is in it; `check_reward_model_dir` says
+    what is wrong with it)."""
+    return Path(path).expanduser().is_dir()
+
+
+def check_reward_model_dir(path: str) -> Path:
+    """The folder, if it can be a reward model; else one clear error (never a random head scoring silently)."""
+    import json
+
+    from prefdata.judges.templates import available_templates
+
     p = Path(path).expanduser()
-    return p.is_dir() and (p / "config.json").is_file()
+    alternatives = (f"give a reward-model folder (config.json, weights and tokenizer of a *ForSequenceClassification "
+                    f"model), a judge template name ({', '.join(available_templates())}) or a template .yaml file")
+    if not any(p.iterdir()):
+        raise PrefdataError(f"--judge {p} is an empty folder; {alternatives}")
+    if not (p / "config.json").is_file():
+        raise PrefdataError(f"--judge {p} is a folder without config.json, so not a reward model; {alternatives}")
+    try:
+        arch = json.loads((p / "config.json").read_text()).get("architectures") or []
+    except (ValueError, AttributeError) as e:
+        raise PrefdataError(f"{p / 'config.json'} is not a valid model config ({e})") from e
+    if not any(str(a).endswith("ForSequenceClassification") for a in arch):
+        what = ", ".join(map(str, arch)) or "no architecture"
+        raise PrefdataError(
+            f"--judge {p} holds {what}, not a reward model (a *ForSequenceClassification model with a trained score "
+            f"head); to judge with a chat model use a template: --judge verdict-only --judge-model {p}"
+        )
+    if not any(any(p.glob(g)) for g in WEIGHT_GLOBS):
+        raise PrefdataError(f"--judge {p} holds only a config and no weights (*.safetensors or *.bin); copy the whole model folder")
+    return p
 
 
 class RewardModelJudge:
@@ -40,11 +72,12 @@ class RewardModelJudge:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        p = Path(model_dir).expanduser()
-        if not (p / "config.json").is_file():
-            raise PrefdataError(f"reward model folder {p} has no config.json")
+        p = check_reward_model_dir(model_dir)
         self.model_dir = str(p.resolve())
-        self.tok = AutoTokenizer.from_pretrained(self.model_dir)
+        try:
+            self.tok = AutoTokenizer.from_pretrained(self.model_dir)
+        except (OSError, ValueError, TypeError) as e:
+            raise PrefdataError(f"reward model {p} has no usable tokenizer ({type(e).__name__}); copy its tokenizer files") from e
         if not getattr(self.tok, "chat_template", None):
             raise PrefdataError(
                 f"reward model {p} has no chat template in its tokenizer; add one (tokenizer_config.json) so prompts "
@@ -54,9 +87,23 @@ class RewardModelJudge:
             self.tok.pad_token = self.tok.eos_token
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.torch_dtype = getattr(torch, dtype)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.model_dir, dtype=self.torch_dtype)
-        if self.model.config.pad_token_id is None:
+        self.model, info = AutoModelForSequenceClassification.from_pretrained(
+            self.model_dir, dtype=self.torch_dtype, output_loading_info=True
+        )
+        fresh = sorted(set(info.get("missing_keys") or []) | {str(k[0]) if isinstance(k, tuple) else str(k)
+                                                                for k in info.get("mismatched_keys") or []})
+        if fresh:
+            raise PrefdataError(
+                f"reward model {p} has no trained weights for {', '.join(fresh[:3])}{' ...' if len(fresh) > 3 else ''} "
+                "(they would be initialised at random and the scores would mean nothing); use a trained reward model"
+            )
+        # The head pools the rightmost token that is not the *config's* pad id, so batches are padded with that id
+        # (not the tokenizer's): otherwise, when the two differ, a score depends on what else is in the batch.
+        text_cfg = self.model.config.get_text_config()
+        if text_cfg.pad_token_id is None:
+            text_cfg.pad_token_id = self.tok.pad_token_id
             self.model.config.pad_token_id = self.tok.pad_token_id
+        self.pad_id = int(text_cfg.pad_token_id)
         self.model.to(self.device).eval()
         limit = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self.max_length = int(max_length or min(limit, 8192))
@@ -113,7 +160,7 @@ class RewardModelJudge:
         import torch
 
         width = max(len(s) for s in seqs)
-        pad = self.tok.pad_token_id
+        pad = self.pad_id
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for j, s in enumerate(seqs):  # right padding, fixed
