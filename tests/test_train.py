@@ -464,3 +464,46 @@ def test_reference_with_another_tokenizer_is_refused(tmp_path, tiny_llama_dir, d
     code, _, err = _cli(argv, capsys)
     assert code == 2 and err.count("\n") == 1 and "another tokenizer" in err and str(other) in err
     assert not (tmp_path / ".prefdata_ref_cache").exists()
+
+
+def _tiny_causal_lm(kind: str):
+    """A tiny random causal LM of architecture `kind`, with its post-head transform made large enough to matter."""
+    import transformers
+
+    common = {"vocab_size": 96, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128, "pad_token_id": 0}  # fmt: skip
+    configs = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+        "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {"final_logit_softcapping": 0.3, "head_dim": 8}),
+        "granite": ("GraniteConfig", "GraniteForCausalLM", {"logits_scaling": 4.0}),
+        "cohere": ("CohereConfig", "CohereForCausalLM", {"logit_scale": 3.0}),
+        "falcon_h1": ("FalconH1Config", "FalconH1ForCausalLM",
+                      {"lm_head_multiplier": 3.0, "mamba_d_ssm": 32, "mamba_n_heads": 4, "mamba_d_head": 8,
+                       "mamba_d_state": 8, "mamba_n_groups": 1, "mamba_chunk_size": 16, "head_dim": 8}),
+    }  # fmt: skip
+    cfg_name, model_name, extra = configs[kind]
+    torch.manual_seed(0)
+    cfg = getattr(transformers, cfg_name)(**common, **extra)
+    return getattr(transformers, model_name)(cfg).float().eval()
+
+
+def _random_pairs(vocab: int, n: int = 3) -> list[dict]:
+    g = torch.Generator().manual_seed(1)
+    ids = lambda k: torch.randint(3, vocab, (k,), generator=g).tolist()  # noqa: E731
+    return [{"prompt_ids": ids(4 + i), "chosen_ids": ids(6 + 2 * i), "rejected_ids": ids(3 + i)} for i in range(n)]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma2", "granite", "cohere", "falcon_h1"])
+def test_chunked_log_probs_equal_plain_for_each_architecture(kind):
+    """Regression (issue 9 item 2): the chunked head skipped Granite's logits_scaling and Cohere's logit_scale.
+    An architecture the trainer has not checked (FalconH1's lm_head_multiplier) uses the model's own forward."""
+    from prefdata.train.data import head_transform, sequence_logps
+
+    model = _tiny_causal_lm(kind)
+    batch = PairCollator(0)(_random_pairs(model.config.vocab_size))
+    with torch.no_grad():
+        plain, _ = sequence_logps(model, batch, 0)
+        chunked, _ = sequence_logps(model, batch, 5)
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-5)
+    assert (head_transform(model.config) is None) == (kind == "falcon_h1")

@@ -64,6 +64,8 @@ class AIPOConfig(TrainingArguments):
     logps_chunk_tokens (`int`, *optional*, defaults to `1024`):
         The LM head is applied to completion tokens only, this many at a time and recomputed in backward, so the
         [batch, length, vocab] logits never exist. 0 uses the model's own logits (needed under FSDP / ZeRO-3).
+        Post-head transforms are applied as each architecture's forward does (Gemma 2/3 softcapping, Granite
+        `logits_scaling`, Cohere `logit_scale`); architectures not checked use the model's own logits.
     gradient_checkpointing (`bool`, *optional*, defaults to `True`):
         As in TRL: recompute layer activations in backward (TrainingArguments defaults to False).
     """

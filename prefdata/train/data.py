@@ -306,6 +306,9 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor], chunk_tokens: int
     inner = model
     while isinstance(getattr(inner, "module", None), torch.nn.Module):  # DDP / accelerate wrappers
         inner = inner.module
+    transform = head_transform(inner.config)
+    if transform is None:  # an architecture whose logit processing was not checked: its own forward is right
+        return sequence_logps(model, batch, 0)
     head = inner.get_output_embeddings()
     captured: dict[str, torch.Tensor] = {}
 
@@ -321,10 +324,9 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor], chunk_tokens: int
     sel = mask.bool()
     hidden = captured["hidden"][:, :-1][sel]  # [N, H], completion positions only
     targets = labels[sel]
-    softcap = getattr(inner.config.get_text_config(), "final_logit_softcapping", None)
     parts = []
     for s in range(0, hidden.shape[0], chunk_tokens):
-        args = (hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens], head.weight, head.bias, softcap)
+        args = (hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens], head.weight, head.bias, *transform)
         if torch.is_grad_enabled():
             parts.append(torch.utils.checkpoint.checkpoint(_token_logps, *args, use_reentrant=False))
         else:
@@ -335,10 +337,46 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor], chunk_tokens: int
     return logps, mask.sum(-1)
 
 
+# What each causal LM's forward does to the head's output, read from its transformers modeling file
+# (`XForCausalLM.forward`, transformers 5.x). Architectures not listed fall back to the model's own forward.
+_PLAIN_HEAD = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi", "phi3", "gemma", "smollm3",
+    "olmo2", "starcoder2",
+}  # fmt: skip
+_SOFTCAP_HEAD = {"gemma2", "gemma3_text", "nanochat"}  # tanh(logits / c) * c, c = final_logit_softcapping
+_DIVIDED_HEAD = {"granite", "granitemoe"}  # logits / logits_scaling
+_SCALED_HEAD = {"cohere", "cohere2"}  # logits * logit_scale
+
+
+def head_transform(config: Any) -> tuple[float, float, float | None] | None:
+    """(multiplier, divisor, softcap) that turn the head's output into the model's logits; None if unchecked."""
+    kind = getattr(config, "model_type", None)
+    if kind in _PLAIN_HEAD:
+        return 1.0, 1.0, None
+    if kind in _SOFTCAP_HEAD:
+        return 1.0, 1.0, getattr(config, "final_logit_softcapping", None)
+    if kind in _DIVIDED_HEAD:
+        return 1.0, float(config.logits_scaling), None
+    if kind in _SCALED_HEAD:
+        return float(config.logit_scale), 1.0, None
+    return None
+
+
 def _token_logps(
-    hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, softcap: float | None
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    multiplier: float,
+    divisor: float,
+    softcap: float | None,
 ) -> torch.Tensor:
-    logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    if multiplier != 1.0:
+        logits = logits * multiplier
+    if divisor != 1.0:
+        logits = logits / divisor
+    logits = logits.float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
