@@ -238,7 +238,13 @@ def make_sampler(cfg: GenerateConfig, llm: Any = None) -> Any:
 
 
 def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bool = True) -> GenerateSummary:
-    """Sample candidates for every prompt not yet done under this sampler config. `llm`: reuse an engine."""
+    """Sample candidates for every prompt not yet done under this sampler config. `llm`: reuse an engine.
+    One process per run (per shard with --shard): a second identical one stops with a line naming the first."""
+    with run.stage_lock("generate", cfg.shard):
+        return _generate_run(run, cfg, llm, progress)
+
+
+def _generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bool = True) -> GenerateSummary:
     t0 = time.time()
     shash = sampler_hash(cfg)
     shard = parse_shard(cfg.shard) if cfg.shard else None

@@ -263,6 +263,11 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
     loop); when given, the config's judge fields only label the run.
     """
     run.require()
+    with run.stage_lock("rank"):
+        return _rank_run(run, cfg, llm, judge)
+
+
+def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | PointwiseJudge | None) -> dict[str, Any]:
     prompts = load_prompts(run, cfg.kinds)
     if judge is None:
         judge = build_judge(cfg, llm)

@@ -59,6 +59,44 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def stage_lock(run_path: Path, stage: str, part: str | None = None) -> Iterator[None]:
+    """One process per stage (and part, e.g. a generate shard) and run directory, held until the block ends.
+
+    Two identical `rank` or `generate` processes on one run would do every call twice and corrupt the counts,
+    so the second one stops at once with one line naming the first one's pid. Parts (`--shard I/K`) lock
+    separately and run side by side. The lock is an flock: it ends with the process, also on kill -9.
+    """
+    name = f".lock-{stage}" + (f"-{re.sub(r'[^A-Za-z0-9]+', 'of', part)}" if part else "")
+    path = run_path / name
+    try:
+        run_path.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+")  # noqa: SIM115 - held open for the whole block
+    except OSError as e:
+        raise PrefdataError(f"cannot write in the run directory {run_path} ({e.strerror or e}); pick a writable --run") from e
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            what = f"prefdata {stage}" + (f" --shard {part}" if part else "")
+            raise PrefdataError(
+                f"another `{what}` (pid {holder}) is working on {run_path}; wait for it to finish, or stop it "
+                f"(kill {holder}) and run this command again to resume"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
 def read_parquet_dir(folder: Path) -> pl.DataFrame | None:
     """All finished shards of a folder as one frame (None when there are none)."""
     if not folder.is_dir():
@@ -111,6 +149,10 @@ class RunDir:
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """An exclusive lock on the run (several processes or shards may share one run directory)."""
         return file_lock(self.path / ".lock")
+
+    def stage_lock(self, stage: str, part: str | None = None) -> contextlib.AbstractContextManager[None]:
+        """Exclusive per stage (and part) and run: see `stage_lock`."""
+        return stage_lock(self.path, stage, part)
 
     def read_meta(self) -> dict[str, Any]:
         if not self.run_json.is_file():

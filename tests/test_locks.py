@@ -1,0 +1,100 @@
+"""One process per stage and run directory: a second identical rank or generate stops with one line naming the
+first one's pid; generate shards lock separately and run side by side. Real processes throughout."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_rank_openai import FaultServer, _texts  # noqa: E402
+from test_rank_support import make_run  # noqa: E402
+
+from prefdata.errors import PrefdataError  # noqa: E402
+from prefdata.rank import read_judgments  # noqa: E402
+from prefdata.store import stage_lock  # noqa: E402
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from prefdata.store import stage_lock
+    part = sys.argv[3] if len(sys.argv) > 3 else None
+    with stage_lock(Path(sys.argv[1]), sys.argv[2], part):
+        print("locked", flush=True)
+        time.sleep(60)
+""")
+
+
+def _holder(run_path: Path, stage: str, part: str | None = None) -> subprocess.Popen:
+    args = [sys.executable, "-c", HOLD, str(run_path), stage] + ([part] if part else [])
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    return p
+
+
+def test_generate_lock_names_the_holder_and_shards_run_side_by_side(tmp_path):
+    run_path = tmp_path / "run"
+    p = _holder(run_path, "generate")
+    try:
+        with pytest.raises(PrefdataError, match=rf"another `prefdata generate` \(pid {p.pid}\) is working on"):
+            with stage_lock(run_path, "generate"):
+                pass
+        with stage_lock(run_path, "rank"):  # another stage is not blocked
+            pass
+    finally:
+        p.kill()
+        p.wait()
+    with stage_lock(run_path, "generate"):  # released when its process died (kill -9 included)
+        pass
+    s0 = _holder(run_path, "generate", "0/2")
+    try:
+        with stage_lock(run_path, "generate", "1/2"):  # the other shard works side by side
+            pass
+        with pytest.raises(PrefdataError, match=rf"--shard 0/2` \(pid {s0.pid}\)"):
+            with stage_lock(run_path, "generate", "0/2"):
+                pass
+    finally:
+        s0.kill()
+        s0.wait()
+
+
+def test_unwritable_run_location_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(PrefdataError, match="cannot write in the run directory"):
+        with stage_lock(blocker / "run", "generate"):
+            pass
+
+
+def test_second_rank_process_on_one_run_stops_naming_the_first(tmp_path):
+    server = FaultServer()
+    server.healthy = True
+    server.delay_s = 0.3
+    try:
+        run, _ = make_run(tmp_path / "r", [_texts([3, 1, 4, 2]), _texts([5, 9, 2])])
+        cmd = [sys.executable, "-m", "prefdata.cli", "rank", "--run", str(run.path), "--base-url", server.url,
+               "--concurrency", "1", "--batch-size", "2", "--no-progress"]
+        first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lock = run.path / ".lock-rank"
+        deadline = time.time() + 60
+        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.05)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2
+        lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: another `prefdata rank`") and f"pid {first.pid}" in lines[0]
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        jh = next(iter(run.read_meta()["stages"]["rank"]))
+        j = read_judgments(run, jh)
+        assert j.select(["prompt_id", "a_id", "b_id"]).is_duplicated().sum() == 0  # no call made twice
+        assert j.height == pl.Series(server.requests).len()
+    finally:
+        server.close()
