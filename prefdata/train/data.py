@@ -386,15 +386,11 @@ def _token_logps(
 
 
 def model_fingerprint(model_path: str) -> str:
-    """Identify a model folder by its path and its weight/config files' names, sizes and mtimes (not contents)."""
-    p = Path(model_path)
-    parts = [str(p.resolve()) if p.exists() else model_path]
-    if p.is_dir():
-        for f in sorted(p.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".json"):
-                st = f.stat()
-                parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    """Identify a model by its files' content (`prefdata.fingerprint`): the same key on any machine and path, a new
+    one when a checkpoint is overwritten in place (a hub name: its cached snapshot's content)."""
+    from prefdata.fingerprint import model_hash
+
+    return model_hash(model_path)
 
 
 def data_fingerprint(ds: Dataset) -> str:

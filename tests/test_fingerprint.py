@@ -1,0 +1,58 @@
+"""Model content hashes: an in-place overwrite with same-shaped weights is a new model for generate and train."""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    from tests.conftest import build_tiny_llama
+except ImportError:
+    from conftest import build_tiny_llama
+
+
+def _overwrite_in_place(folder, seed: int) -> None:
+    """Save new random weights of the same shapes over the old files (same names, same sizes)."""
+    from safetensors.torch import load_file, save_file
+
+    f = folder / "model.safetensors"
+    old = load_file(str(f))
+    g = torch.Generator().manual_seed(seed)
+    new = {k: torch.randn(v.shape, generator=g).to(v.dtype) for k, v in old.items()}
+    size = f.stat().st_size
+    save_file(new, str(f), metadata={"format": "pt"})
+    assert f.stat().st_size == size
+
+
+def test_in_place_overwrite_changes_the_hash_and_reuses_the_cache(tmp_path, monkeypatch, demo_model_dir):
+    """Regression (issue 9 item 6): generate's sampler hash used file names and sizes (and config.json), and
+    train's reference cache used path and mtimes: an overwritten checkpoint looked like the old one to generate."""
+    from prefdata.fingerprint import folder_hash, model_hash
+    from prefdata.generate import GenerateConfig, sampler_hash
+    from prefdata.train.data import model_fingerprint
+
+    monkeypatch.setenv("PREFDATA_CACHE", str(tmp_path / "cache"))
+    model = build_tiny_llama(tmp_path / "m", demo_model_dir, layers=1)
+    cfg = GenerateConfig(model=str(model))
+    before, sampler_before = folder_hash(model), sampler_hash(cfg)
+    assert model_hash(str(model)) == before == model_fingerprint(str(model))
+
+    # the same files copied elsewhere: the same model (the hash is the content, not the path)
+    import shutil
+
+    copy = shutil.copytree(model, tmp_path / "copy")
+    assert folder_hash(copy) == before
+
+    _overwrite_in_place(model, seed=5)
+    after = folder_hash(model)
+    assert after != before and sampler_hash(cfg) != sampler_before and model_fingerprint(str(model)) == after
+
+    # the per-file digests are cached by (size, mtime, ctime): unchanged files are not read again
+    import prefdata.fingerprint as fp
+
+    assert list((tmp_path / "cache" / "fingerprints").glob("*.json"))
+    reads = []
+    real = fp._file_digest
+    monkeypatch.setattr(fp, "_file_digest", lambda path: reads.append(path.name) or real(path))
+    assert folder_hash(model) == after and reads == []
+    (model / "config.json").write_text((model / "config.json").read_text() + " ")
+    assert folder_hash(model) != after and reads == ["config.json"]
