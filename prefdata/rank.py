@@ -519,7 +519,7 @@ def _run_scores(
 # -- output ---------------------------------------------------------------------------------------
 def is_too_long(error: str | None) -> bool:
     """A call refused because the judge prompt does not fit the judge's context (it fails again on a rerun)."""
-    return bool(error) and str(error).startswith("too_long")
+    return bool(error) and str(error).removeprefix("repair: ").startswith("too_long")
 
 
 def _row(pid: str, jh: str, strategy: str, r: Ranking, n: int, calls: int, ties: int, failures: int, inconsistent: int,

@@ -29,7 +29,10 @@ from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings  #
 class FaultServer:
     def __init__(self) -> None:
         self.healthy = False
-        self.delay_s = 0.0  # answer each chat request this late (keeps a subprocess busy in lock and kill tests)
+        self.delay_s = 0.0
+        self.max_model_len: int | None = None  # reported in /models like vLLM; chat refuses longer requests
+        self.tokenize = True  # serve vLLM's POST /tokenize (counts words: the fake server's tokenizer)
+        self.chat_words: list[int] = []  # word counts of the chat requests that reached the server  # answer each chat request this late (keeps a subprocess busy in lock and kill tests)
         self.attempts: Counter[str] = Counter()
         self.requests: list[str] = []
         self.lock = threading.Lock()
@@ -48,12 +51,22 @@ class FaultServer:
 
             def do_GET(self) -> None:  # noqa: N802
                 if self.path.endswith("/models"):
-                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-judge", "object": "model"}]}).encode())
+                    model = {"id": "fake-judge", "object": "model"}
+                    if outer.max_model_len:
+                        model["max_model_len"] = outer.max_model_len
+                    self._send(200, json.dumps({"object": "list", "data": [model]}).encode())
                 else:
                     self._send(404, b"{}")
 
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.endswith("/tokenize"):
+                    if not outer.tokenize:
+                        self._send(404, b'{"detail": "Not Found"}')
+                        return
+                    n = _words(body["messages"])
+                    self._send(200, json.dumps({"count": n, "max_model_len": outer.max_model_len}).encode())
+                    return
                 code, payload = outer.answer(body)
                 self._send(code, payload)
 
@@ -63,6 +76,13 @@ class FaultServer:
 
     def answer(self, body: dict) -> tuple[int, bytes]:
         msgs = body["messages"]
+        n_words = _words(msgs)
+        with self.lock:
+            self.chat_words.append(n_words)
+        if self.max_model_len and n_words + body.get("max_tokens", 0) > self.max_model_len:
+            msg = (f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                   f"{n_words + body.get('max_tokens', 0)} tokens.")
+            return 400, json.dumps({"object": "error", "message": msg, "code": 400}).encode()
         user = next(m["content"] for m in msgs if m["role"] == "user")
         key = user
         with self.lock:
@@ -89,6 +109,10 @@ class FaultServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _words(msgs: list[dict]) -> int:
+    return sum(len(m["content"].split()) for m in msgs)
 
 
 def completion(text: str) -> bytes:

@@ -7,8 +7,9 @@ that decides a verdict lives here, so both backends give the same verdicts for t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prefdata.judges.templates import JudgeTemplate
 from prefdata.judges.verdict import PairRequest, Verdict
@@ -25,6 +26,49 @@ class ChatOut:
     error: str | None = None
     latency_s: float = 0.0
     attempts: int = 1
+
+
+TOO_LONG = "too_long"  # error prefix of a call whose prompt does not fit the judge's context (never sent)
+
+
+@dataclass
+class TokenBudget:
+    """The judge's context: its tokenizer (with its chat template) and its context length in tokens.
+
+    A call fits when its prompt tokens plus the reply limit (max_tokens) fit the context; one that does not is
+    failed alone as too_long, before anything is sent, so it can never abort the batch it would be part of.
+    """
+
+    tokenizer: Any
+    max_len: int
+
+    def count(self, conv: list[dict[str, str]]) -> int:
+        ids = self.tokenizer.apply_chat_template(conv, tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
+            ids = ids["input_ids"]
+        return len(ids)
+
+    def too_long(self, conv: list[dict[str, str]], max_tokens: int) -> str | None:
+        n = self.count(conv)
+        if n + max_tokens <= self.max_len:
+            return None
+        return f"{TOO_LONG}: the judge prompt has {n} tokens and the reply up to {max_tokens}, more than the judge's context of {self.max_len}"
+
+
+def fit_context(
+    convs: list[list[dict[str, str]]],
+    budget: TokenBudget | None,
+    max_tokens: int,
+    send: Callable[[list[list[dict[str, str]]]], list[ChatOut]],
+) -> list[ChatOut]:
+    """Send only the conversations that fit the budget (all of them when there is none); the others get a
+    too_long error in their place. Outputs stay in input order."""
+    if budget is None:
+        return send(convs)
+    reasons = [budget.too_long(c, max_tokens) for c in convs]
+    fitting = [c for c, r in zip(convs, reasons, strict=True) if r is None]
+    sent = iter(send(fitting) if fitting else [])
+    return [ChatOut(error=r) if r is not None else next(sent) for r in reasons]
 
 
 class ChatBackend(Protocol):

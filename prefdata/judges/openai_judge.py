@@ -9,6 +9,11 @@ record it; nothing is capped silently.
 An endpoint that stays unreachable is not retried forever: after `unreachable_after` connection failures in a
 row (across all requests and URLs; any answer from a server resets the count) the backend marks itself
 `unavailable`, every call still queued fails at once without being sent, and the caller stops the run.
+
+When the server reports its context length (vLLM lists `max_model_len` in /v1/models), each conversation is
+counted first with the server's own tokenizer (vLLM's POST /tokenize); one whose prompt plus max_tokens does
+not fit fails alone as `too_long` without being sent. A server without /tokenize is asked anyway, and its
+context-length refusal (HTTP 400) is recorded as `too_long` too.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import httpx
 
 from prefdata.errors import PrefdataError
-from prefdata.judges.llm_judge import ChatOut
+from prefdata.judges.llm_judge import TOO_LONG, ChatOut
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -58,6 +63,8 @@ class OpenAIBackend:
         self.unreachable_after = max(1, unreachable_after)
         self._conn_failures = 0  # connection failures in a row, over all requests
         self.unavailable: str | None = None  # why the endpoints count as down (then nothing more is sent)
+        self.max_model_len: int | None = None  # the served model's context, when /models reports it
+        self._can_tokenize = True  # the server has vLLM's /tokenize (cleared on the first 404)
 
     def config(self) -> dict[str, object]:
         """What changes verdicts (the model); URLs, concurrency and retries do not."""
@@ -69,6 +76,7 @@ class OpenAIBackend:
     def preflight(self) -> list[str]:
         """Check every URL answers /models; pick the first served model when none was named."""
         served: list[str] = []
+        lens: list[int] = []
         for url in self.base_urls:
             try:
                 r = httpx.get(f"{url}/models", headers=self._headers(), timeout=10.0)
@@ -81,10 +89,14 @@ class OpenAIBackend:
             if self.model is not None and ids and self.model not in ids:
                 raise PrefdataError(f"judge server {url} does not serve model {self.model!r} (it serves {', '.join(ids)})")
             served.extend(i for i in ids if i not in served)
+            for m in r.json().get("data", []):
+                if ids and m.get("id") == (self.model or ids[0]) and isinstance(m.get("max_model_len"), int):
+                    lens.append(m["max_model_len"])
         if self.model is None:
             if not served:
                 raise PrefdataError(f"judge server {self.base_urls[0]} lists no models; pass --judge-model")
             self.model = served[0]
+        self.max_model_len = min(lens) if lens else None
         return served
 
     def chat(
@@ -134,6 +146,9 @@ class OpenAIBackend:
         k = self._rr
         self._rr += 1
         t0 = time.monotonic()
+        too_long = await self._too_long(client, self.base_urls[k % len(self.base_urls)], conv, max_tokens)
+        if too_long:
+            return ChatOut(error=too_long, latency_s=time.monotonic() - t0, attempts=0)
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             if self.unavailable is not None:
@@ -146,6 +161,8 @@ class OpenAIBackend:
                 self._conn_failures = 0
                 if r.status_code >= 400:
                     last = f"HTTP {r.status_code} from {url}: {r.text[:200]}"
+                    if r.status_code == 400 and "context length" in r.text.lower():
+                        last = f"{TOO_LONG}: the server refused it: {r.text[:200]}"
                     if r.status_code not in RETRY_STATUS:
                         return ChatOut(error=last, latency_s=time.monotonic() - t0, attempts=attempt + 1)
                     retry_after = _retry_after(r)
@@ -167,6 +184,25 @@ class OpenAIBackend:
                 await asyncio.sleep(min(delay, 60.0))
         return ChatOut(error=f"gave up after {self.max_retries + 1} attempts: {last}", latency_s=time.monotonic() - t0,
                        attempts=self.max_retries + 1)
+
+
+    async def _too_long(self, client: httpx.AsyncClient, url: str, conv: list[dict[str, str]], max_tokens: int) -> str | None:
+        """too_long's reason when the server's tokenizer says the call does not fit its context; else None."""
+        if not self.max_model_len or not self._can_tokenize or self.unavailable is not None:
+            return None
+        root = url[: -len("/v1")] if url.endswith("/v1") else url
+        try:
+            r = await client.post(f"{root}/tokenize", json={"model": self.model, "messages": conv, "add_generation_prompt": True})
+            if r.status_code == 404:
+                self._can_tokenize = False
+                return None
+            n = int(r.json()["count"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None  # no count: the request is sent, and a refusal is still recognised
+        if n + max_tokens <= self.max_model_len:
+            return None
+        return (f"{TOO_LONG}: the judge prompt has {n} tokens and the reply up to {max_tokens}, more than the judge's "
+                f"context of {self.max_model_len}")
 
 
 def _retry_after(r: httpx.Response) -> float:

@@ -2,6 +2,8 @@
 
 Pass an existing `vllm.LLM` (tests and the `iterate` loop share one engine) or let `load()` build one.
 The engine is seeded (`LLM(seed=...)`), not each request: per-request seeds crash vLLM's CPU worker.
+Every conversation is measured with the engine's tokenizer first: one longer than the engine's context would
+make vLLM abort the whole batch, so it is failed alone as too_long and the rest are judged.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefdata.judges.llm_judge import ChatOut
+from prefdata.judges.llm_judge import ChatOut, TokenBudget, fit_context
 
 
 class VLLMBackend:
@@ -18,6 +20,17 @@ class VLLMBackend:
     def __init__(self, llm: Any, model_name: str) -> None:
         self.llm = llm
         self.model_name = model_name
+        self._budget: TokenBudget | None = None
+
+    def budget(self) -> TokenBudget | None:
+        """The engine's tokenizer and max_model_len (None when the engine does not say)."""
+        if self._budget is None:
+            try:
+                max_len = int(self.llm.llm_engine.model_config.max_model_len)
+                self._budget = TokenBudget(self.llm.get_tokenizer(), max_len)
+            except (AttributeError, TypeError, ValueError):
+                return None
+        return self._budget
 
     @classmethod
     def load(cls, model: str, *, seed: int = 0, max_model_len: int = 4096, dtype: str = "auto") -> VLLMBackend:
@@ -36,6 +49,9 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens, logprobs=top_logprobs)
+        return fit_context(convs, self.budget(), max_tokens, lambda fit: self._chat(fit, params, top_logprobs))
+
+    def _chat(self, convs: list[list[dict[str, str]]], params: Any, top_logprobs: int | None) -> list[ChatOut]:
         t0 = time.monotonic()
         try:
             outs = self.llm.chat(convs, params, use_tqdm=False)
