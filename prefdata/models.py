@@ -77,8 +77,8 @@ def resolve_model(model: str | None) -> str:
         return str(demo_model_dir())
     p = Path(model).expanduser()
     if p.exists():
-        if not (p / "config.json").is_file():
-            raise PrefdataError(f"model folder {p} has no config.json; pass a transformers model folder")
+        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+            raise PrefdataError(f"model folder {p} has no config.json; pass a transformers model folder (or a LoRA adapter)")
         return str(p.resolve())
     if model.startswith((".", "/", "~")):
         raise PrefdataError(f"model path {model} does not exist; pass an existing model folder")

@@ -27,6 +27,15 @@ def command(
         False, "--overwrite", help="Delete the checkpoints and summary of a previous run in --output-dir; start over."
     ),
     config: str = typer.Option(None, "--config", help="YAML file of AIPOConfig fields; flags override it."),
+    dtype: str = typer.Option(None, "--dtype", help="Loaded weights: auto (float32 full fine-tune, bfloat16 LoRA), float32, bfloat16, float16."),
+    lora_r: int = typer.Option(None, "--lora-r", help="Train LoRA adapters of rank R instead of every weight (default: off)."),
+    lora_alpha: float = typer.Option(None, "--lora-alpha", help="LoRA alpha (default 2·R)."),
+    lora_dropout: float = typer.Option(None, "--lora-dropout", help="LoRA dropout (default 0.05)."),
+    lora_target_modules: list[str] = typer.Option(
+        None, "--lora-target-modules", help="Module to adapt, repeatable or comma-separated (default: all linear layers)."
+    ),
+    load_in_4bit: bool = typer.Option(False, "--load-in-4bit", help="QLoRA: 4-bit NF4 base (CUDA GPU + bitsandbytes)."),
+    no_merge: bool = typer.Option(False, "--no-merge", help="Save only the LoRA adapter (for vLLM enable_lora), no merged model."),
 ) -> None:
     """Train a model on chosen/rejected pairs and save it (with its tokenizer) for the next round."""
     from prefdata.config import build_config
@@ -44,6 +53,13 @@ def command(
         "learning_rate": learning_rate,
         "per_device_train_batch_size": batch_size,
         "ref_models": ref_model,
+        "dtype": dtype,
+        "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "lora_dropout": lora_dropout,
+        "lora_target_modules": [m.strip() for v in lora_target_modules or [] for m in v.split(",") if m.strip()],
+        "load_in_4bit": True if load_in_4bit else None,
+        "lora_merge": False if no_merge else None,
     }
     if config is None and output_dir is None:
         raise PrefdataError("pass --output-dir DIR (or output_dir in --config FILE.yaml)")

@@ -68,6 +68,25 @@ class AIPOConfig(TrainingArguments):
         `logits_scaling`, Cohere `logit_scale`); architectures not checked use the model's own logits.
     gradient_checkpointing (`bool`, *optional*, defaults to `True`):
         As in TRL: recompute layer activations in backward (TrainingArguments defaults to False).
+    dtype (`str`, *optional*, defaults to `"auto"`):
+        Dtype of the loaded weights: `auto`, `float32`, `bfloat16` or `float16`. `auto` is float32 master weights
+        for a full fine-tune (with `bf16` autocast this is mixed precision) and a bfloat16 frozen base for LoRA.
+
+    > Parameters that control LoRA / QLoRA (see `prefdata.train.lora`)
+
+    lora_r (`int`, *optional*, defaults to `0`):
+        LoRA rank; 0 trains every weight (full fine-tune). The reference is the model with its adapters disabled.
+    lora_alpha (`float` or `None`, *optional*, defaults to `None`):
+        LoRA scaling numerator (the update is scaled by alpha / r); None means 2·r.
+    lora_dropout (`float`, *optional*, defaults to `0.05`):
+        Dropout on the LoRA input.
+    lora_target_modules (`list[str]`, *optional*, defaults to `[]`):
+        Module names to adapt; empty means every linear layer of the decoder (not the LM head).
+    lora_merge (`bool`, *optional*, defaults to `True`):
+        Save a merged bf16 model in `output_dir` (the adapter goes to `output_dir/adapter`). False saves only the
+        adapter in `output_dir`, for a vLLM engine with `enable_lora`.
+    load_in_4bit (`bool`, *optional*, defaults to `False`):
+        QLoRA: the frozen base in 4-bit NF4 (needs a CUDA GPU and bitsandbytes, and `lora_r` > 0).
     """
 
     loss_type: str = field(default="aipo", metadata={"help": f"One of {', '.join(LOSS_TYPES)}."})
@@ -85,6 +104,13 @@ class AIPOConfig(TrainingArguments):
     max_prompt_length: int = field(default=512, metadata={"help": "Maximum prompt tokens (left-truncated)."})
     max_length: int = field(default=2560, metadata={"help": "Maximum prompt + response tokens."})
     logps_chunk_tokens: int = field(default=1024, metadata={"help": "LM-head chunk size in tokens; 0 = plain logits."})
+    dtype: str = field(default="auto", metadata={"help": "Loaded weight dtype: auto, float32, bfloat16, float16."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 = full fine-tune."})
+    lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2·r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(default_factory=list, metadata={"help": "LoRA modules (default: all linear)."})
+    lora_merge: bool = field(default=True, metadata={"help": "Also save the merged bf16 model (False: adapter only)."})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 base (CUDA + bitsandbytes)."})
 
     # TrainingArguments defaults changed to the paper's.
     learning_rate: float = field(default=5e-7, metadata={"help": "AdamW learning rate (paper: 5e-7)."})
@@ -111,6 +137,9 @@ class AIPOConfig(TrainingArguments):
         if self.beta <= 0:
             raise ValueError("beta must be positive")
         self._check_ranges()
+        from prefdata.train.lora import validate_lora_fields
+
+        validate_lora_fields(self)
         super().__post_init__()
 
     def _check_ranges(self) -> None:

@@ -60,6 +60,7 @@ def train(
     from transformers.trainer_callback import TrainerState
 
     from prefdata.models import resolve_model
+    from prefdata.train import lora
     from prefdata.train.config import AIPOConfig
     from prefdata.train.data import default_cache_dir, load_pairs, truncation_counts
     from prefdata.train.trainer import AIPOTrainer
@@ -75,6 +76,8 @@ def train(
             cfg = dataclasses.replace(config, **overrides) if overrides else config
     except (TypeError, ValueError) as e:
         raise PrefdataError(f"invalid training config: {e}") from e
+    if cfg.load_in_4bit:
+        lora.check_4bit_available()
     train_ds, eval_ds = load_pairs(dataset)  # before any model is loaded: a bad dataset fails fast
     model_path = resolve_model(model)
     for ref in cfg.ref_models:
@@ -102,7 +105,7 @@ def train(
     else:
         result = trainer.train(resume_from_checkpoint=str(resume_path) if resume_path else None)
         train_loss, runtime = result.training_loss, result.metrics.get("train_runtime")
-    trainer.save_model(str(out))
+    trainer.save_model(str(lora.adapter_dir(out) if cfg.lora_r else out))
     eval_metrics = trainer.evaluate() if eval_ds is not None else {}
     logged = [h for h in trainer.state.log_history if "rewards/accuracies" in h]
     summary = {
@@ -123,7 +126,10 @@ def train(
         "config": identity["config"],
     }
     if trainer.is_world_process_zero():
-        to_bf16_safetensors(out)
+        if cfg.lora_r:
+            summary["lora"] = lora.finalize(out, model_path, cfg)
+        else:
+            to_bf16_safetensors(out)
         tmp = out / f".{SUMMARY_FILE}.tmp"
         tmp.write_text(json.dumps(summary, indent=2, default=str))
         os.replace(tmp, out / SUMMARY_FILE)  # last: its presence means the final model is complete

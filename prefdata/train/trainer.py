@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoTokenizer, PreTrainedModel, Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from prefdata.train.config import AIPOConfig
@@ -34,6 +34,7 @@ from prefdata.train.data import (
     stop_token_ids,
     tokenize_pairs,
 )
+from prefdata.train.lora import cache_tag, load_plain, load_policy, reference_mode, weight_dtype
 from prefdata.train.losses import REFERENCE_FREE, preference_loss, preference_metrics
 from prefdata.train.resume import write_marker
 
@@ -44,7 +45,8 @@ class AIPOTrainer(Trainer):
     """Trainer for the losses of `prefdata.train.losses` (AIPO by default).
 
     Args:
-        model: a causal LM or the folder to load it from (loaded in float32; bf16 autocast follows `args.bf16`).
+        model: a causal LM or the folder to load it from (in `args.dtype`: float32 for a full fine-tune, a bf16 base
+            with LoRA adapters when `args.lora_r` > 0; bf16 autocast follows `args.bf16`).
         args: the `AIPOConfig`.
         train_dataset, eval_dataset: pairs with `prompt`/`chosen`/`rejected` message lists, or already tokenized
             (`prompt_ids`/`chosen_ids`/`rejected_ids`); reference columns are added if absent.
@@ -68,7 +70,7 @@ class AIPOTrainer(Trainer):
             for ref in args.ref_models:  # before any model is loaded: a mismatch fails fast
                 check_same_tokenizer(processing_class, model_path, ref)
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+            model = load_policy(model, args)
         pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
         collator = PairCollator(pad)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -107,13 +109,14 @@ class AIPOTrainer(Trainer):
         chunk = args.logps_chunk_tokens
         chosen, rejected = [], []
         for ref in refs:
-            key = f"{model_fingerprint(ref)[:16]}-{data_key[:16]}-{str(autocast).removeprefix('torch.')}"
+            key = f"{model_fingerprint(ref)[:16]}-{data_key[:16]}-{str(autocast).removeprefix('torch.')}{cache_tag(args)}"
 
             def compute(ref: str = ref) -> tuple[np.ndarray, np.ndarray]:
                 logger.info("computing reference log-probs of %d pairs with %s", len(ds), ref)
-                if ref == self.policy_path:
-                    return compute_logps(model.to(args.device), ds, collator, args.ref_batch_size, autocast, chunk)
-                ref_model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32).to(args.device)
+                if ref == self.policy_path:  # the policy itself, LoRA adapters disabled
+                    with reference_mode(_on_device(model, args)) as ref_net:
+                        return compute_logps(ref_net, ds, collator, args.ref_batch_size, autocast, chunk)
+                ref_model = load_plain(ref, weight_dtype(args)).to(args.device)
                 try:
                     return compute_logps(ref_model, ds, collator, args.ref_batch_size, autocast, chunk)
                 finally:
@@ -173,3 +176,8 @@ class AIPOTrainer(Trainer):
         logs.update(metrics)
         super().log(logs, start_time)
         self._metrics[mode].clear()
+
+
+def _on_device(model: Any, args: AIPOConfig) -> Any:
+    """Move the model to the training device (a 4-bit model is already placed by its device_map)."""
+    return model if getattr(model, "is_loaded_in_4bit", False) else model.to(args.device)
