@@ -113,7 +113,7 @@ def run_self_instruct(llm: Any, cfg: SelfInstructConfig, out_file: Path) -> dict
     while len(kept) < cfg.num_prompts and sent < max_requests:
         k = min(max(8, cfg.num_prompts - len(kept)), max_requests - sent)
         reqs = [build_request(rng.sample(pool, cfg.seeds_per_request)) for _ in range(k)]
-        outs = llm.generate(reqs, params, use_tqdm=False)
+        outs = llm.generate(reqs, params, use_tqdm=False, lora_request=getattr(llm, "prefdata_lora", None))
         sent += k
         for o in outs:
             items = parse_response(o.outputs[0].text, n_first)

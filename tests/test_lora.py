@@ -200,3 +200,54 @@ def test_lora_on_the_lm_head_asks_for_plain_logits(tmp_path, tiny_llama_dir, cap
                          "--lora-r", "4", "--lora-target-modules", "lm_head,q_proj"], capsys)  # fmt: skip
     errors = [line for line in err.splitlines() if line.startswith("error:")]  # stderr also has the load progress bar
     assert code == 2 and len(errors) == 1 and "logps-chunk-tokens 0" in errors[0] and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_vllm_serves_the_no_merge_adapter(tmp_path, tiny_llama_dir):
+    """vLLM (enable_lora + LoRARequest, as `generate` builds it) scores text like transformers' base + adapter.
+
+    Slow: starts one vLLM engine (LoRA turns torch.compile off on CPU). Run alone: pytest -m slow -k vllm_serves.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm import SamplingParams
+
+    from prefdata.generate import GenerateConfig
+    from prefdata.samplers import SampleSpec
+    from prefdata.samplers.vllm_local import VLLMSampler, build_llm, lora_request, shutdown_llm
+    from prefdata.train import train
+
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    out = tmp_path / "adapter"
+    train(data, str(tiny_llama_dir), out, max_steps=6, save_strategy="no", **dict(LORA, lora_merge=False))
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.apply_chat_template(_pairs(1)[0]["prompt"] + _pairs(1)[0]["chosen"], tokenize=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+
+    def hf_logp(model) -> float:
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, :-1].float()
+        return logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).sum().item()
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    want_base = hf_logp(base)
+    want_lora = hf_logp(PeftModel.from_pretrained(base, out))
+    assert abs(want_lora - want_base) > 1.0  # the adapter matters for this text
+
+    cfg = GenerateConfig(model=str(out), max_model_len=1024, dtype="bfloat16", max_tokens=8)
+    llm = build_llm(cfg, str(out))
+    try:
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+
+        def vllm_logp(lora) -> float:
+            o = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False, lora_request=lora)[0]
+            return sum(d[t].logprob for t, d in zip(ids[1:], o.prompt_logprobs[1:], strict=True))
+
+        got_lora, got_base = vllm_logp(lora_request(llm)), vllm_logp(None)
+        assert got_lora == pytest.approx(want_lora, rel=0.02, abs=0.5)
+        assert got_base == pytest.approx(want_base, rel=0.02, abs=0.5)
+        sampler = VLLMSampler(llm, cfg)  # the sampler sends the adapter's request
+        outs = sampler.sample([_pairs(1)[0]["prompt"]], [SampleSpec(kind="policy", n=2, temperature=1.0)])
+        assert len(outs[0][0]) == 2
+    finally:
+        shutdown_llm(llm)

@@ -28,8 +28,12 @@ def start_engine(
     max_model_len: int | None = None,
     tensor_parallel_size: int = 1,
     gpu_memory_utilization: float = 0.9,
+    lora_rank: int | None = None,
 ) -> Any:
-    """Start an in-process vLLM engine (slow: tens of seconds; build once, reuse). Used by sampling and judging."""
+    """Start an in-process vLLM engine (slow: tens of seconds; build once, reuse). Used by sampling and judging.
+
+    `lora_rank`: serve LoRA adapters up to this rank (`enable_lora`; on CPU vLLM then runs without torch.compile).
+    """
     if _on_cpu():
         # The CPU backend otherwise reserves a fraction of the NUMA node's memory for the KV cache.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -50,6 +54,8 @@ def start_engine(
     }
     if max_model_len:
         kwargs["max_model_len"] = max_model_len
+    if lora_rank:
+        kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
     if not _on_cpu():
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     try:
@@ -60,11 +66,25 @@ def start_engine(
 
 
 def build_llm(cfg: Any, model_path: str) -> Any:
-    """The engine for a GenerateConfig."""
-    return start_engine(
-        model_path, seed=cfg.seed, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-        tensor_parallel_size=cfg.tensor_parallel_size, gpu_memory_utilization=cfg.gpu_memory_utilization,
+    """The engine for a GenerateConfig. A LoRA adapter folder (`prefdata train --no-merge`) is served on its base."""
+    from prefdata.train.lora import adapter_base, is_adapter_dir, vllm_lora_rank
+
+    lora_rank = vllm_lora_rank(model_path) if is_adapter_dir(model_path) else None
+    llm = start_engine(
+        adapter_base(model_path) if lora_rank else model_path, seed=cfg.seed, dtype=cfg.dtype,
+        max_model_len=cfg.max_model_len, tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization, lora_rank=lora_rank,
     )
+    if lora_rank:
+        from vllm.lora.request import LoRARequest
+
+        llm.prefdata_lora = LoRARequest("policy", 1, str(model_path))
+    return llm
+
+
+def lora_request(llm: Any) -> Any:
+    """The LoRA request `build_llm` attached to an engine serving an adapter, else None (the plain model)."""
+    return getattr(llm, "prefdata_lora", None)
 
 
 def shutdown_llm(llm: Any) -> None:
@@ -123,7 +143,7 @@ class VLLMSampler:
             p = self._params(spec)
             convs.extend(conversations)
             params.extend([p] * len(conversations))
-        ids = self.llm.enqueue_chat(convs, sampling_params=params, use_tqdm=False)
+        ids = self.llm.enqueue_chat(convs, sampling_params=params, use_tqdm=False, lora_request=lora_request(self.llm))
         # add_request returns the internal id (with a random suffix); outputs carry the id it was given
         order = {}
         for k, rid in enumerate(ids):
