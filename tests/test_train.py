@@ -535,3 +535,16 @@ def test_chaos_kill_train_at_random_points_then_weights_equal_an_uninterrupted_r
     _assert_same_weights(out, ref_out)
     _assert_same_weights(out / "checkpoint-4", ref_out / "checkpoint-4")
     assert not (out / "checkpoint-5").exists()
+
+
+def test_resume_from_a_missing_or_half_written_checkpoint_is_one_line(tmp_path, tiny_llama_dir, capsys):
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(2))
+    _fast_yaml(tmp_path)
+    argv = _train_argv(data, tiny_llama_dir, tmp_path / "out", steps=1)
+    code, _, err = _cli([*argv, "--resume", str(tmp_path / "nope")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+    half = tmp_path / "out" / "checkpoint-1"
+    half.mkdir(parents=True)
+    (half / "config.json").write_text("{}")  # what a kill inside the save leaves
+    code, _, err = _cli([*argv, "--resume", str(half)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a complete checkpoint" in err
