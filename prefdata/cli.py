@@ -7,6 +7,7 @@ print one line and exit 2; Ctrl-C says how to resume and exits 130.
 from __future__ import annotations
 
 import difflib
+import errno
 import importlib
 import sys
 from typing import Any
@@ -70,6 +71,7 @@ def _click_classes(name: str) -> tuple[type[BaseException], ...]:
 _CLICK_ERRORS = _click_classes("ClickException")
 _EXITS = _click_classes("Exit")
 _ABORTS = _click_classes("Abort")
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}  # the user's disk, not a bug
 _INTERRUPTED = "\ninterrupted: finished shards are kept; run the same command again to resume"
 
 
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = cmd.main(args=args, prog_name="prefdata", standalone_mode=False)
     except PrefdataError as e:
-        print(f"error: {e}", file=sys.stderr)
+        one_line = " ".join(part.strip() for part in str(e).splitlines() if part.strip())  # e.g. a library's message
+        print(f"error: {one_line}", file=sys.stderr)
         sys.exit(e.exit_code)
     except _EXITS as e:
         sys.exit(getattr(e, "exit_code", 0))
@@ -119,6 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(2)
         print(f"error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
         sys.exit(getattr(e, "exit_code", 1) or 1)
+    except OSError as e:
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror}{where}; check the permissions and free space of that location", file=sys.stderr)
+        sys.exit(2)
     except (KeyboardInterrupt, *_ABORTS):
         print(_INTERRUPTED, file=sys.stderr)
         sys.exit(130)

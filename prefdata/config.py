@@ -7,8 +7,12 @@ CLI options default to None so that "not given" can be told apart from "given th
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import re
 import types
 import typing
+from collections import Counter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,3 +93,78 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
 
 def config_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def check_range(
+    flag: str, value: float | int | None, lo: float | None = None, hi: float | None = None, *,
+    lo_open: bool = False, hi_open: bool = False,
+) -> None:  # fmt: skip
+    """Refuse a value outside [lo, hi] (or the open ends) with one line naming the flag; None means unset.
+
+    Written as `not (inside)` so that NaN is refused too."""
+    if value is None:
+        return
+    inside = (lo is None or (value > lo if lo_open else value >= lo)) and (
+        hi is None or (value < hi if hi_open else value <= hi)
+    )
+    if not inside:
+        left = "-inf" if lo is None else f"{lo:g}"
+        right = "inf" if hi is None else f"{hi:g}"
+        span = f"{'(' if lo_open or lo is None else '['}{left}, {right}{')' if hi_open or hi is None else ']'}"
+        raise PrefdataError(f"{flag} must be in {span}, got {value}")
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_KEY_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghs_", "github_pat_", "glpat-", "xoxb-", "xoxp-", "AKIA", "r8_", "gsk_")
+
+
+def check_env_name(flag: str, value: str) -> None:
+    """`value` must be the NAME of an environment variable, never a key pasted in its place: a key given
+    here would be recorded in run.json and the dataset card. The message never repeats the value."""
+    if looks_like_secret(value) or not _ENV_NAME.match(value):
+        what = "looks like a key itself" if looks_like_secret(value) else "is not a variable name"
+        raise PrefdataError(
+            f"{flag} takes the NAME of an environment variable holding the key (e.g. OPENAI_API_KEY), but the value "
+            f"given {what}; put the key in a variable (export MY_KEY=...) and pass {flag} MY_KEY"
+        )
+
+
+def looks_like_secret(value: str) -> bool:
+    """A known key prefix, a long run of letters and digits (variable names are words joined by `_`), or a
+    long string mixing cases and digits or with a high entropy per character."""
+    if value.startswith(_KEY_PREFIXES):
+        return True
+    for part in re.split(r"[_\-.]", value):
+        if len(part) >= 20 and any(c.isdigit() for c in part) and any(c.isalpha() for c in part):
+            return True
+    mixed = any(c.islower() for c in value) and any(c.isupper() for c in value) and any(c.isdigit() for c in value)
+    if len(value) >= 20 and mixed:
+        return True
+    counts = Counter(value)
+    entropy = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values()) if value else 0.0
+    return len(value) >= 32 and entropy >= 4.0
+
+
+def stage_fields(cls: type, values: dict[str, Any], where: str, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Check a mapping of `cls` fields given as YAML or `--set` (unknown names, types), before any work starts.
+
+    Returns the values coerced to the fields' types (an int given for a float field becomes a float)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(fields), n=1)
+        hint = f"did you mean {close[0]}?" if close else (
+            f"known fields: {', '.join(sorted(fields))}" if len(fields) <= 40 else f"see the fields of {cls.__name__}"
+        )  # fmt: skip
+        raise PrefdataError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; {hint}")
+    fixed = sorted(set(values) & set(reserved))
+    if fixed:
+        raise PrefdataError(f"{where}: {', '.join(fixed)} is set by the loop itself; use the loop's own option instead")
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in values.items():
+        try:
+            out[k] = _coerce(k, v, hints.get(k))
+        except PrefdataError as e:
+            raise PrefdataError(f"{where}.{k}: {e}") from None
+    return out

@@ -32,7 +32,7 @@ from prefdata.pairs import (
     pair_margin,
     ranking_pairs,
 )
-from prefdata.store import RunDir, command_line, read_parquet_dir
+from prefdata.store import RunDir, check_writable, command_line, read_parquet_dir
 
 SHAPES = ("conversational", "string", "ranking", "kto")
 FORMATS = ("parquet", "jsonl", "datasets")
@@ -224,6 +224,8 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
 
     name = cfg.name or (f"{judge_hash}-{cfg.pairs}" + ("" if cfg.shape == "conversational" else f"-{cfg.shape}"))
     out = Path(cfg.out) if cfg.out else run.exports_dir(name)
+    check_writable(run.path, "--run")  # run.json records the export
+    check_writable(out.parent, "--out")
     clean_stale(out.parent)
     check_out(out, cfg.overwrite)
     tmp = temp_folder(out)

@@ -22,6 +22,7 @@ from typing import Any
 import polars as pl
 
 from prefdata import __version__
+from prefdata.config import check_env_name, check_range
 from prefdata.console import capture_output, say
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
@@ -29,7 +30,7 @@ from prefdata.models import DEMO_NAME, resolve_model
 from prefdata.prompts import load_prompts
 from prefdata.records import candidate_id, stable_hash
 from prefdata.samplers import SampleSpec
-from prefdata.store import RunDir, host_tag
+from prefdata.store import RunDir, check_writable, host_tag
 
 BACKENDS = ("vllm", "openai", "hf")
 
@@ -101,16 +102,30 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.n < 1:
-            raise ValueError("n must be at least 1")
-        if self.max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError("limit must be at least 1")
+        self.check_ranges()
+        check_env_name("--api-key-env", self.api_key_env)
         if self.shard is not None:
             parse_shard(self.shard)
+
+    def check_ranges(self) -> None:
+        """Values vLLM or the server would reject late (or take silently): refused here, before any work."""
+        for flag, value in (("-n", self.n), ("--max-tokens", self.max_tokens), ("--limit", self.limit),
+                            ("--second-n", self.second_n), ("--max-model-len", self.max_model_len),
+                            ("--tensor-parallel-size", self.tensor_parallel_size), ("--batch-size", self.batch_size),
+                            ("hf_batch_size", self.hf_batch_size), ("--concurrency", self.concurrency)):
+            check_range(flag, value, 1)
+        check_range("--temperature", self.temperature, 0)
+        check_range("--second-temperature", self.second_temperature, 0)
+        check_range("--top-p", self.top_p, 0, 1, lo_open=True)
+        check_range("--top-k", self.top_k, -1)
+        check_range("--min-p", self.min_p, 0, 1)
+        check_range("--repetition-penalty", self.repetition_penalty, 0, lo_open=True)
+        check_range("--gpu-memory-utilization", self.gpu_memory_utilization, 0, 1, lo_open=True)
+        check_range("--max-retries", self.max_retries, 0)
+        check_range("timeout", self.timeout, 0, lo_open=True)
+        check_range("--seed", self.seed, 0)
+        if any(not s for s in self.stop):
+            raise PrefdataError("--stop takes a non-empty string")
 
     def plan(self) -> list[SampleSpec]:
         plan = [SampleSpec("sample", self.n, self.temperature)]
@@ -218,6 +233,7 @@ def prompts_todo(run: RunDir, cfg: GenerateConfig) -> int:
     """How many prompts of this shard still need sampling under this config (0: nothing to start an engine for)."""
     shard = parse_shard(cfg.shard) if cfg.shard else None
     pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
+    check_writable(run.path, "--run")
     done = _done_prompt_ids(run.read_candidates(), sampler_hash(cfg))
     return sum(1 for p in pset.table["prompt_id"] if in_shard(p, shard) and p not in done)
 
@@ -249,6 +265,7 @@ def _generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: b
     shash = sampler_hash(cfg)
     shard = parse_shard(cfg.shard) if cfg.shard else None
     pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
+    check_writable(run.path, "--run")
 
     existing = run.read_candidates()
     if existing is not None and existing.height:

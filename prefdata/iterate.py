@@ -24,9 +24,10 @@ from typing import Any
 
 import polars as pl
 
+from prefdata.config import check_range, stage_fields
 from prefdata.console import captured, say
 from prefdata.errors import PrefdataError
-from prefdata.store import RunDir, atomic_write_bytes, command_line
+from prefdata.store import RunDir, atomic_write_bytes, check_writable, command_line
 
 TRAIN_DONE = "prefdata_train.json"
 
@@ -79,12 +80,44 @@ class IterateConfig:
     train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.eval_size < 0:
-            raise ValueError("eval_size must be >= 0")
-        if self.rounds < 1:
-            raise ValueError("rounds must be at least 1")
-        if self.prompts_per_round is not None and self.prompts_per_round < 1:
-            raise ValueError("prompts_per_round must be at least 1")
+        check_range("eval_size", self.eval_size, 0)
+        check_range("--rounds", self.rounds, 1)
+        check_range("--prompts-per-round", self.prompts_per_round, 1)
+        check_range("--self-instruct-prompts", self.self_instruct_prompts, 1)
+        check_range("-n", self.n, 1)
+        check_range("--max-tokens", self.max_tokens, 1)
+        check_range("--temperature", self.temperature, 0)
+        if self.max_steps != -1:
+            check_range("--max-steps (or -1 for one epoch)", self.max_steps, 1)
+
+    def check_stages(self) -> None:
+        """Check the `generate`/`rank`/`export`/`train` mappings (YAML or --set) before round 0 starts, so a
+        typo or a bad value stops the loop at once instead of after hours of sampling and ranking."""
+        from prefdata.export import ExportConfig
+        from prefdata.generate import GenerateConfig
+        from prefdata.rank import RankConfig
+
+        self.generate = stage_fields(GenerateConfig, self.generate, "--set generate", reserved=("prompts", "model"))
+        self.rank = stage_fields(RankConfig, self.rank, "--set rank")
+        self.export = stage_fields(ExportConfig, self.export, "--set export", reserved=("out", "name", "overwrite"))
+        built: list[tuple[str, Any]] = [
+            ("generate", lambda: GenerateConfig(**{"n": self.n, "temperature": self.temperature,
+                                                   "max_tokens": self.max_tokens, **self.generate})),
+            ("rank", lambda: RankConfig(**{"judge": self.judge, "base_url": list(self.base_url),
+                                           "position_bias": self.position_bias, **self.rank})),
+            ("export", lambda: ExportConfig(**{"keep_truncated": self.keep_truncated, **self.export})),
+        ]  # fmt: skip
+        for stage, make in built:
+            try:
+                make()
+            except PrefdataError as e:
+                raise PrefdataError(f"--set {stage}: {e}") from None
+            except (TypeError, ValueError) as e:
+                raise PrefdataError(f"--set {stage}: {e}") from None
+        if self.train:
+            from prefdata.train.config import AIPOConfig
+
+            self.train = stage_fields(AIPOConfig, self.train, "--set train", reserved=("output_dir",))
 
 
 def round_dir(workdir: Path, t: int) -> Path:
@@ -141,6 +174,8 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
     from prefdata.train import train
 
     workdir = Path(workdir)
+    cfg.check_stages()
+    check_writable(workdir, "--workdir")
     workdir.mkdir(parents=True, exist_ok=True)
     _record(workdir, cfg)
     judge_llm: Any = None

@@ -7,6 +7,7 @@ reference (optional reference answer, for the AIPO "ground truth as a candidate"
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,27 @@ class PromptSet:
     field: str
 
 
+def read_utf8(path: Path, what: str = "file") -> str:
+    """The text of a file that must be UTF-8: a binary or differently encoded file, or one that cannot be read,
+    is one clear error instead of a decoder traceback or silently mangled prompts."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PrefdataError(f"cannot read {what} {path}: {e.strerror or e}; check that it exists and is readable") from e
+    if b"\x00" in data[:65536]:
+        raise PrefdataError(f"{what} {path} is binary, not text; pass a UTF-8 .jsonl/.json/.csv file or a .parquet file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise PrefdataError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); re-save it as UTF-8"
+        ) from e
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise PrefdataError(
@@ -63,7 +85,10 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             raise PrefdataError(f"{path} is a folder but not a `datasets` folder saved with save_to_disk")
         import datasets
 
-        ds = datasets.load_from_disk(str(path))
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001 - datasets/pyarrow raise many types for a damaged folder
+            raise PrefdataError(f"{path} cannot be loaded as a `datasets` folder ({type(e).__name__}: {e})") from e
         if isinstance(ds, datasets.DatasetDict):
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]
@@ -71,21 +96,20 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PrefdataError(f"{path}: line {lineno} is not valid JSON ({e.msg}); fix or remove that line") from e
-                if not isinstance(obj, dict):
-                    raise PrefdataError(f"{path}: line {lineno} is not a JSON object")
-                rows.append(obj)
+        for lineno, line in enumerate(read_utf8(path, "prompt file").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PrefdataError(f"{path}: line {lineno} is not valid JSON ({e.msg}); fix or remove that line") from e
+            if not isinstance(obj, dict):
+                raise PrefdataError(f"{path}: line {lineno} is not a JSON object")
+            rows.append(obj)
         return rows
     if suffix == ".json":
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
+            obj = json.loads(read_utf8(path, "prompt file"))
         except json.JSONDecodeError as e:
             raise PrefdataError(f"{path}: not valid JSON at line {e.lineno} ({e.msg})") from e
         if isinstance(obj, dict):
@@ -97,9 +121,20 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             raise PrefdataError(f"{path}: expected a JSON list of objects")
         return obj
     if suffix == ".parquet":
-        return pl.read_parquet(path).to_dicts()
+        try:
+            return pl.read_parquet(path).to_dicts()
+        except OSError as e:
+            raise PrefdataError(f"cannot read prompt file {path}: {e.strerror or e}; check that it is readable") from e
+        except Exception as e:  # noqa: BLE001 - polars raises ComputeError and others for a damaged file
+            raise PrefdataError(f"prompt file {path} is not a valid parquet file ({_first_line(e)}); re-export it") from e
     if suffix == ".csv":
-        return pl.read_csv(path, infer_schema_length=0).to_dicts()
+        text = read_utf8(path, "prompt file")
+        try:
+            return pl.read_csv(io.StringIO(text), infer_schema_length=0).to_dicts()
+        except pl.exceptions.NoDataError:
+            return []
+        except pl.exceptions.PolarsError as e:
+            raise PrefdataError(f"prompt file {path} is not a valid CSV file ({_first_line(e)}); fix it or use .jsonl") from e
     raise PrefdataError(f"{path}: unknown prompt file type {suffix!r}; use .jsonl, .json, .parquet, .csv or a datasets folder")
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import polars as pl
 
+from prefdata.config import check_env_name, check_range
 from prefdata.console import captured
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
@@ -131,6 +132,15 @@ class RankConfig:
             raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
+        check_env_name("--api-key-env", self.api_key_env)
+        check_range("--temperature", self.temperature, 0)
+        for flag, value in (("--max-tokens", self.max_tokens), ("--rm-max-length", self.rm_max_length),
+                            ("max_model_len", self.max_model_len)):
+            check_range(flag, value, 1)
+        check_range("--max-retries", self.max_retries, 0)
+        check_range("--rpm", self.requests_per_minute, 0, lo_open=True)
+        check_range("timeout_s", self.timeout_s, 0, lo_open=True)
+        check_range("backoff_s", self.backoff_s, 0)
 
 
 def content_key(

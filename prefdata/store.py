@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -95,6 +96,24 @@ def stage_lock(run_path: Path, stage: str, part: str | None = None) -> Iterator[
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     finally:
         f.close()
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Fail early, with one line, when `folder` (or the folder it would be created in) cannot be written,
+    so that a stage never starts work it cannot save. Leaves nothing behind."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise PrefdataError(f"{what} {folder} cannot be created: {probe} is a file, not a folder")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise PrefdataError(
+            f"{what} {folder} is not writable ({e.strerror or e} in {probe}); choose a location you can write to"
+        ) from e
 
 
 def read_parquet_dir(folder: Path) -> pl.DataFrame | None:

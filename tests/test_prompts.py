@@ -91,7 +91,7 @@ def test_missing_file(tmp_path):
         ('{"prompt": "ok"}\n', ["--prompt-field", "text"], "missing field 'text'"),
         ('{"prompt": ""}\n', [], "is empty"),
         (None, [], "does not exist"),
-        ('{"prompt": "ok"}\n', ["-n", "0"], "n must be at least 1"),
+        ('{"prompt": "ok"}\n', ["-n", "0"], "-n must be in [1, inf), got 0"),
         ('{"prompt": "ok"}\n', ["--backend", "tgi"], "backend must be one of"),
     ],
 )

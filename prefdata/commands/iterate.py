@@ -63,6 +63,10 @@ def command(
     )
     for stage, fields in _parse_sets(set_).items():
         getattr(cfg, stage).update(fields)
+    cfg.check_stages()  # before anything is written in the workdir
+    from prefdata.store import check_writable
+
+    check_writable(workdir, "--workdir")
     table = iterate(workdir, cfg, progress=not quiet)
     typer.echo(f"\nrounds finished: {table.height}; summary in {workdir / 'rounds.md'} and {workdir / 'rounds.png'}")
     with pl_config():

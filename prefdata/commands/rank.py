@@ -37,7 +37,7 @@ def command(
 ) -> None:
     """Rank each prompt's candidates with a judge (iterative pairwise, round-robin, or reward-model scores)."""
     from prefdata.rank import EXIT_FAILURES, RankConfig, rank_run
-    from prefdata.store import RunDir
+    from prefdata.store import RunDir, check_writable
 
     cfg = build_config(
         RankConfig, config, judge=judge, base_url=base_url, judge_model=judge_model, position_bias=position_bias,
@@ -48,6 +48,8 @@ def command(
     )
     if push_to_hub and export is None:
         raise PrefdataError("--push-to-hub needs --export DIR (the folder that is pushed)")
+    if RunDir(run).exists():
+        check_writable(run, "--run")  # judgments and rankings are written there
     s = rank_run(RunDir(run), cfg)
     cons = "n/a" if s["consistency"] is None else f"{s['consistency']:.1%}"
     typer.echo(

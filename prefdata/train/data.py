@@ -123,11 +123,11 @@ def _jsonl_rows(p: Path) -> list[dict[str, Any]]:
 
 def normalize_pairs(ds: Dataset, where: str) -> Dataset:
     """Keep prompt/chosen/rejected as message lists; wrap the plain-string variant; reject anything else."""
+    if len(ds) == 0:  # checked first: rows read from a zero-row file carry no columns at all
+        raise PrefdataError(f"dataset {where} has no rows; export some pairs first (see `prefdata export`)")
     missing = [c for c in REQUIRED if c not in ds.column_names]
     if missing:
         raise PrefdataError(f"dataset {where} is missing column(s) {', '.join(missing)}; needs prompt, chosen, rejected")
-    if len(ds) == 0:
-        raise PrefdataError(f"dataset {where} has no rows")
     ds = ds.select_columns(list(REQUIRED))
     rows = []
     for i, r in enumerate(ds):
