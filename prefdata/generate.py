@@ -27,7 +27,7 @@ from prefdata.console import capture_output, say
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
 from prefdata.models import DEMO_NAME, resolve_model
-from prefdata.prompts import load_prompts
+from prefdata.prompts import PromptSet, load_prompts
 from prefdata.records import candidate_id, stable_hash
 from prefdata.samplers import SampleSpec
 from prefdata.store import RunDir, check_writable, host_tag
@@ -256,16 +256,19 @@ def make_sampler(cfg: GenerateConfig, llm: Any = None) -> Any:
 def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bool = True) -> GenerateSummary:
     """Sample candidates for every prompt not yet done under this sampler config. `llm`: reuse an engine.
     One process per run (per shard with --shard): a second identical one stops with a line naming the first."""
-    with run.stage_lock("generate", cfg.shard):
-        return _generate_run(run, cfg, llm, progress)
-
-
-def _generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bool = True) -> GenerateSummary:
     t0 = time.time()
-    shash = sampler_hash(cfg)
-    shard = parse_shard(cfg.shard) if cfg.shard else None
+    # the input is read and the location checked before the lock creates anything in the run directory
     pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
     check_writable(run.path, "--run")
+    with run.stage_lock("generate", cfg.shard):
+        return _generate_run(run, cfg, pset, t0, llm, progress)
+
+
+def _generate_run(
+    run: RunDir, cfg: GenerateConfig, pset: PromptSet, t0: float, llm: Any = None, progress: bool = True
+) -> GenerateSummary:
+    shash = sampler_hash(cfg)
+    shard = parse_shard(cfg.shard) if cfg.shard else None
 
     existing = run.read_candidates()
     if existing is not None and existing.height:
