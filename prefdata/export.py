@@ -220,7 +220,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
             "`prefdata rank` command again to retry those calls, then export again"
         )
     if cfg.test_size > 0 and "test" not in splits:
-        warnings.append("too few prompts for a test split; everything is in train")
+        warnings.append("too few prompts for a test split (each prompt's side is fixed by its hash); everything is in train")
 
     name = cfg.name or (f"{judge_hash}-{cfg.pairs}" + ("" if cfg.shape == "conversational" else f"-{cfg.shape}"))
     out = Path(cfg.out) if cfg.out else run.exports_dir(name)
@@ -589,20 +589,25 @@ def _check_single_turn(rows: list[dict[str, Any]]) -> None:
 
 
 def split_prompt_ids(prompt_ids: list[str], test_size: float, seed: int) -> set[str]:
-    """The prompt ids of the test split: a seeded hash order, so a prompt is never in both splits and
-    adding prompts later moves none of the existing ones across."""
-    uniq = sorted(set(prompt_ids))
-    if test_size <= 0 or len(uniq) < 2:
+    """The prompt ids of the test split: a prompt is in test when its seeded hash, read as a number in [0, 1),
+    is below `test_size`. The rule looks at one prompt at a time, so a prompt's split never depends on the
+    other prompts: adding prompts later moves none of the existing ones across, and test prompts never leak
+    into training through a re-export. The test share is `test_size` on average, not exactly."""
+    if test_size <= 0:
         return set()
-    n_test = min(len(uniq) - 1, max(1, round(len(uniq) * test_size)))
-    ordered = sorted(uniq, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
-    return set(ordered[:n_test])
+    return {p for p in set(prompt_ids) if split_point(p, seed) < test_size}
+
+
+def split_point(prompt_id: str, seed: int) -> float:
+    """The prompt's fixed place in [0, 1) for the split (the first 64 bits of a seeded SHA-256)."""
+    return int(hashlib.sha256(f"{seed}:{prompt_id}".encode()).hexdigest()[:16], 16) / 2**64
 
 
 def _split(df: pl.DataFrame, test_size: float, seed: int) -> dict[str, pl.DataFrame]:
     df = df.drop("_n_turns") if "_n_turns" in df.columns else df
-    test_ids = split_prompt_ids(df["prompt_id"].to_list(), test_size, seed)
-    if not test_ids:
+    ids = df["prompt_id"].to_list()
+    test_ids = split_prompt_ids(ids, test_size, seed)
+    if not test_ids or test_ids == set(ids):  # no train split is no dataset: a tiny set stays in train
         return {"train": df}
     is_test = pl.col("prompt_id").is_in(sorted(test_ids))
     return {"train": df.filter(~is_test), "test": df.filter(is_test)}

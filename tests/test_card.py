@@ -25,7 +25,8 @@ def test_card_fields(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["prefdata", "export", "--run", "runs/x", "--pairs", "all", "--test-size", "0.5"])
     prompts = [("q", four()), ("q2", four("x ")), ("tied", [cand("u", 1), cand("v", 1)])]
     run = make_run(tmp_path / "run", prompts)
-    cfg = ExportConfig(pairs="all", test_size=0.5, license="apache-2.0", tags=["mt-bench"], pretty_name="Tiny prefs")
+    cfg = ExportConfig(pairs="all", test_size=0.5, seed=2, license="apache-2.0", tags=["mt-bench"],
+                       pretty_name="Tiny prefs")  # seed 2 puts q and q2 on different sides of the split
     s = export_run(run, cfg)
     text = (tmp_path / "run" / "exports" / f"{JUDGE}-all" / "README.md").read_text()
     fm = _front(text)

@@ -153,7 +153,9 @@ def test_other_formats_round_trip(tmp_path, fmt):
     run = make_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
     s = export_run(run, ExportConfig(format=fmt, test_size=0.34, out=str(tmp_path / fmt)))
     ds = _load(tmp_path / fmt)
-    assert {k: len(v) for k, v in ds.items()} == s.splits == {"train": 4, "test": 2}
+    n_test = len(split_prompt_ids(run.read_prompts()["prompt_id"].to_list(), 0.34, 0))
+    assert 0 < n_test < 6
+    assert {k: len(v) for k, v in ds.items()} == s.splits == {"train": 6 - n_test, "test": n_test}
     assert ds["train"][0]["chosen"][0]["role"] == "assistant"
     if fmt == "datasets":
         disk = datasets.load_from_disk(str(tmp_path / fmt))
@@ -165,10 +167,23 @@ def test_split_by_prompt_is_disjoint_and_seeded(tmp_path):
     s = export_run(run, ExportConfig(pairs="all", test_size=0.25, seed=3, out=str(tmp_path / "a")))
     ds = _load(tmp_path / "a")
     train, test = set(ds["train"]["prompt_id"]), set(ds["test"]["prompt_id"])
-    assert not train & test and len(test) == 5 and s.splits == {"train": 90, "test": 30}
+    expected = split_prompt_ids(run.read_prompts()["prompt_id"].to_list(), 0.25, 3)
+    assert not train & test and test == expected and 0 < len(test) < 20
+    assert s.splits == {"train": 6 * (20 - len(test)), "test": 6 * len(test)}  # `all` gives 6 pairs per prompt
     ids = [f"p{i}" for i in range(100)]
     assert split_prompt_ids(ids, 0.1, 3) == split_prompt_ids(list(reversed(ids)), 0.1, 3)
     assert split_prompt_ids(ids, 0.1, 3) != split_prompt_ids(ids, 0.1, 4)
+
+
+def test_adding_prompts_never_moves_an_existing_one():
+    """Issue 9.11: the split is a fixed hash threshold, so a prompt's side never depends on the others."""
+    ids = [f"prompt-{i}" for i in range(2000)]
+    full = split_prompt_ids(ids, 0.2, 7)
+    for n in (1, 2, 5, 10, 37, 100, 500, 1999):
+        assert split_prompt_ids(ids[:n], 0.2, 7) == full & set(ids[:n]), n
+    big = split_prompt_ids([f"x{i}" for i in range(20_000)], 0.2, 0)
+    assert abs(len(big) / 20_000 - 0.2) < 0.015  # the test share is test_size on average
+    assert split_prompt_ids(ids, 0.1, 7) <= split_prompt_ids(ids, 0.2, 7)  # a larger test only adds prompts
 
 
 def test_length_bias_warning(tmp_path):
