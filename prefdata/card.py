@@ -157,6 +157,8 @@ def build_card(
         f"| ties | {_n(js.get('ties'))} ({_pct(js.get('ties_rate'))}) |",
         f"| failures | {_n(js.get('failures'))} ({_pct(js.get('failures_rate'))}) |",
         f"| judge prompts longer than the judge's context (`too_long`) | {_n(js.get('too_long'))} |",
+        f"| reward-model inputs cut to the model's max length (scored without their start) | "
+        f"{_n(js.get('truncated_inputs'))} |",
         f"| inconsistent (verdict changed when the order was swapped) | {_n(js.get('inconsistent'))} "
         f"({_pct(js.get('inconsistent_rate'))}) |",
         f"| mean consistency | {_num(js.get('consistency_mean'))} |",
@@ -168,8 +170,8 @@ def build_card(
     out += [
         "## Pair selection",
         "",
-        f"- Strategy: `--pairs {summary.pairs}`; minimum margin {cfg.min_margin}; truncated completions "
-        f"{'kept' if cfg.keep_truncated else 'dropped'}; inconsistent pairs {'kept' if cfg.keep_inconsistent else 'dropped'}; "
+        f"- Strategy: `--pairs {summary.pairs}`; minimum margin {cfg.min_margin}; truncated completions and "
+        f"pairs scored from cut reward-model inputs {'kept' if cfg.keep_truncated else 'dropped'}; inconsistent pairs {'kept' if cfg.keep_inconsistent else 'dropped'}; "
         "ties and identical texts always dropped (chosen is never the same text as rejected).",
         f"- Prompts in the run: {summary.n_prompts}; ranked: {summary.n_ranked}; pairs considered: "
         f"{summary.n_considered}; rows written: {summary.n_rows}.",

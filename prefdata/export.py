@@ -53,7 +53,8 @@ class ExportConfig:
     format: parquet (data/*.parquet), jsonl (data/*.jsonl) or datasets (a `save_to_disk` folder).
     out: output folder; None means <run>/exports/<name>. name: None derives one from judge and strategy.
     min_margin: minimum score difference chosen - rejected; 0 disables it (pairs without scores are then kept).
-    keep_truncated: keep completions that hit the token limit (finish_reason=length).
+    keep_truncated: keep completions that hit the token limit (finish_reason=length), and pairs whose reward-model
+        score came from an input cut to --rm-max-length.
     keep_inconsistent: keep pairs whose direct comparisons did not all prefer the chosen candidate.
     test_size: fraction of prompts (not rows) in a test split; 0 writes train only. seed: for that split.
     license, tags, pretty_name: dataset card metadata. license defaults to "other" because the right
@@ -146,6 +147,8 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     prompt_msgs = _prompt_messages(prompts, rankings)
     cands = _candidates_by_id(candidates, rankings)
     verdicts = {} if cfg.keep_inconsistent else _load_verdicts(run, judge_hash, prompts, cands)
+    cut_all = truncated_inputs(run, judge_hash)
+    cut_inputs = set() if cfg.keep_truncated else cut_all
 
     order = {pid: i for i, pid in enumerate(prompts["prompt_id"].to_list())}
     rows_in = sorted(rankings.iter_rows(named=True), key=lambda r: order[r["prompt_id"]])
@@ -159,7 +162,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
             drops["judge_failed"] += 1
             n_considered += cfg.shape != "ranking"
             continue
-        ranked = _ranked_candidates(rk, cands)
+        ranked = _ranked_candidates(rk, cands, cut_inputs)
         if cfg.shape == "ranking":
             row, dropped = _ranking_row(rk, ranked, prompt_msgs[pid], cfg)
             drops.update(dropped)
@@ -232,6 +235,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     try:
         files = _write_data(tmp, splits, cfg)
         judge_stats = ranking_stats(rankings)
+        judge_stats["truncated_inputs"] = len(cut_all)
         summary = ExportSummary(
             out=str(out),
             judge_hash=judge_hash,
@@ -343,7 +347,9 @@ def _candidates_by_id(candidates: pl.DataFrame, rankings: pl.DataFrame) -> dict[
     return cands
 
 
-def _ranked_candidates(rk: dict[str, Any], cands: dict[str, dict[str, Any]]) -> dict[str, Candidate]:
+def _ranked_candidates(
+    rk: dict[str, Any], cands: dict[str, dict[str, Any]], cut_inputs: set[tuple[str, str]] | None = None
+) -> dict[str, Candidate]:
     ids = list(rk.get("candidate_ids") or [])
     ranks = list(rk.get("ranks") or [None] * len(ids))
     scores = list(rk.get("scores") or [None] * len(ids))
@@ -360,7 +366,23 @@ def _ranked_candidates(rk: dict[str, Any], cands: dict[str, dict[str, Any]]) -> 
             model=c.get("model"),
             rank=rank,
             score=score,
+            input_truncated=(rk["prompt_id"], cid) in (cut_inputs or set()),
         )
+    return out
+
+
+def truncated_inputs(run: RunDir, judge_hash: str) -> set[tuple[str, str]]:
+    """(prompt_id, candidate_id) of every completion a reward model scored from an input cut to its max length
+    (pointwise judgments flagged `truncated`): the score did not see the whole prompt, so pairs resting on it
+    are dropped unless --keep-truncated."""
+    folder = run.judgments_dir(judge_hash)
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
+    out: set[tuple[str, str]] = set()
+    for p in files:
+        if "truncated" not in pl.read_parquet_schema(p):
+            continue
+        df = pl.read_parquet(p, columns=["prompt_id", "a_id", "truncated"]).filter(pl.col("truncated").fill_null(False))
+        out.update(zip(df["prompt_id"].to_list(), df["a_id"].to_list(), strict=True))
     return out
 
 
@@ -486,6 +508,8 @@ def _ranking_row(
     for c in ranked.values():
         if c.finish_reason == "length" and not cfg.keep_truncated:
             drops["truncated"] += 1
+        elif c.input_truncated and not cfg.keep_truncated:
+            drops["judge_input_truncated"] += 1
         else:
             keep.append(c)
     keep.sort(key=lambda c: c.rank if c.rank is not None else 1 << 30)
@@ -722,6 +746,7 @@ def _drops_text(drops: dict[str, int] | Counter[str]) -> str:
 def _relax_hint(drops: Counter[str]) -> str:
     hints = {
         "truncated": "--keep-truncated",
+        "judge_input_truncated": "--keep-truncated (or rank again with a larger --rm-max-length)",
         "inconsistent": "--keep-inconsistent",
         "below_margin": "a lower --min-margin",
         "margin_unknown": "--min-margin 0",

@@ -25,6 +25,7 @@ DROP_REASONS: dict[str, str] = {
     "tie": "the two candidates share a rank",
     "inconsistent": "the direct comparison of the two did not consistently prefer the chosen one",
     "truncated": "a completion hit the token limit (finish_reason=length)",
+    "judge_input_truncated": "the reward model scored a cut input (longer than --rm-max-length, cut from the left)",
     "identical_text": "chosen and rejected texts are identical",
     "margin_unknown": "--min-margin is set but the pair has no scores",
     "below_margin": "score margin below --min-margin",
@@ -46,6 +47,7 @@ class Candidate:
     model: str | None = None
     rank: int | None = None
     score: float | None = None
+    input_truncated: bool = False  # the reward model saw this completion cut from the left: its score is unreliable
 
 
 def ranking_pairs(ranking: Mapping[str, Any], strategy: str) -> tuple[list[tuple[str, str]], Counter[str]]:
@@ -135,6 +137,8 @@ def pair_drop_reason(
         return "inconsistent"
     if not keep_truncated and (chosen.finish_reason == "length" or rejected.finish_reason == "length"):
         return "truncated"
+    if not keep_truncated and (chosen.input_truncated or rejected.input_truncated):
+        return "judge_input_truncated"
     if chosen.text.strip() == rejected.text.strip():
         return "identical_text"
     if min_margin > 0:

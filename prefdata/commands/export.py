@@ -18,7 +18,7 @@ def command(
     fmt: str | None = typer.Option(None, "--format", help="parquet | jsonl | datasets [parquet]."),
     name: str | None = typer.Option(None, "--name", help="Export name under <run>/exports/."),
     min_margin: float | None = typer.Option(None, "--min-margin", help="Minimum score margin chosen - rejected [0]."),
-    keep_truncated: bool | None = typer.Option(None, "--keep-truncated/--drop-truncated", help="Keep finish_reason=length."),
+    keep_truncated: bool | None = typer.Option(None, "--keep-truncated/--drop-truncated", help="Keep finish_reason=length, and pairs scored from cut reward-model inputs."),
     keep_inconsistent: bool | None = typer.Option(
         None, "--keep-inconsistent/--drop-inconsistent", help="Keep pairs whose direct comparisons disagree."
     ),
