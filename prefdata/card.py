@@ -96,6 +96,8 @@ def build_card(
 
     stages = meta.get("stages") or {}
     gen: dict[str, Any] = stages.get("generate") or {}
+    if summary.sampler_hashes:  # only the samplers whose completions are in this dataset (not failed or other runs)
+        gen = {h: e for h, e in gen.items() if h in set(summary.sampler_hashes)}
     rank_entry: dict[str, Any] = (stages.get("rank") or {}).get(summary.judge_hash) or {}
     rank_cfg: dict[str, Any] = rank_entry.get("config") or {}
     js = summary.judge_stats

@@ -115,6 +115,7 @@ class ExportSummary:
     lengths: dict[str, Any]
     judge_stats: dict[str, Any]
     files: list[str]
+    sampler_hashes: list[str] = field(default_factory=list)  # the samplers whose completions are in the rows
 
     def lines(self) -> list[str]:
         """Human-readable summary for the CLI."""
@@ -252,6 +253,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
             lengths=lengths,
             judge_stats=judge_stats,
             files=[],
+            sampler_hashes=_row_samplers(rows),
         )
         plot_name = None
         if cfg.plot and kept_pairs:
@@ -461,6 +463,17 @@ def _pair_row(rk: dict[str, Any], prompt: list[dict[str, str]], c: Candidate, r:
         "rejected_finish_reason": r.finish_reason,
         "_n_turns": len(prompt),
     }
+
+
+def _row_samplers(rows: list[dict[str, Any]]) -> list[str]:
+    """Every sampler hash behind the exported rows (pairs, KTO rows or ranking rows)."""
+    found: set[str] = set()
+    for r in rows:
+        for key in ("sampler_hash", "rejected_sampler_hash"):
+            if r.get(key):
+                found.add(r[key])
+        found.update(h for h in r.get("sampler_hashes") or [] if h)
+    return sorted(found)
 
 
 def _kto_rows(

@@ -287,18 +287,30 @@ def _generate_run(
     n_in_shard = len(todo)
     todo = [r for r in todo if r["prompt_id"] not in done]
 
-    run.record_stage(
-        "generate",
-        shash,
-        {
-            "config": _public_config(cfg),
-            "model": model_label(cfg),
-            "versions": _versions(),
-            "plan": [dataclasses.asdict(s) for s in cfg.plan()],
-            "engine_seed": cfg.seed,
-            "prompts_file": cfg.prompts or "bundled:mt_bench_questions.jsonl",
-        },
-    )
+    recorded = False
+
+    def record() -> None:
+        """Put this sampler's config in run.json, once it has rows: a generate that fails before its first
+        shard (an unreachable server, a bad model) leaves no config behind to reach the dataset card."""
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        run.record_stage(
+            "generate",
+            shash,
+            {
+                "config": _public_config(cfg),
+                "model": model_label(cfg),
+                "versions": _versions(),
+                "plan": [dataclasses.asdict(s) for s in cfg.plan()],
+                "engine_seed": cfg.seed,
+                "prompts_file": cfg.prompts or "bundled:mt_bench_questions.jsonl",
+            },
+        )
+
+    if done:
+        record()  # a resume: its rows exist already
     stats: dict[str, float] = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
     log_path = None
     if todo:
@@ -308,7 +320,7 @@ def _generate_run(
         with capture_output(run.path / "logs", "generate") as log_path:
             sampler = make_sampler(cfg, llm)
             try:
-                _sample_all(run, cfg, sampler, todo, shash, stats, progress)
+                _sample_all(run, cfg, sampler, todo, shash, stats, progress, before_first_shard=record)
             finally:
                 if llm is None and cfg.backend == "vllm":
                     from prefdata.samplers.vllm_local import shutdown_llm
@@ -332,6 +344,9 @@ def _generate_run(
         log=str(log_path) if log_path else None,
     )
 
+    if not recorded:  # nothing sampled (every prompt too long for the context): no rows, no config
+        return summary
+
     def _upd(meta: dict[str, Any]) -> None:
         slot = meta["stages"]["generate"][shash]
         totals = slot.setdefault("totals", {"candidates": 0, "truncated": 0, "tokens": 0, "skipped_too_long": 0})
@@ -346,7 +361,7 @@ def _generate_run(
 
 
 def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[str, Any]], shash: str,
-                stats: dict[str, float], progress: bool) -> None:
+                stats: dict[str, float], progress: bool, before_first_shard: Any = None) -> None:
     plan = cfg.plan()
     label = model_label(cfg) if cfg.backend != "openai" else str(cfg.model)
     max_len = getattr(sampler, "max_model_len", None)
@@ -386,6 +401,8 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
                         rows.append(_row(r["prompt_id"], shash, "reference", 0, r["reference"], "stop", ref_tokens, "reference"))
                     stats["sampled"] += 1
             if rows:
+                if before_first_shard is not None:
+                    before_first_shard()
                 df = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
                 run.write_shard(run.candidates_dir, df, tag=f"{shash}-{tag}")
                 stats["cands"] += df.height

@@ -1,0 +1,77 @@
+"""Issue 10.7: a generate that failed (unreachable server) leaves no sampler config behind, so a later
+successful generate into the same run puts only its own sampler on the dataset card. Real parts: the CLI, a
+closed port, the transformers backend with the tiny Llama, the tiny reward model as judge."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_export_fixtures import cand, make_run  # noqa: E402
+from test_judges_rm import tiny_rm_dir  # noqa: E402,F401  (the module-scoped fixture)
+
+from prefdata.cli import main  # noqa: E402
+from prefdata.export import ExportConfig, export_run  # noqa: E402
+from prefdata.rank import RankConfig, rank_run  # noqa: E402
+from prefdata.store import RunDir  # noqa: E402
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cli(*args: str) -> int:
+    argv = sys.argv
+    sys.argv = ["prefdata", *args]  # the command line that run.json and the card record
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(list(args))
+    finally:
+        sys.argv = argv
+    return e.value.code
+
+
+def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir, tiny_rm_dir, capsys):  # noqa: F811
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Say hi.", "Name a colour.")))
+    run = tmp_path / "run"
+    dead = f"http://127.0.0.1:{_closed_port()}/v1"
+    assert _cli("generate", str(prompts), "--run", str(run), "--backend", "openai", "--base-url", dead,
+                "--model", "served-x", "--max-retries", "0", "--quiet") == 2  # fmt: skip
+    assert "cannot reach the server" in capsys.readouterr().err
+    assert not RunDir(run).read_meta().get("stages", {}).get("generate")  # no config without rows
+
+    assert _cli("generate", str(prompts), "--run", str(run), "--backend", "hf", "--model", str(tiny_llama_dir),
+                "-n", "3", "--max-tokens", "6", "--temperature", "1.0", "--quiet") == 0  # fmt: skip
+    gen = RunDir(run).read_meta()["stages"]["generate"]
+    assert len(gen) == 1 and next(iter(gen.values()))["config"]["backend"] == "hf"
+    rank_run(RunDir(run), RankConfig(judge=str(tiny_rm_dir), progress=False))
+    sys.argv, argv = ["prefdata", "export"], sys.argv
+    try:
+        export_run(RunDir(run), ExportConfig(out=str(tmp_path / "out"), keep_truncated=True))  # 6 tokens: all cut
+    finally:
+        sys.argv = argv
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "backend: hf" in card and "--backend hf" in card
+    for needle in (dead, "openai", "served-x", "--backend openai"):
+        assert needle not in card, needle
+
+
+def test_card_lists_only_samplers_behind_the_rows(tmp_path):
+    """A run.json written before the fix (a failed sampler's config recorded without rows) still gives a
+    clean card: only samplers whose completions are in the exported rows are listed."""
+    run = make_run(tmp_path / "run", [("q", [cand("good answer here", 1, 2.0), cand("bad", 2, 1.0)])])
+    run.record_stage("generate", "failedsampler000", {"config": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                                                      "model": "ghost-model"})  # fmt: skip
+    s = export_run(run, ExportConfig(out=str(tmp_path / "out")))
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert s.sampler_hashes == ["samplerhash00001"]
+    assert "Sampler `samplerhash00001`" in card
+    assert "failedsampler000" not in card and "ghost-model" not in card and "127.0.0.1:9" not in card
