@@ -549,3 +549,9 @@ def test_resume_from_a_missing_or_half_written_checkpoint_is_one_line(tmp_path, 
     (half / "config.json").write_text("{}")  # what a kill inside the save leaves
     code, _, err = _cli([*argv, "--resume", str(half)], capsys)
     assert code == 2 and err.count("\n") == 1 and "not a complete checkpoint" in err
+    # a checkpoint with a trainer state but no prefdata marker (an earlier version, another trainer) is not
+    # deleted as half-written: the rerun refuses it in one line and leaves it in place
+    (half / "trainer_state.json").write_text(json.dumps({"global_step": 1, "max_steps": 1}))
+    code, _, err = _cli(argv, capsys)
+    assert code == 2 and err.count("\n") == 1 and "no prefdata marker" in err and "--overwrite" in err
+    assert (half / "config.json").is_file()

@@ -25,6 +25,7 @@ from prefdata.records import stable_hash
 logger = logging.getLogger(__name__)
 
 MARKER = "prefdata_checkpoint.json"
+SAVING = ".prefdata-saving"  # created before a save starts, removed after the marker: "a save of ours was cut"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Settings that do not change the trained weights: logging, saving, paths, evaluation and memory knobs.
 _NOT_RESULTS = {
@@ -59,14 +60,21 @@ def run_identity(cfg: Any, model_path: str, train_rows: list[dict], eval_rows: l
     return {"fingerprint": stable_hash(view), "config": view}
 
 
+def start_save(checkpoint: Path) -> None:
+    """Flag `checkpoint` as being written (before any file): a kill leaves the flag and no marker."""
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    (checkpoint / SAVING).touch()
+
+
 def write_marker(checkpoint: Path, identity: dict[str, Any]) -> None:
-    """Mark `checkpoint` complete (atomically: a kill leaves either no marker or a whole one)."""
+    """Mark `checkpoint` complete (atomically: a kill leaves either no marker or a whole one), then drop the flag."""
     tmp = checkpoint / f".{MARKER}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         json.dump(identity, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, checkpoint / MARKER)
+    (checkpoint / SAVING).unlink(missing_ok=True)
 
 
 def read_marker(checkpoint: Path) -> dict[str, Any] | None:
@@ -77,6 +85,23 @@ def read_marker(checkpoint: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) and "fingerprint" in marker else None
+
+
+def is_unfinished(checkpoint: Path) -> bool:
+    """A save that did not finish: ours (flag, no marker) or any without a readable trainer_state.json.
+
+    A folder with a trainer state but neither flag nor marker (an earlier prefdata version, another trainer) is
+    not unfinished: it is kept, and refused as a run of unknown settings rather than deleted.
+    """
+    if read_marker(checkpoint) is not None:
+        return False
+    if (checkpoint / SAVING).exists():
+        return True
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return True
+    return False
 
 
 def checkpoints(out: Path) -> list[tuple[int, Path, dict[str, Any] | None]]:
@@ -92,10 +117,10 @@ def checkpoints(out: Path) -> list[tuple[int, Path, dict[str, Any] | None]]:
 
 
 def remove_incomplete(out: Path) -> list[Path]:
-    """Delete the checkpoint folders whose save was interrupted (no complete marker)."""
+    """Delete the checkpoint folders whose save was interrupted (see `is_unfinished`)."""
     removed = []
-    for _, p, marker in checkpoints(out):
-        if marker is None:
+    for _, p, _ in checkpoints(out):
+        if is_unfinished(p):
             logger.warning("removing %s: its save did not finish (the process was killed while writing it)", p)
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)

@@ -13,6 +13,7 @@ from prefdata.errors import PrefdataError
 from prefdata.train.resume import (
     checkpoints,
     clear_run,
+    is_unfinished,
     read_marker,
     refuse_other_run,
     remove_incomplete,
@@ -157,10 +158,12 @@ def _resume_point(out: Path, identity: dict[str, Any], resume: str | bool | None
         path = Path(resume).expanduser()
         if not path.is_dir():
             raise PrefdataError(f"checkpoint {path} does not exist; pass a checkpoint-N folder or --resume latest")
-        marker = read_marker(path)
-        if marker is None:
+        if is_unfinished(path):
             raise PrefdataError(f"{path} is not a complete checkpoint (its save did not finish); pass another one")
-        if marker["fingerprint"] != identity["fingerprint"]:
+        marker = read_marker(path)
+        if marker is None:  # written by an earlier version or another trainer: the user vouches for it
+            logger.warning("%s has no prefdata marker; resuming from it as given", path)
+        elif marker["fingerprint"] != identity["fingerprint"]:
             raise refuse_other_run(path, "a checkpoint", marker, identity)
         remove_incomplete(out)
         return path

@@ -36,7 +36,7 @@ from prefdata.train.data import (
 )
 from prefdata.train.lora import cache_tag, load_plain, load_policy, reference_mode, weight_dtype
 from prefdata.train.losses import REFERENCE_FREE, preference_loss, preference_metrics
-from prefdata.train.resume import write_marker
+from prefdata.train.resume import start_save, write_marker
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,10 @@ class AIPOTrainer(Trainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         """Save, mark the checkpoint complete, and only then delete old ones (a kill never loses the last one)."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        checkpoint = run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            start_save(checkpoint)
         limit = self.args.save_total_limit
         self.args.save_total_limit = None
         try:
@@ -139,8 +143,7 @@ class AIPOTrainer(Trainer):
         finally:
             self.args.save_total_limit = limit
         if self.args.should_save:
-            run_dir = Path(self._get_output_dir(trial=trial))
-            write_marker(run_dir / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}", self.run_identity)
+            write_marker(checkpoint, self.run_identity)
             rotate_checkpoints(str(run_dir), limit, self.state.best_model_checkpoint, use_mtime=True)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
