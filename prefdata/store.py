@@ -70,6 +70,7 @@ def stage_lock(run_path: Path, stage: str, part: str | None = None) -> Iterator[
     """
     name = f".lock-{stage}" + (f"-{re.sub(r'[^A-Za-z0-9]+', 'of', part)}" if part else "")
     path = run_path / name
+    created = not run_path.exists()
     try:
         run_path.mkdir(parents=True, exist_ok=True)
         f = open(path, "a+")  # noqa: SIM115 - held open for the whole block
@@ -96,6 +97,11 @@ def stage_lock(run_path: Path, stage: str, part: str | None = None) -> Iterator[
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     finally:
         f.close()
+        if created:  # a stage that failed before writing anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                if os.listdir(run_path) == [name]:
+                    path.unlink()
+                    run_path.rmdir()
 
 
 def check_writable(folder: Path, what: str) -> None:

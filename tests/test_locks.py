@@ -98,3 +98,13 @@ def test_second_rank_process_on_one_run_stops_naming_the_first(tmp_path):
         assert j.height == pl.Series(server.requests).len()
     finally:
         server.close()
+
+
+def test_a_stage_that_writes_nothing_leaves_no_folder(tmp_path):
+    with pytest.raises(PrefdataError, match="bad input"):
+        with stage_lock(tmp_path / "new-run", "generate"):
+            raise PrefdataError("bad input")
+    assert not (tmp_path / "new-run").exists()
+    with stage_lock(tmp_path / "kept", "generate"):
+        (tmp_path / "kept" / "run.json").write_text("{}")
+    assert (tmp_path / "kept" / "run.json").is_file()
