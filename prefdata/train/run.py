@@ -123,6 +123,7 @@ def train(
         "eval": eval_metrics,
         **truncation_counts(trainer.train_dataset),
         "ref_cache": trainer.ref_cache_paths,
+        "ref_pairs_computed": trainer.ref_pairs_computed,  # this process's share of the reference pass
         "fingerprint": identity["fingerprint"],
         "config": identity["config"],
     }

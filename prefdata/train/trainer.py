@@ -25,7 +25,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from prefdata.train.config import AIPOConfig
 from prefdata.train.data import (
     PairCollator,
-    cached_logps,
     check_same_tokenizer,
     compute_logps,
     data_fingerprint,
@@ -34,6 +33,7 @@ from prefdata.train.data import (
     stop_token_ids,
     tokenize_pairs,
 )
+from prefdata.train.distributed import shared_logps
 from prefdata.train.lora import cache_tag, load_plain, load_policy, reference_mode, weight_dtype
 from prefdata.train.losses import REFERENCE_FREE, preference_loss, preference_metrics
 from prefdata.train.resume import start_save, write_marker
@@ -77,6 +77,7 @@ class AIPOTrainer(Trainer):
         self.policy_path = model_path
         self.run_identity = run_identity or {"fingerprint": None, "config": {}}
         self.ref_cache_paths: list[str] = []
+        self.ref_pairs_computed = 0  # pairs this process ran through a reference model (not cache hits)
         train_dataset = self._prepare(train_dataset, model, processing_class, collator, args)
         if eval_dataset is not None:
             eval_dataset = self._prepare(eval_dataset, model, processing_class, collator, args)
@@ -104,6 +105,7 @@ class AIPOTrainer(Trainer):
             ([self.policy_path] + list(args.ref_models)) if args.loss_type == "mrpo" else (args.ref_models or [self.policy_path])
         )
         cache_dir = Path(args.ref_cache_dir) if args.ref_cache_dir else None
+        _ = args.device  # sets up the process group under `accelerate launch` / torchrun, before the collective pass
         data_key = data_fingerprint(ds)
         autocast = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
         chunk = args.logps_chunk_tokens
@@ -111,18 +113,21 @@ class AIPOTrainer(Trainer):
         for ref in refs:
             key = f"{model_fingerprint(ref)[:16]}-{data_key[:16]}-{str(autocast).removeprefix('torch.')}{cache_tag(args)}"
 
-            def compute(ref: str = ref) -> tuple[np.ndarray, np.ndarray]:
-                logger.info("computing reference log-probs of %d pairs with %s", len(ds), ref)
+            def compute(rows: list[int], ref: str = ref) -> tuple[np.ndarray, np.ndarray]:
+                part = ds if len(rows) == len(ds) else ds.select(rows)
+                self.ref_pairs_computed += len(part)
+                logger.info("computing reference log-probs of %d pairs with %s", len(part), ref)
                 if ref == self.policy_path:  # the policy itself, LoRA adapters disabled
                     with reference_mode(_on_device(model, args)) as ref_net:
-                        return compute_logps(ref_net, ds, collator, args.ref_batch_size, autocast, chunk)
+                        return compute_logps(ref_net, part, collator, args.ref_batch_size, autocast, chunk)
                 ref_model = load_plain(ref, weight_dtype(args)).to(args.device)
                 try:
-                    return compute_logps(ref_model, ds, collator, args.ref_batch_size, autocast, chunk)
+                    return compute_logps(ref_model, part, collator, args.ref_batch_size, autocast, chunk)
                 finally:
                     del ref_model
 
-            c, r = cached_logps(cache_dir, key, compute)
+            # under several processes each scores its share of the pairs (see prefdata.train.distributed)
+            c, r = shared_logps(cache_dir, key, len(ds), compute)
             if cache_dir is not None:
                 self.ref_cache_paths.append(str(cache_dir / f"{key}.npz"))
             chosen.append(c)
