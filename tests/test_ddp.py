@@ -67,3 +67,19 @@ def test_two_processes_match_one_and_share_the_reference_pass(tmp_path, tiny_lla
     again = ddp("ddp-again", str(tmp_path / "cache-ddp"))
     assert [r["ref_rows_forwarded"] for r in again] == [0, 0]
     assert [r["first_loss"] for r in again] == pytest.approx([one["first_loss"]] * 2, abs=1e-4)
+
+
+def test_a_process_without_the_weights_does_not_score_the_reference(tiny_llama_dir):
+    """FSDP's cpu_ram_efficient_loading leaves ranks > 0 with meta weights: they must not compute garbage."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from prefdata.train.distributed import has_weights, shared_logps
+
+    assert has_weights(AutoModelForCausalLM.from_pretrained(tiny_llama_dir))
+    with torch.device("meta"):
+        assert not has_weights(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_llama_dir)))
+    # one process: the rows are scored here and nothing else happens (no process group, no cache)
+    import numpy as np
+
+    c, r = shared_logps(None, "k", 3, lambda rows: (np.array(rows, float), -np.array(rows, float)))
+    assert c.tolist() == [0, 1, 2] and r.tolist() == [0, -1, -2]

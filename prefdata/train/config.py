@@ -68,6 +68,10 @@ class AIPOConfig(TrainingArguments):
         `logits_scaling`, Cohere `logit_scale`); architectures not checked use the model's own logits.
     gradient_checkpointing (`bool`, *optional*, defaults to `True`):
         As in TRL: recompute layer activations in backward (TrainingArguments defaults to False).
+    bf16 (`bool` or `None`, *optional*, defaults to `None`):
+        bf16 autocast. None turns it on on a CUDA GPU with bf16 (Ampere or newer) unless `fp16` is set; with the
+        default float32 weights of a full fine-tune this is mixed precision with float32 master weights. On CPU it
+        stays off unless set (with `use_cpu: true`, which transformers requires for CPU bf16).
     dtype (`str`, *optional*, defaults to `"auto"`):
         Dtype of the loaded weights: `auto`, `float32`, `bfloat16` or `float16`. `auto` is float32 master weights
         for a full fine-tune (with `bf16` autocast this is mixed precision) and a bfloat16 frozen base for LoRA.
@@ -120,6 +124,7 @@ class AIPOConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized columns."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in backward."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None: on for a bf16-capable GPU."})
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -140,6 +145,10 @@ class AIPOConfig(TrainingArguments):
         from prefdata.train.lora import validate_lora_fields
 
         validate_lora_fields(self)
+        if self.bf16 is None:
+            from prefdata.train.lora import bf16_supported
+
+            self.bf16 = not self.fp16 and bf16_supported(self.use_cpu)
         super().__post_init__()
 
     def _check_ranges(self) -> None:

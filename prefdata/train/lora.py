@@ -68,6 +68,12 @@ def weight_dtype(cfg: Any) -> torch.dtype:
     return torch.bfloat16 if cfg.lora_r > 0 else torch.float32
 
 
+def bf16_supported(use_cpu: bool = False) -> bool:
+    """Whether bf16 autocast is on by default: on a CUDA GPU with bf16 (Ampere or newer). Not on CPU, where
+    transformers requires `use_cpu` for it and the gain depends on the CPU's bf16 support (set both to opt in)."""
+    return not use_cpu and torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported())
+
+
 def cache_tag(cfg: Any) -> str:
     """Suffix for reference-cache keys: reference log-probs from bf16 weights differ from float32 ones."""
     dtype = weight_dtype(cfg)

@@ -33,7 +33,7 @@ from prefdata.train.data import (
     stop_token_ids,
     tokenize_pairs,
 )
-from prefdata.train.distributed import shared_logps
+from prefdata.train.distributed import has_weights, shared_logps
 from prefdata.train.lora import cache_tag, load_plain, load_policy, reference_mode, weight_dtype
 from prefdata.train.losses import REFERENCE_FREE, preference_loss, preference_metrics
 from prefdata.train.resume import start_save, write_marker
@@ -127,7 +127,8 @@ class AIPOTrainer(Trainer):
                     del ref_model
 
             # under several processes each scores its share of the pairs (see prefdata.train.distributed)
-            c, r = shared_logps(cache_dir, key, len(ds), compute)
+            able = has_weights(model) if ref == self.policy_path else True
+            c, r = shared_logps(cache_dir, key, len(ds), compute, can_compute=able)
             if cache_dir is not None:
                 self.ref_cache_paths.append(str(cache_dir / f"{key}.npz"))
             chosen.append(c)
