@@ -251,3 +251,19 @@ def test_vllm_serves_the_no_merge_adapter(tmp_path, tiny_llama_dir):
         assert len(outs[0][0]) == 2
     finally:
         shutdown_llm(llm)
+
+
+def test_a_model_object_gets_adapters_too(tmp_path, tiny_llama_dir):
+    """`AIPOTrainer(model_object, AIPOConfig(lora_r=...))` trains adapters, not every weight (library use)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+
+    from prefdata.train.config import AIPOConfig
+    from prefdata.train.trainer import AIPOTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    ds = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in _pairs(2)])
+    cfg = AIPOConfig(output_dir=str(tmp_path / "o"), lora_r=4, report_to=[], use_cpu=True)
+    trainer = AIPOTrainer(model, cfg, ds)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)

@@ -34,7 +34,7 @@ from prefdata.train.data import (
     tokenize_pairs,
 )
 from prefdata.train.distributed import has_weights, shared_logps
-from prefdata.train.lora import cache_tag, load_plain, load_policy, reference_mode, weight_dtype
+from prefdata.train.lora import add_adapters, cache_tag, is_peft, load_plain, load_policy, reference_mode, weight_dtype
 from prefdata.train.losses import REFERENCE_FREE, preference_loss, preference_metrics
 from prefdata.train.resume import start_save, write_marker
 
@@ -71,6 +71,8 @@ class AIPOTrainer(Trainer):
                 check_same_tokenizer(processing_class, model_path, ref)
         if isinstance(model, str):
             model = load_policy(model, args)
+        elif args.lora_r > 0 and not is_peft(model):  # a model object: add the adapters here, never train it all
+            model = add_adapters(model, args)
         pad = processing_class.pad_token_id if processing_class.pad_token_id is not None else processing_class.eos_token_id
         collator = PairCollator(pad)
         self._metrics: dict[str, dict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
