@@ -38,7 +38,7 @@ def _cli(*args: str) -> int:
     return e.value.code
 
 
-def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir, tiny_rm_dir, capsys):  # noqa: F811
+def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir, tiny_rm_dir, capsys, monkeypatch):  # noqa: F811
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Say hi.", "Name a colour.")))
     run = tmp_path / "run"
@@ -52,15 +52,13 @@ def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir,
                 "-n", "3", "--max-tokens", "6", "--temperature", "1.0", "--quiet") == 0  # fmt: skip
     gen = RunDir(run).read_meta()["stages"]["generate"]
     assert len(gen) == 1 and next(iter(gen.values()))["config"]["backend"] == "hf"
+    monkeypatch.setattr(sys, "argv", ["prefdata", "rank"])  # what run.json records as the command line
     rank_run(RunDir(run), RankConfig(judge=str(tiny_rm_dir), progress=False))
-    sys.argv, argv = ["prefdata", "export"], sys.argv
-    try:
-        export_run(RunDir(run), ExportConfig(out=str(tmp_path / "out"), keep_truncated=True))  # 6 tokens: all cut
-    finally:
-        sys.argv = argv
+    monkeypatch.setattr(sys, "argv", ["prefdata", "export"])
+    export_run(RunDir(run), ExportConfig(out=str(tmp_path / "out"), keep_truncated=True))  # 6 tokens: all cut
     card = (tmp_path / "out" / "README.md").read_text()
     assert "backend: hf" in card and "--backend hf" in card
-    for needle in (dead, "openai", "served-x", "--backend openai"):
+    for needle in (dead, "backend: openai", "served-x", "--backend openai"):
         assert needle not in card, needle
 
 

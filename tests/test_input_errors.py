@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import prefdata.train.config  # noqa: F401  imported here, not under capsys: its logging must not bind to a captured stream
 from prefdata.cli import main
 from prefdata.errors import PrefdataError
 
