@@ -23,6 +23,9 @@ from prefdata import __version__
 from prefdata.errors import PrefdataError
 
 MANIFEST = ".prefdata-export.json"
+# Folders other prefdata stages write inside an export: `prefdata train EXPORT` keeps its reference log-prob
+# cache there (prefdata.train.data.REF_CACHE_FOLDER). An overwrite may replace them (they are caches).
+OWNED_EXTRAS = (".prefdata_ref_cache",)
 _TEMP = re.compile(r"^\.(tmp|old)-export-(\d+)-([0-9a-f]{8})-(.+)$")
 _LEGACY_TEMP = re.compile(r"^\.(tmp|old)-export-([0-9a-f]{8})-(.+)$")  # before the pid was in the name
 _LEGACY_AGE_S = 24 * 3600
@@ -58,7 +61,11 @@ def check_out(out: Path, overwrite: bool) -> None:
         )
     allowed = set(listed) | {MANIFEST}
     allowed |= {p.as_posix() for rel in listed for p in Path(rel).parents if str(p) != "."}
-    extra = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.relative_to(out).as_posix() not in allowed)
+    extra = sorted(
+        rel
+        for p in out.rglob("*")
+        if (rel := p.relative_to(out).as_posix()) not in allowed and rel.split("/")[0] not in OWNED_EXTRAS
+    )
     if extra:
         raise PrefdataError(
             f"--out {out} holds {len(extra)} file(s) prefdata did not write (e.g. {extra[0]}); refusing to overwrite "

@@ -269,8 +269,15 @@ def test_overwrite_refuses_a_project_folder_that_mentions_prefdata(tmp_path, cap
         export_run(run, ExportConfig(out=str(out), overwrite=True))
     assert (out / "data" / "mine.txt").exists()
     (out / "data" / "mine.txt").unlink()
+    from prefdata.export_folder import OWNED_EXTRAS
+    from prefdata.train.data import REF_CACHE_FOLDER
+
+    assert REF_CACHE_FOLDER in OWNED_EXTRAS  # `prefdata train EXPORT` caches reference log-probs inside it
+    (out / REF_CACHE_FOLDER).mkdir()
+    (out / REF_CACHE_FOLDER / "ref-logps.parquet").write_bytes(b"cache")
     export_run(run, ExportConfig(out=str(out), pairs="all", overwrite=True, format="jsonl"))
     assert not list(out.glob("data/*.parquet")) and list(out.glob("data/*.jsonl"))
+    assert not (out / REF_CACHE_FOLDER).exists()  # the old data's cache went with it
 
 
 def _dead_pid() -> int:

@@ -74,6 +74,16 @@ def test_unreadable_prompt_file(tmp_path, capsys):
     _one_line(code, err, f"cannot read prompt file {f}")
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux /proc")
+def test_prompt_file_that_fails_to_read(tmp_path, capsys):
+    """A file whose read fails (here /proc/self/mem: EIO at offset 0, for root too) is one line, no run."""
+    f = tmp_path / "broken.jsonl"
+    f.symlink_to("/proc/self/mem")
+    code, err = _cli(capsys, "generate", str(f), "--run", str(tmp_path / "run"))
+    _one_line(code, err, f"cannot read prompt file {f}")
+    assert not (tmp_path / "run").exists()
+
+
 def _read_only_dir(tmp: Path) -> Path:
     """A folder this process cannot write in: chmod 555, or (as root, who ignores modes) /sys."""
     if os.geteuid() != 0:
