@@ -280,7 +280,6 @@ def _generate_run(
                 f"run {run.path} already has candidates from another sampler config ({desc}); "
                 "use a new --run directory, or pass --allow-new-config to keep both (kept apart by sampler hash)"
             )
-    run.write_prompts(pset.table)
     done = _done_prompt_ids(existing, shash)
 
     todo = [r for r in pset.table.iter_rows(named=True) if in_shard(r["prompt_id"], shard)]
@@ -290,12 +289,13 @@ def _generate_run(
     recorded = False
 
     def record() -> None:
-        """Put this sampler's config in run.json, once it has rows: a generate that fails before its first
-        shard (an unreachable server, a bad model) leaves no config behind to reach the dataset card."""
+        """Put the prompts and this sampler's config in the run, once it has rows: a generate that fails
+        before its first shard (an unreachable server, a bad model) leaves nothing behind to reach the card."""
         nonlocal recorded
         if recorded:
             return
         recorded = True
+        run.write_prompts(pset.table)
         run.record_stage(
             "generate",
             shash,

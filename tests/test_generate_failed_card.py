@@ -47,6 +47,7 @@ def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir,
                 "--model", "served-x", "--max-retries", "0", "--quiet") == 2  # fmt: skip
     assert "cannot reach the server" in capsys.readouterr().err
     assert not RunDir(run).read_meta().get("stages", {}).get("generate")  # no config without rows
+    assert not RunDir(run).prompts_file.exists() and RunDir(run).read_candidates() is None
 
     assert _cli("generate", str(prompts), "--run", str(run), "--backend", "hf", "--model", str(tiny_llama_dir),
                 "-n", "3", "--max-tokens", "6", "--temperature", "1.0", "--quiet") == 0  # fmt: skip
