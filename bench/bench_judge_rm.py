@@ -3,7 +3,9 @@
 Model: a random LlamaForSequenceClassification (num_labels=1) with the demo tokenizer; its size is set by
 flags (default 4 layers, hidden 256: small enough for a 2-core CPU, big enough that compute dominates).
 Inputs: `--n` completions of 20..300 words under one prompt. Also checks batched == single scores.
-Usage: python bench/bench_judge_rm.py [--n 128] [--batch 1 8 32] [--dtype float32|bfloat16]
+`--vllm` also scores the same inputs with the vLLM pooling backend (engine start timed apart) and reports its
+largest score difference from the transformers scores.
+Usage: python bench/bench_judge_rm.py [--n 128] [--batch 1 8 32] [--dtype float32|bfloat16] [--vllm]
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--vllm", action="store_true", help="also time the vLLM pooling backend on the same inputs")
     args = ap.parse_args()
     import torch
 
@@ -73,6 +76,21 @@ def main() -> None:
         base = results[f"bs{args.batch[0]}"]["seconds"]
         for bs in args.batch[1:]:
             print(f"speedup bs{bs} vs bs{args.batch[0]}: {base / results[f'bs{bs}']['seconds']:.2f}x")
+        if args.vllm:
+            from prefdata.judges.reward_model_vllm import VLLMRewardModelJudge
+
+            t0 = time.perf_counter()
+            vj = VLLMRewardModelJudge(str(path), dtype=args.dtype)
+            start = time.perf_counter() - t0
+            vj.score(reqs[:4])  # warm-up
+            t0 = time.perf_counter()
+            res = vj.score(reqs)
+            dt = time.perf_counter() - t0
+            diff = max(abs(a.score - b) for a, b in zip(res, ref, strict=True))  # type: ignore[operator]
+            best_hf = min(results[f"bs{bs}"]["seconds"] for bs in args.batch)
+            print(json.dumps({"backend": "vllm", "engine_start_s": round(start, 1), "seconds": round(dt, 3),
+                              "per_s": round(args.n / dt, 2), "max_abs_diff_vs_hf_bs1": diff,
+                              "speedup_vs_best_hf": round(best_hf / dt, 2)}), flush=True)
 
 
 if __name__ == "__main__":

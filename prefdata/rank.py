@@ -118,6 +118,7 @@ class RankConfig:
     batch_size: int = 64  # judge calls per round (= per judgments shard; the most a crash can lose)
     rm_batch_size: int = 16  # reward model forward batch (halved on out-of-memory)
     rm_max_length: int | None = None  # reward model input limit; longer inputs are cut and flagged
+    rm_backend: str = "hf"  # reward model engine: hf (transformers, measured faster here) | vllm (pooling runner)
     max_model_len: int = 4096  # in-process vLLM judge context
     progress: bool = True
 
@@ -130,6 +131,8 @@ class RankConfig:
             raise ValueError("batch_size, concurrency and rm_batch_size must be at least 1")
         if not 0.0 <= self.tie_band < 0.5:
             raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
+        if self.rm_backend not in ("hf", "vllm"):
+            raise ValueError(f"rm_backend must be hf or vllm, got {self.rm_backend!r}")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
         check_env_name("--api-key-env", self.api_key_env)
@@ -176,6 +179,13 @@ def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
         check_reward_model_dir(cfg.judge)
         if cfg.base_url or cfg.logprobs:
             raise PrefdataError(f"{cfg.judge} is a reward-model folder, scored in this process; drop --base-url/--logprobs")
+        if cfg.rm_backend == "vllm":
+            from prefdata.judges.reward_model_vllm import VLLMRewardModelJudge
+
+            try:
+                return VLLMRewardModelJudge(cfg.judge, max_length=cfg.rm_max_length, seed=cfg.seed, llm=llm)
+            except ImportError as e:
+                raise PrefdataError("--rm-backend vllm needs vLLM (pip install prefdata[cpu] or [gpu]); or use --rm-backend hf") from e
         return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length)
     from prefdata.judges.llm_judge import ChatBackend, LLMPairJudge
     from prefdata.judges.templates import load_template

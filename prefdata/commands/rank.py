@@ -30,6 +30,7 @@ def command(
     batch_size: int = typer.Option(None, "--batch-size", help="Judge calls per round and per judgments shard."),
     rm_batch_size: int = typer.Option(None, "--rm-batch-size", help="Reward-model forward batch."),
     rm_max_length: int = typer.Option(None, "--rm-max-length", help="Reward-model input limit (longer inputs are flagged)."),
+    rm_backend: str = typer.Option(None, "--rm-backend", help="Reward-model engine: hf (transformers, default) | vllm (pooling runner)."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
     export: Path | None = typer.Option(None, "--export", help="Also export best-vs-worst pairs into this folder."),
     push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="Also push that export to ORG/NAME (needs --export)."),
@@ -44,7 +45,7 @@ def command(
         strategy=strategy, logprobs=logprobs, tie_band=tie_band, min_margin=min_margin, seed=seed, temperature=temperature,
         max_tokens=max_tokens, kinds=kinds, concurrency=concurrency, max_retries=max_retries,
         requests_per_minute=requests_per_minute, batch_size=batch_size, rm_batch_size=rm_batch_size,
-        rm_max_length=rm_max_length, progress=progress,
+        rm_max_length=rm_max_length, rm_backend=rm_backend, progress=progress,
     )
     if push_to_hub and export is None:
         raise PrefdataError("--push-to-hub needs --export DIR (the folder that is pushed)")

@@ -56,6 +56,24 @@ def check_reward_model_dir(path: str) -> Path:
     return p
 
 
+def load_rm_tokenizer(p: Path) -> Any:
+    """The reward model's own tokenizer, with its chat template (shared by the transformers and vLLM backends)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(p.resolve()))
+    except (OSError, ValueError, TypeError) as e:
+        raise PrefdataError(f"reward model {p} has no usable tokenizer ({type(e).__name__}); copy its tokenizer files") from e
+    if not getattr(tok, "chat_template", None):
+        raise PrefdataError(
+            f"reward model {p} has no chat template in its tokenizer; add one (tokenizer_config.json) so prompts "
+            "are formatted the way the reward model was trained"
+        )
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 class RewardModelJudge:
     """Scores (prompt, candidate) with a sequence-classification model; label `label_index` is the reward."""
 
@@ -70,21 +88,11 @@ class RewardModelJudge:
         label_index: int = 0,
     ) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         p = check_reward_model_dir(model_dir)
         self.model_dir = str(p.resolve())
-        try:
-            self.tok = AutoTokenizer.from_pretrained(self.model_dir)
-        except (OSError, ValueError, TypeError) as e:
-            raise PrefdataError(f"reward model {p} has no usable tokenizer ({type(e).__name__}); copy its tokenizer files") from e
-        if not getattr(self.tok, "chat_template", None):
-            raise PrefdataError(
-                f"reward model {p} has no chat template in its tokenizer; add one (tokenizer_config.json) so prompts "
-                "are formatted the way the reward model was trained"
-            )
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
+        self.tok = load_rm_tokenizer(p)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.torch_dtype = getattr(torch, dtype)
         self.model, info = AutoModelForSequenceClassification.from_pretrained(
