@@ -6,9 +6,12 @@ turned into chat messages, kept when prompt + each response fit in max_length (s
 
     python bench/bench_train.py --pairs 32 --batch-size 4 --max-length 512            # the demo model
     python bench/bench_train.py --tiny-layers 4 --pairs 64 --batch-size 8     # a 4-layer random Llama, demo tokenizer
+    python bench/bench_train.py --pairs 8 --batch-size 2 --max-length 256 --runs prefdata,prefdata-lora,trl-lora
 
 Both trainers: sigmoid DPO (prefdata `--loss dpo`; AIPO adds two cheap terms), β 0.1, float32 weights on CPU, no
 gradient checkpointing, one epoch. tokens/s counts prompt+chosen and prompt+rejected tokens without padding.
+LoRA runs (`prefdata-lora`, `trl-lora`): r = --lora-r, alpha 2r, dropout 0.05, every linear layer of the decoder,
+the same float32 base unless --lora-base-bf16 (prefdata's default for LoRA).
 """
 
 from __future__ import annotations
@@ -83,11 +86,13 @@ def worker(a: argparse.Namespace) -> dict:
 
     rows = json.loads(Path(a.data).read_text())
     tok = AutoTokenizer.from_pretrained(a.model)
-    if a.which == "trl":
+    if a.which.startswith("trl"):
         import trl  # noqa: F401  (imported before the baseline so its import cost is not counted as training memory)
     else:
         import prefdata.train.trainer  # noqa: F401
-    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
+    lora = a.lora_r if a.which.endswith("-lora") else 0
+    weights = torch.bfloat16 if (lora and (a.lora_base_bf16 or (a.defaults and a.which == "prefdata-lora"))) else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=weights)
     base = vm_rss_mib()
     common = {
         "output_dir": a.out,
@@ -105,20 +110,30 @@ def worker(a: argparse.Namespace) -> dict:
         "dataloader_pin_memory": False,
         "seed": 0,
     }
+    if a.defaults:  # each tool's own defaults: gradient checkpointing on (both), bf16 autocast (TRL: on; prefdata: GPU only)
+        del common["gradient_checkpointing"], common["bf16"]
+        if a.which.startswith("trl") and not torch.cuda.is_available():
+            common["use_cpu"] = True  # TRL's bf16 default needs it on CPU (transformers refuses bf16 otherwise)
     ds = Dataset.from_list(rows)
     t0 = time.perf_counter()
-    if a.which == "trl":
+    if a.which.startswith("trl"):
         from trl import DPOConfig, DPOTrainer
 
         cfg = DPOConfig(**common, beta=0.1, loss_type=["sigmoid"], max_length=a.max_length,
                         precompute_ref_log_probs=a.trl_precompute)  # fmt: skip
-        trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok)
+        peft_config = None
+        if lora:
+            from peft import LoraConfig
+
+            peft_config = LoraConfig(r=lora, lora_alpha=2 * lora, lora_dropout=0.05, target_modules="all-linear",
+                                     bias="none", task_type="CAUSAL_LM")  # fmt: skip
+        trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, peft_config=peft_config)
     else:
         from prefdata.train.config import AIPOConfig
         from prefdata.train.trainer import AIPOTrainer
 
         cfg = AIPOConfig(**common, loss_type=a.loss, beta=0.1, max_length=a.max_length, max_prompt_length=a.max_length - 1,
-                         ref_batch_size=a.batch_size)  # fmt: skip
+                         ref_batch_size=a.batch_size, lora_r=lora, lora_dropout=0.05)  # fmt: skip
         trainer = AIPOTrainer(model, cfg, ds, processing_class=tok)
     t1 = time.perf_counter()
     res = trainer.train()
@@ -129,8 +144,13 @@ def worker(a: argparse.Namespace) -> dict:
     )
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
-        "trainer": a.which if a.which == "prefdata" else ("trl-precompute" if a.trl_precompute else "trl"),
-        "loss_type": a.loss if a.which == "prefdata" else "sigmoid",
+        "trainer": a.which + ("-precompute" if a.trl_precompute else ""),
+        "lora_r": lora,
+        "defaults": a.defaults,
+        "bf16_autocast": bool(trainer.args.bf16),
+        "grad_ckpt": bool(trainer.args.gradient_checkpointing),
+        "weights": str(weights).removeprefix("torch."),
+        "loss_type": a.loss if a.which.startswith("prefdata") else "sigmoid",
         "pairs": len(tds),
         "steps": trainer.state.global_step,
         "tokens": tokens,
@@ -159,6 +179,12 @@ def main() -> None:
     ap.add_argument("--loss", default="dpo")
     ap.add_argument("--worker", dest="which", default=None)
     ap.add_argument("--trl-precompute", action="store_true")
+    ap.add_argument("--runs", default="prefdata,trl,trl-precompute",
+                    help="comma-separated: prefdata, prefdata-lora, trl, trl-precompute, trl-lora")
+    ap.add_argument("--lora-r", type=int, default=16)
+    ap.add_argument("--lora-base-bf16", action="store_true", help="LoRA runs load the frozen base in bf16")
+    ap.add_argument("--defaults", action="store_true",
+                    help="each tool's defaults (gradient checkpointing, bf16 autocast, prefdata's bf16 LoRA base)")
     ap.add_argument("--data")
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -190,13 +216,17 @@ def main() -> None:
             break
     data = tmp / "pairs.json"
     data.write_text(json.dumps(rows))
-    runs = [("prefdata", []), ("trl", []), ("trl", ["--trl-precompute"])]
+    known = {"prefdata": ("prefdata", []), "prefdata-lora": ("prefdata-lora", []), "trl": ("trl", []),
+             "trl-precompute": ("trl", ["--trl-precompute"]), "trl-lora": ("trl-lora", [])}  # fmt: skip
+    runs = [known[name] for name in a.runs.split(",")]
+    extra_all = ["--lora-r", str(a.lora_r)] + (["--lora-base-bf16"] if a.lora_base_bf16 else [])
+    extra_all += ["--defaults"] if a.defaults else []
     print(f"model {model}; {len(rows)} pairs; batch {a.batch_size}; max_length {a.max_length}; threads {a.threads}")
     for rep in range(a.repeats):
         for which, extra in runs:
             cmd = [sys.executable, __file__, "--worker", which, "--model", model, "--data", str(data), "--out",
                    str(tmp / f"out-{which}"), "--batch-size", str(a.batch_size), "--max-length", str(a.max_length),
-                   "--threads", str(a.threads), "--loss", a.loss, *extra]  # fmt: skip
+                   "--threads", str(a.threads), "--loss", a.loss, *extra, *extra_all]  # fmt: skip
             env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=str(a.threads))
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
