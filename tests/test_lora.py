@@ -136,6 +136,8 @@ def test_no_merge_round_after_round_stacks_adapters_exactly(tmp_path, tiny_llama
 
     data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
     r0, r1 = tmp_path / "round-0", tmp_path / "round-1"
+    r0.mkdir()
+    (r0 / "config.json").write_text("{}")  # left by an earlier merged run in this folder: must not shadow the adapter
     code, out, _ = _cli(["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(r0), "--lora-r", "4",
                          "--lora-target-modules", "q_proj,v_proj", "--no-merge", "--max-steps", "2", "--lr", "1e-2",
                          "--batch-size", "4"], capsys)  # fmt: skip

@@ -205,6 +205,13 @@ def finalize(output_dir: str | Path, policy_path: str, cfg: Any) -> dict[str, An
     adapter = adapter_dir(out)
     _set_adapter_base(adapter, policy_path)
     info: dict[str, Any] = {"adapter": str(adapter), "base": policy_path, "merged": cfg.lora_merge}
+    # a folder reused with --overwrite in the other mode must not keep the old kind of output beside the new one
+    stale = ("adapter_config.json", "adapter_model.safetensors") if cfg.lora_merge else ("config.json", "generation_config.json")
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    if not cfg.lora_merge:
+        for f in out.glob("model*.safetensors*"):
+            f.unlink()
     if cfg.lora_merge:
         t0 = time.perf_counter()
         merge(policy_path, adapter, out)
