@@ -146,7 +146,7 @@ def load_policy(model_path: str, cfg: Any) -> Any:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype
         )
-        kwargs["device_map"] = {"": torch.cuda.current_device()}
+        kwargs["device_map"] = {"": str(cfg.device)}  # this process's GPU (cuda:LOCAL_RANK under DDP)
     model = load_plain(model_path, dtype, **kwargs)
     return add_adapters(model, cfg) if cfg.lora_r > 0 else model
 
