@@ -269,3 +269,30 @@ def test_a_model_object_gets_adapters_too(tmp_path, tiny_llama_dir):
     trainer = AIPOTrainer(model, cfg, ds)
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+
+
+@pytest.mark.slow
+def test_vllm_loads_the_merged_model(tmp_path, tiny_llama_dir):
+    """The merged bf16 output is an ordinary model folder for vLLM. Slow: one engine start."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm import SamplingParams
+
+    from prefdata.samplers.vllm_local import shutdown_llm, start_engine
+    from prefdata.train import train
+
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    out = tmp_path / "merged"
+    train(data, str(tiny_llama_dir), out, max_steps=2, save_strategy="no", **LORA)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok.apply_chat_template(_pairs(1)[0]["prompt"] + _pairs(1)[0]["chosen"], tokenize=True)
+    ids = ids["input_ids"] if not isinstance(ids, list) else ids
+    with torch.no_grad():
+        logits = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(torch.tensor([ids])).logits[0, :-1]
+    want = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).sum().item()
+    llm = start_engine(str(out), max_model_len=1024, dtype="bfloat16")
+    try:
+        o = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+        got = sum(d[t].logprob for t, d in zip(ids[1:], o.prompt_logprobs[1:], strict=True))
+        assert got == pytest.approx(want, rel=0.02, abs=0.5)
+    finally:
+        shutdown_llm(llm)
