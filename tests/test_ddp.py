@@ -69,6 +69,24 @@ def test_two_processes_match_one_and_share_the_reference_pass(tmp_path, tiny_lla
     assert [r["first_loss"] for r in again] == pytest.approx([one["first_loss"]] * 2, abs=1e-4)
 
 
+def test_lora_under_two_processes_matches_one(tmp_path, tiny_llama_dir):
+    """LoRA's random A matrices are seeded: DDP (which broadcasts rank 0's) trains what one process trains."""
+    from transformers import AutoModelForCausalLM
+
+    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(8))
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
+    two = _run([*launch, str(SCRIPT), str(data), str(tiny_llama_dir), str(tmp_path / "ddp"), "2", str(tmp_path / "c1"), "4"],
+               tmp_path / "ddp")  # fmt: skip
+    (one,) = _run([sys.executable, str(SCRIPT), str(data), str(tiny_llama_dir), str(tmp_path / "single"), "4",
+                   str(tmp_path / "c2"), "4"], tmp_path / "single")  # fmt: skip
+    assert [r["ref_rows_forwarded"] for r in two] == [4, 4] and one["ref_rows_forwarded"] == 8
+    for r in two:
+        for key in ("first_loss", "last_loss", "train_loss"):
+            assert r[key] == pytest.approx(one[key], abs=1e-4), key
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "ddp" / "model").dtype == torch.bfloat16  # the merged model
+
+
 def test_a_process_without_the_weights_does_not_score_the_reference(tiny_llama_dir):
     """FSDP's cpu_ram_efficient_loading leaves ranks > 0 with meta weights: they must not compute garbage."""
     from transformers import AutoConfig, AutoModelForCausalLM

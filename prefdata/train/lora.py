@@ -166,6 +166,7 @@ def add_adapters(model: Any, cfg: Any) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
+    torch.manual_seed(cfg.seed)  # A's random init: reproducible, and the same in every process (DDP checks it)
     try:
         peft_model = get_peft_model(model, lora)
     except ValueError as e:  # e.g. a target module name the model does not have
