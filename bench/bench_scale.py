@@ -2,10 +2,11 @@
 
     nice -n 10 python bench/bench_scale.py --sizes 10000 100000 1000000 [--profile]
 
-For each size (8 candidates per prompt, texts of 200..400 words, about 250..500 tokens) it writes a run
+For each size (8 candidates per prompt, texts of 200..400 words, about 1.5 KB each) it writes a run
 (bench/synthetic_run.py), ranks it with an instant in-process judge, by scores and pairwise (iterative), then
 exports the scores ranking with every pair strategy. Each stage runs in its own subprocess, which reports its
-wall time and its peak RSS (getrusage of itself, so one stage's memory never hides another's); the parent
+wall time, CPU time (user + system, all threads: steadier than wall time on a shared machine) and its peak
+RSS (getrusage of itself, so one stage's memory never hides another's); the parent
 kills a stage whose RSS passes --rss-limit-gb and reports it as stopped. --profile adds the top functions
 (cProfile, cumulative) of each stage. Prints one JSON line per stage and a Markdown table at the end.
 """
@@ -81,8 +82,9 @@ def run_stage(stage: str, run_path: Path, size: int, per_prompt: int, out: Path)
                                                       keep_truncated=True, overwrite=True, plot=False))
         info = {"rows": s.n_rows}
     wall = time.perf_counter() - t0
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"stage": stage, "size": size, "wall_s": round(wall, 2), "peak_rss_mb": round(rss_kb / 1024, 1), **info}
+    use = resource.getrusage(resource.RUSAGE_SELF)
+    return {"stage": stage, "size": size, "wall_s": round(wall, 2), "cpu_s": round(use.ru_utime + use.ru_stime, 2),
+            "peak_rss_mb": round(use.ru_maxrss / 1024, 1), **info}
 
 
 def _rss_mb(pid: int) -> float:
@@ -124,7 +126,8 @@ def spawn(args: argparse.Namespace, stage: str, run_path: Path, size: int, out: 
 
 
 def table(rows: list[dict[str, object]]) -> str:
-    out = ["| candidates | stage | wall s | peak RSS MB | rows or comparisons | per unit |", "|---|---|---|---|---|---|"]
+    out = ["| candidates | stage | wall s | CPU s | peak RSS MB | rows or comparisons | per unit (wall) |",
+           "|---|---|---|---|---|---|---|"]
     for r in rows:
         size = int(r["size"])  # type: ignore[arg-type]
         wall = float(r["wall_s"])  # type: ignore[arg-type]
@@ -138,7 +141,7 @@ def table(rows: list[dict[str, object]]) -> str:
             note = f"{int(r['rows']) / wall:,.0f} rows/s"  # type: ignore[call-overload]
         elif str(r["stage"]).startswith("rank-") and wall > 0:
             note = f"{1000 * wall / (size / 8):.2f} ms/prompt"
-        out.append(f"| {size:,} | {r['stage']} | {wall:.1f} | {r['peak_rss_mb']} | {count} | {note} |")
+        out.append(f"| {size:,} | {r['stage']} | {wall:.1f} | {r.get('cpu_s', '')} | {r['peak_rss_mb']} | {count} | {note} |")
     return "\n".join(out)
 
 

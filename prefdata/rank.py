@@ -118,7 +118,7 @@ class RankConfig:
     batch_size: int = 64  # judge calls per round (= per judgments shard; the most a crash can lose)
     rm_batch_size: int = 16  # reward model forward batch (halved on out-of-memory)
     rm_max_length: int | None = None  # reward model input limit; longer inputs are cut and flagged
-    rm_backend: str = "hf"  # reward model engine: hf (transformers, measured faster here) | vllm (pooling runner)
+    rm_backend: str = "auto"  # reward model engine: auto | hf (transformers) | vllm (pooling runner); see rm_backend_for
     max_model_len: int = 4096  # in-process vLLM judge context
     progress: bool = True
 
@@ -131,8 +131,8 @@ class RankConfig:
             raise ValueError("batch_size, concurrency and rm_batch_size must be at least 1")
         if not 0.0 <= self.tie_band < 0.5:
             raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
-        if self.rm_backend not in ("hf", "vllm"):
-            raise ValueError(f"rm_backend must be hf or vllm, got {self.rm_backend!r}")
+        if self.rm_backend not in ("auto", "hf", "vllm"):
+            raise ValueError(f"rm_backend must be auto, hf or vllm, got {self.rm_backend!r}")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
         check_env_name("--api-key-env", self.api_key_env)
@@ -166,8 +166,26 @@ class _Prompt:
     cands: list[Candidate]
 
 
-def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
-    """The judge named by the config: a verifier, a reward-model folder, or a template over OpenAI / in-process vLLM."""
+# Measured (bench/RESULTS.md 3.4): vLLM's pooling runner scores about 7x faster than transformers' best batch once
+# started, but its engine start (about 3 minutes on the 2-core CPU) makes it slower below ~750 candidates.
+RM_VLLM_MIN_ITEMS = 2000
+
+
+def rm_backend_for(cfg: RankConfig, n_items: int | None) -> str:
+    """`auto`: vLLM when it is installed and there are enough candidates to pay for its engine start, else hf."""
+    if cfg.rm_backend != "auto":
+        return cfg.rm_backend
+    if n_items is None or n_items < RM_VLLM_MIN_ITEMS:
+        return "hf"
+    import importlib.util
+
+    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def build_judge(cfg: RankConfig, llm: Any = None, n_items: int | None = None) -> PairJudge | PointwiseJudge:
+    """The judge named by the config: a verifier, a reward-model folder, or a template over OpenAI / in-process vLLM.
+
+    `n_items`: how many candidates will be scored (picks the reward-model backend under rm_backend auto)."""
     from prefdata.judges.reward_model import RewardModelJudge, check_reward_model_dir, is_reward_model_dir
     from prefdata.judges.verifier import build_verifier, is_verifier
 
@@ -179,7 +197,7 @@ def build_judge(cfg: RankConfig, llm: Any = None) -> PairJudge | PointwiseJudge:
         check_reward_model_dir(cfg.judge)
         if cfg.base_url or cfg.logprobs:
             raise PrefdataError(f"{cfg.judge} is a reward-model folder, scored in this process; drop --base-url/--logprobs")
-        if cfg.rm_backend == "vllm":
+        if rm_backend_for(cfg, n_items) == "vllm":
             from prefdata.judges.reward_model_vllm import VLLMRewardModelJudge
 
             try:
@@ -290,7 +308,7 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
 def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | PointwiseJudge | None) -> dict[str, Any]:
     prompts = load_prompts(run, cfg.kinds)
     if judge is None:
-        judge = build_judge(cfg, llm)
+        judge = build_judge(cfg, llm, n_items=sum(len(p.cands) for p in prompts))
     pointwise = isinstance(judge, PointwiseJudge) and not isinstance(judge, PairJudge)
     strategy = cfg.strategy or ("scores" if pointwise else "iterative")
     if pointwise != (strategy == "scores"):

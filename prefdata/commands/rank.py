@@ -30,7 +30,7 @@ def command(
     batch_size: int = typer.Option(None, "--batch-size", help="Judge calls per round and per judgments shard."),
     rm_batch_size: int = typer.Option(None, "--rm-batch-size", help="Reward-model forward batch."),
     rm_max_length: int = typer.Option(None, "--rm-max-length", help="Reward-model input limit (longer inputs are flagged)."),
-    rm_backend: str = typer.Option(None, "--rm-backend", help="Reward-model engine: hf (transformers, default) | vllm (pooling runner)."),
+    rm_backend: str = typer.Option(None, "--rm-backend", help="Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf (transformers) | vllm (pooling runner)."),
     progress: bool = typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
     export: Path | None = typer.Option(None, "--export", help="Also export best-vs-worst pairs into this folder."),
     push_to_hub: str | None = typer.Option(None, "--push-to-hub", help="Also push that export to ORG/NAME (needs --export)."),
