@@ -10,16 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import polars as pl
-
 from prefdata.judges.verdict import PairRequest, Verdict
 from prefdata.rank import RankConfig, rank_run, read_rankings
-from prefdata.records import candidate_id, prompt_id
-from prefdata.store import MESSAGES_DTYPE, RunDir
+from prefdata.store import RunDir
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.helpers import candidate_row, prompt_row, write_inputs  # noqa: E402
 
 
 class NoisyJudge:
@@ -46,18 +47,14 @@ def build(path: Path, n_prompts: int, n: int, seed: int) -> tuple[RunDir, dict[s
     run.record_stage("generate", "bench", {})
     prows, crows, truth = [], [], {}
     for i in range(n_prompts):
-        msgs = [{"role": "user", "content": f"prompt {i}"}]
-        pid = prompt_id(msgs)
-        prows.append({"prompt_id": pid, "messages": msgs, "source": "{}", "reference": None})
+        prows.append(prompt_row(f"prompt {i}"))
+        pid = prows[-1]["prompt_id"]
         qs = [rng.random() for _ in range(n)]
-        ids = [candidate_id(pid, "s", "sample", k) for k in range(n)]
+        rows = [candidate_row(pid, "s", k, f"candidate q={q}", n_tokens=3, model="sim") for k, q in enumerate(qs)]
+        crows += rows
+        ids = [r["candidate_id"] for r in rows]
         truth[pid] = (ids[qs.index(max(qs))], ids[qs.index(min(qs))])
-        for k, (cid, q) in enumerate(zip(ids, qs, strict=True)):
-            crows.append({"prompt_id": pid, "candidate_id": cid, "sampler_hash": "s", "kind": "sample", "index": k,
-                          "text": f"candidate q={q}", "finish_reason": "stop", "n_tokens": 3, "model": "sim"})
-    run.write_prompts(pl.DataFrame(prows, schema={"prompt_id": pl.String, "messages": MESSAGES_DTYPE, "source": pl.String,
-                                                  "reference": pl.String}))
-    run.write_shard(run.candidates_dir, pl.DataFrame(crows))
+    write_inputs(run, prows, crows)
     return run, truth
 
 

@@ -201,8 +201,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     model = resolve_model(a.model)
     if a.tiny_layers:
-        sys.path.insert(0, str(REPO / "tests"))
-        from conftest import build_tiny_llama
+        sys.path.insert(0, str(REPO))
+        from tests.helpers import build_tiny_llama
 
         model = str(build_tiny_llama(tmp / "tiny", Path(model), seed=0, layers=a.tiny_layers))
     tok = AutoTokenizer.from_pretrained(model)

@@ -91,10 +91,6 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def config_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 def check_range(
     flag: str, value: float | int | None, lo: float | None = None, hi: float | None = None, *,
     lo_open: bool = False, hi_open: bool = False,

@@ -26,7 +26,7 @@ from prefdata.pairs import (
     DROP_REASONS,
     NEEDS_FULL_ORDER,
     PAIR_STRATEGIES,
-    Candidate,
+    RankedCandidate,
     direct_verdicts,
     pair_drop_reason,
     pair_margin,
@@ -155,7 +155,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     rows_in = sorted(rankings.iter_rows(named=True), key=lambda r: order[r["prompt_id"]])
     drops: Counter[str] = Counter()
     rows: list[dict[str, Any]] = []
-    kept_pairs: list[tuple[Candidate, Candidate]] = []
+    kept_pairs: list[tuple[RankedCandidate, RankedCandidate]] = []
     n_considered = 0
     for rk in rows_in:
         pid = rk["prompt_id"]
@@ -175,7 +175,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         id_pairs, skipped = ranking_pairs(rk, cfg.pairs)
         drops.update(skipped)
         n_considered += len(id_pairs) + sum(skipped.values())
-        prompt_pairs: list[tuple[Candidate, Candidate]] = []
+        prompt_pairs: list[tuple[RankedCandidate, RankedCandidate]] = []
         for cid, rid in id_pairs:
             c, r = ranked[cid], ranked[rid]
             reason = pair_drop_reason(
@@ -351,14 +351,14 @@ def _candidates_by_id(candidates: pl.DataFrame, rankings: pl.DataFrame) -> dict[
 
 def _ranked_candidates(
     rk: dict[str, Any], cands: dict[str, dict[str, Any]], cut_inputs: set[tuple[str, str]] | None = None
-) -> dict[str, Candidate]:
+) -> dict[str, RankedCandidate]:
     ids = list(rk.get("candidate_ids") or [])
     ranks = list(rk.get("ranks") or [None] * len(ids))
     scores = list(rk.get("scores") or [None] * len(ids))
     out = {}
     for cid, rank, score in zip(ids, ranks, scores, strict=True):
         c = cands[cid]
-        out[cid] = Candidate(
+        out[cid] = RankedCandidate(
             candidate_id=cid,
             text=c.get("text") or "",
             finish_reason=c.get("finish_reason"),
@@ -434,7 +434,7 @@ def _assistant(text: str) -> list[dict[str, str]]:
     return [{"role": "assistant", "content": text}]
 
 
-def _pair_row(rk: dict[str, Any], prompt: list[dict[str, str]], c: Candidate, r: Candidate, cfg: ExportConfig) -> dict[str, Any]:
+def _pair_row(rk: dict[str, Any], prompt: list[dict[str, str]], c: RankedCandidate, r: RankedCandidate, cfg: ExportConfig) -> dict[str, Any]:
     string = cfg.shape == "string"
     return {
         "prompt_id": rk["prompt_id"],
@@ -477,11 +477,11 @@ def _row_samplers(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _kto_rows(
-    rk: dict[str, Any], prompt: list[dict[str, str]], pairs: list[tuple[Candidate, Candidate]]
+    rk: dict[str, Any], prompt: list[dict[str, str]], pairs: list[tuple[RankedCandidate, RankedCandidate]]
 ) -> tuple[list[dict[str, Any]], int]:
     """Unpaired rows: a kept pair's chosen is desirable, its rejected undesirable; both at once is ambiguous."""
     label: dict[str, bool | None] = {}
-    by_id: dict[str, Candidate] = {}
+    by_id: dict[str, RankedCandidate] = {}
     for c, r in pairs:
         for cand, good in ((c, True), (r, False)):
             by_id[cand.candidate_id] = cand
@@ -514,7 +514,7 @@ def _kto_rows(
 
 
 def _ranking_row(
-    rk: dict[str, Any], ranked: dict[str, Candidate], prompt: list[dict[str, str]], cfg: ExportConfig
+    rk: dict[str, Any], ranked: dict[str, RankedCandidate], prompt: list[dict[str, str]], cfg: ExportConfig
 ) -> tuple[dict[str, Any] | None, Counter[str]]:
     drops: Counter[str] = Counter()
     keep = []
@@ -683,14 +683,14 @@ def _write_data(folder: Path, splits: dict[str, pl.DataFrame], cfg: ExportConfig
 # -- statistics -------------------------------------------------------------------------------------
 
 
-def length_stats(pairs: list[tuple[Candidate, Candidate]]) -> dict[str, Any]:
+def length_stats(pairs: list[tuple[RankedCandidate, RankedCandidate]]) -> dict[str, Any]:
     """Chosen vs rejected lengths, in tokens where every candidate has a count, else in characters."""
     if not pairs:
         return {"n_pairs": 0, "measure": "characters", "chosen_longer_share": None, "chosen_values": [], "rejected_values": []}
     tokens = all(c.n_tokens is not None and r.n_tokens is not None for c, r in pairs)
     measure = "tokens" if tokens else "characters"
 
-    def size(c: Candidate) -> int:
+    def size(c: RankedCandidate) -> int:
         return int(c.n_tokens) if tokens and c.n_tokens is not None else len(c.text)
 
     ch = [size(c) for c, _ in pairs]

@@ -69,7 +69,7 @@ def split_transcript(chosen: str, rejected: str) -> tuple[tuple[tuple[str, str],
     return tuple(messages), a, b
 
 
-def load_pairs(path: str, limit: int | None) -> list[tuple[tuple[tuple[str, str], ...], str, str]]:
+def read_labeled_pairs(path: str, limit: int | None) -> list[tuple[tuple[tuple[str, str], ...], str, str]]:
     p = Path(path)
     if not path or not p.is_file():
         raise PrefdataError(f"judge-eval data {path!r} not found; pass --data FILE.jsonl with chosen/rejected rows")
@@ -92,7 +92,7 @@ def evaluate(cfg: JudgeEvalConfig, llm: Any = None, judge: PairJudge | Pointwise
     from prefdata.console import progress
     from prefdata.rank import RankConfig, build_judge
 
-    pairs = load_pairs(cfg.data, cfg.limit)
+    pairs = read_labeled_pairs(cfg.data, cfg.limit)
     if judge is None:
         judge = build_judge(RankConfig(
             judge=cfg.judge, judge_model=cfg.judge_model, base_url=list(cfg.base_url or []), logprobs=cfg.logprobs,

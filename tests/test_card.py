@@ -9,7 +9,7 @@ import yaml
 
 from prefdata.card import redact, scrub, size_category
 from prefdata.export import ExportConfig, export_run
-from tests.test_export_fixtures import JUDGE, SAMPLER, cand, four, make_run
+from tests.helpers import JUDGE, SAMPLER, cand, four, make_ranked_run
 
 SECRET = "sk-test-9f8e7d6c5b4a39281706"
 HF_SECRET = "hf_AbCdEfGhIjKlMnOpQrStUv"
@@ -24,7 +24,7 @@ def _front(text: str) -> dict:
 def test_card_fields(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["prefdata", "export", "--run", "runs/x", "--pairs", "all", "--test-size", "0.5"])
     prompts = [("q", four()), ("q2", four("x ")), ("tied", [cand("u", 1), cand("v", 1)])]
-    run = make_run(tmp_path / "run", prompts)
+    run = make_ranked_run(tmp_path / "run", prompts)
     cfg = ExportConfig(pairs="all", test_size=0.5, seed=2, license="apache-2.0", tags=["mt-bench"],
                        pretty_name="Tiny prefs")  # seed 2 puts q and q2 on different sides of the split
     s = export_run(run, cfg)
@@ -60,7 +60,7 @@ def test_no_secret_reaches_the_card(tmp_path, monkeypatch):
         "headers": {"Authorization": f"Bearer {HF_SECRET}"}, "extra": "plainsecretvalue123",
         "max_tokens": 256, "position_bias": "both",
     }  # fmt: skip
-    run = make_run(tmp_path / "run", [("q", four())], rank_config=rank_config)
+    run = make_ranked_run(tmp_path / "run", [("q", four())], rank_config=rank_config)
     # a rank command recorded with a secret in it, as a careless wrapper might
     run.update_meta(lambda m: m["stages"]["rank"][JUDGE]["commands"].append(f"prefdata rank --judge-api-key {SECRET}"))
     s = export_run(run, ExportConfig(out=str(tmp_path / "out")))

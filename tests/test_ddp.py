@@ -16,10 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-try:  # tests/ is a package in some checkouts and a plain rootdir folder in others
-    from tests.test_train import _pairs, _write_jsonl
-except ImportError:
-    from test_train import _pairs, _write_jsonl
+from tests.helpers import pair_rows, write_jsonl
 
 SCRIPT = Path(__file__).with_name("ddp_train.py")
 
@@ -34,7 +31,7 @@ def _run(args: list[str], out: Path) -> list[dict]:
 def test_two_processes_match_one_and_share_the_reference_pass(tmp_path, tiny_llama_dir):
     from transformers import AutoModelForCausalLM
 
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(8))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
 

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rank_openai import FaultServer  # noqa: E402
-
-from prefdata.errors import PrefdataError  # noqa: E402
-from prefdata.eval import EvalConfig, Sides, eval_judge, eval_run, finish  # noqa: E402
-from prefdata.records import candidate_id, prompt_id  # noqa: E402
-from prefdata.stats import length_controlled_win_rate, wilson  # noqa: E402
-from prefdata.store import MESSAGES_DTYPE, RunDir  # noqa: E402
+from prefdata.errors import PrefdataError
+from prefdata.eval import EvalConfig, Sides, eval_judge, eval_run, finish
+from prefdata.stats import length_controlled_win_rate, wilson
+from prefdata.store import RunDir
+from tests.helpers import FaultServer, build_tiny_llama, make_pair_run
 
 
 def _wilson_by_hand(p: float, n: int) -> tuple[float, float]:
@@ -71,8 +66,6 @@ def test_eval_with_verifier_real_sampling_column_baseline_and_resume(tmp_path, t
 
 
 def test_eval_model_against_model_and_errors(tmp_path, tiny_llama_dir, demo_model_dir, arith_file):
-    from conftest import build_tiny_llama
-
     other = build_tiny_llama(tmp_path / "other", demo_model_dir, seed=3)
     cfg = EvalConfig(model=str(tiny_llama_dir), baseline=str(other), prompts=str(arith_file), judge="verify:number",
                      reference_field="answer", backend="hf", max_tokens=4, limit=3)
@@ -88,25 +81,6 @@ def test_eval_model_against_model_and_errors(tmp_path, tiny_llama_dir, demo_mode
         eval_run(RunDir(tmp_path / "ev3"), bad, progress=False)
 
 
-def _pair_run(path: Path, pairs: list[tuple[str, str]]) -> tuple[RunDir, Sides]:
-    """An eval run as eval_generate leaves it: one answer per side and prompt, two sampler hashes."""
-    run = RunDir(path)
-    run.record_stage("generate", "m", {"note": "built by the test"})
-    prows, crows = [], []
-    for i, (mt, bt) in enumerate(pairs):
-        msgs = [{"role": "user", "content": f"Task number {i}"}]
-        pid = prompt_id(msgs)
-        prows.append({"prompt_id": pid, "messages": msgs, "source": "{}", "reference": None})
-        for shash, text in (("mhash", mt), ("bhash", bt)):
-            crows.append({"prompt_id": pid, "candidate_id": candidate_id(pid, shash, "sample", 0), "sampler_hash": shash,
-                          "kind": "sample", "index": 0, "text": text, "finish_reason": "stop",
-                          "n_tokens": len(text.split()), "model": shash})
-    run.write_prompts(pl.DataFrame(prows, schema={"prompt_id": pl.String, "messages": MESSAGES_DTYPE, "source": pl.String,
-                                                  "reference": pl.String}))
-    run.write_shard(run.candidates_dir, pl.DataFrame(crows))
-    return run, Sides("mhash", "bhash", "model", "baseline")
-
-
 def test_eval_pairwise_scripted_judge_hand_computed(tmp_path, monkeypatch):
     server = FaultServer()
     server.healthy = True  # judges by the hidden quality q=N in each answer, consistently in both orders
@@ -118,7 +92,7 @@ def test_eval_pairwise_scripted_judge_hand_computed(tmp_path, monkeypatch):
             ("answer q=1", "answer q=9 but longer"),  # model loses both orders
             ("same q=4", "same q=4"),  # identical text: a tie without a call
         ]
-        run, sides = _pair_run(tmp_path / "ev", pairs)
+        run, sides = make_pair_run(tmp_path / "ev", pairs), Sides("mhash", "bhash", "model", "baseline")
         prompts = tmp_path / "p.jsonl"
         prompts.write_text("".join(json.dumps({"prompt": f"Task number {i}"}) + "\n" for i in range(len(pairs))))
         cfg = EvalConfig(model="m", baseline="b", prompts=str(prompts), judge="verdict-only", base_url=[server.url],

@@ -16,7 +16,7 @@ from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run, split_prompt_ids
 from prefdata.export_folder import MANIFEST
 from prefdata.store import RunDir
-from tests.test_export_fixtures import JUDGE, cand, four, make_run
+from tests.helpers import JUDGE, cand, four, make_ranked_run
 
 
 def _load(folder) -> datasets.DatasetDict:
@@ -24,7 +24,7 @@ def _load(folder) -> datasets.DatasetDict:
 
 
 def test_round_trip_parquet_matches_written_rows(tmp_path):
-    run = make_run(tmp_path / "run", [("q1", four()), ("q2", four("x ")), ("q3", four("y "))])
+    run = make_ranked_run(tmp_path / "run", [("q1", four()), ("q2", four("x ")), ("q3", four("y "))])
     s = export_run(run, ExportConfig())
     out = tmp_path / "run" / "exports" / f"{JUDGE}-best-worst"
     assert s.out == str(out) and s.n_rows == 3 and s.splits == {"train": 3}
@@ -50,7 +50,7 @@ def test_ties_never_become_pairs(tmp_path):
         ("all tied", [cand("one", 1, 1.0), cand("two", 1, 1.0), cand("three", 1, 1.0)]),
         ("some tied", [cand("top", 1, 3.0), cand("mid a", 2, 2.0), cand("mid b", 2, 2.0), cand("low", 3, 0.0)]),
     ]
-    run = make_run(tmp_path / "run", prompts)
+    run = make_ranked_run(tmp_path / "run", prompts)
     s = export_run(run, ExportConfig(pairs="all", out=str(tmp_path / "all")))
     assert s.drops == {"tie": 3 + 1} and s.n_considered == 3 + 6
     df = pl.read_parquet(tmp_path / "all" / "data" / "*.parquet")
@@ -62,7 +62,7 @@ def test_ties_never_become_pairs(tmp_path):
 
 
 def test_every_strategy_counts(tmp_path):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     n = {p: export_run(run, ExportConfig(pairs=p, out=str(tmp_path / p))).n_rows for p in
          ("best-worst", "best-vs-each", "all", "adjacent")}  # fmt: skip
     assert n == {"best-worst": 1, "best-vs-each": 3, "all": 6, "adjacent": 3}
@@ -71,7 +71,7 @@ def test_every_strategy_counts(tmp_path):
 def test_truncated_dropped_by_default_and_kept_on_request(tmp_path):
     cands = four()
     cands[-1] = cand("bad and cut", 4, 1.0, finish="length")
-    run = make_run(tmp_path / "run", [("q", cands), ("q2", four("x "))])
+    run = make_ranked_run(tmp_path / "run", [("q", cands), ("q2", four("x "))])
     s = export_run(run, ExportConfig(out=str(tmp_path / "a")))
     assert s.n_rows == 1 and s.drops == {"truncated": 1}
     s = export_run(run, ExportConfig(out=str(tmp_path / "b"), keep_truncated=True))
@@ -79,13 +79,13 @@ def test_truncated_dropped_by_default_and_kept_on_request(tmp_path):
 
 
 def test_identical_texts_never_paired(tmp_path):
-    run = make_run(tmp_path / "run", [("q", [cand("same", 1, 2.0), cand("other", 2, 1.0), cand(" same ", 3, 0.0)])])
+    run = make_ranked_run(tmp_path / "run", [("q", [cand("same", 1, 2.0), cand("other", 2, 1.0), cand(" same ", 3, 0.0)])])
     s = export_run(run, ExportConfig(pairs="all", out=str(tmp_path / "a"), keep_truncated=True, keep_inconsistent=True))
     assert s.drops == {"identical_text": 1} and s.n_rows == 2
 
 
 def test_min_margin_and_unknown_margin(tmp_path):
-    run = make_run(tmp_path / "run", [("q", four()), ("q2", [cand("a", 1), cand("b", 2)])])
+    run = make_ranked_run(tmp_path / "run", [("q", four()), ("q2", [cand("a", 1), cand("b", 2)])])
     with pytest.raises(PrefdataError, match=r"\(margin_unknown 1, below_margin 3\); relax with a lower --min-margin"):
         export_run(run, ExportConfig(pairs="adjacent", min_margin=1.5, out=str(tmp_path / "a")))
     s = export_run(run, ExportConfig(pairs="adjacent", min_margin=1.0, out=str(tmp_path / "b")))
@@ -93,7 +93,7 @@ def test_min_margin_and_unknown_margin(tmp_path):
 
 
 def test_min_margin_keeps_wide_pairs(tmp_path):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     s = export_run(run, ExportConfig(pairs="all", min_margin=2.0, out=str(tmp_path / "a")))
     assert s.n_rows == 3 and s.drops == {"below_margin": 3}
 
@@ -101,7 +101,7 @@ def test_min_margin_keeps_wide_pairs(tmp_path):
 def test_inconsistent_direct_comparisons_dropped(tmp_path):
     # prompt 0: best (0) vs worst (3) judged twice, the two orders disagree; prompt 1: consistent
     judg = [(0, 0, 3, "a"), (0, 3, 0, "a"), (1, 0, 3, "a"), (1, 3, 0, "b"), (1, 0, 1, "fail")]
-    run = make_run(tmp_path / "run", [("q", four()), ("q2", four("x "))], judgments=judg)
+    run = make_ranked_run(tmp_path / "run", [("q", four()), ("q2", four("x "))], judgments=judg)
     s = export_run(run, ExportConfig(out=str(tmp_path / "a")))
     assert s.n_rows == 1 and s.drops == {"inconsistent": 1}
     s = export_run(run, ExportConfig(out=str(tmp_path / "b"), keep_inconsistent=True))
@@ -109,7 +109,7 @@ def test_inconsistent_direct_comparisons_dropped(tmp_path):
 
 
 def test_iterative_ranking_needs_best_worst(tmp_path):
-    run = make_run(tmp_path / "run", [("q", [cand("a", 1), cand("b", None), cand("c", 3)])])
+    run = make_ranked_run(tmp_path / "run", [("q", [cand("a", 1), cand("b", None), cand("c", 3)])])
     assert export_run(run, ExportConfig(out=str(tmp_path / "bw"))).n_rows == 1
     for kw in ({"pairs": "all"}, {"pairs": "adjacent"}, {"pairs": "best-vs-each"}, {"shape": "ranking"}):
         with pytest.raises(PrefdataError, match="round-robin or scores"):
@@ -117,19 +117,19 @@ def test_iterative_ranking_needs_best_worst(tmp_path):
 
 
 def test_string_shape(tmp_path):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     export_run(run, ExportConfig(shape="string", out=str(tmp_path / "s")))
     row = _load(tmp_path / "s")["train"][0]
     assert (row["prompt"], row["chosen"], row["rejected"]) == ("q", "best answer with many words here", "bad")
     multi = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}]
-    run2 = make_run(tmp_path / "run2", [(multi, four())])
+    run2 = make_ranked_run(tmp_path / "run2", [(multi, four())])
     with pytest.raises(PrefdataError, match="single-message prompts"):
         export_run(run2, ExportConfig(shape="string", out=str(tmp_path / "s2")))
 
 
 def test_ranking_shape_lists_every_candidate(tmp_path):
     cands = four() + [cand("cut off", 5, 0.0, finish="length")]
-    run = make_run(tmp_path / "run", [("q", cands), ("tied", [cand("u", 1), cand("v", 1)])])
+    run = make_ranked_run(tmp_path / "run", [("q", cands), ("tied", [cand("u", 1), cand("v", 1)])])
     s = export_run(run, ExportConfig(shape="ranking", out=str(tmp_path / "r")))
     assert s.drops == {"truncated": 1, "too_few_candidates": 1}
     row = _load(tmp_path / "r")["train"][0]
@@ -138,7 +138,7 @@ def test_ranking_shape_lists_every_candidate(tmp_path):
 
 
 def test_kto_shape_labels_and_ambiguity(tmp_path):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     s = export_run(run, ExportConfig(shape="kto", out=str(tmp_path / "k")))
     rows = _load(tmp_path / "k")["train"].to_list()
     assert [(r["completion"][0]["content"], r["label"]) for r in rows] == [
@@ -150,7 +150,7 @@ def test_kto_shape_labels_and_ambiguity(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["jsonl", "datasets"])
 def test_other_formats_round_trip(tmp_path, fmt):
-    run = make_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
+    run = make_ranked_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
     s = export_run(run, ExportConfig(format=fmt, test_size=0.34, out=str(tmp_path / fmt)))
     ds = _load(tmp_path / fmt)
     n_test = len(split_prompt_ids(run.read_prompts()["prompt_id"].to_list(), 0.34, 0))
@@ -163,7 +163,7 @@ def test_other_formats_round_trip(tmp_path, fmt):
 
 
 def test_split_by_prompt_is_disjoint_and_seeded(tmp_path):
-    run = make_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(20)])
+    run = make_ranked_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(20)])
     s = export_run(run, ExportConfig(pairs="all", test_size=0.25, seed=3, out=str(tmp_path / "a")))
     ds = _load(tmp_path / "a")
     train, test = set(ds["train"]["prompt_id"]), set(ds["test"]["prompt_id"])
@@ -187,16 +187,16 @@ def test_adding_prompts_never_moves_an_existing_one():
 
 
 def test_length_bias_warning(tmp_path):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     s = export_run(run, ExportConfig(out=str(tmp_path / "a")))
     assert any("longer than rejected in 100%" in w for w in s.warnings)
     short_best = [cand("ok", 1, 2.0), cand("a much longer but worse answer", 2, 1.0)]
-    s = export_run(make_run(tmp_path / "run2", [("q", short_best)]), ExportConfig(out=str(tmp_path / "b")))
+    s = export_run(make_ranked_run(tmp_path / "run2", [("q", short_best)]), ExportConfig(out=str(tmp_path / "b")))
     assert s.warnings == []
 
 
 def test_overwrite_rules(tmp_path):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     out = tmp_path / "out"
     export_run(run, ExportConfig(out=str(out)))
     with pytest.raises(PrefdataError, match="not empty; pass --overwrite"):
@@ -215,11 +215,11 @@ def test_overwrite_rules(tmp_path):
 def test_bad_runs(tmp_path):
     with pytest.raises(PrefdataError, match="not a prefdata run"):
         export_run(RunDir(tmp_path / "nothing"), ExportConfig())
-    run = make_run(tmp_path / "run", [("q", four())], write_rankings=False)
+    run = make_ranked_run(tmp_path / "run", [("q", four())], write_rankings=False)
     with pytest.raises(PrefdataError, match="no rankings yet; run `prefdata rank"):
         export_run(run, ExportConfig())
-    run = make_run(tmp_path / "two", [("q", four())])
-    make_run(tmp_path / "two", [("q", four())], judge="otherjudge")
+    run = make_ranked_run(tmp_path / "two", [("q", four())])
+    make_ranked_run(tmp_path / "two", [("q", four())], judge="otherjudge")
     with pytest.raises(PrefdataError, match="several judges .*judgehash0000001, otherjudge.*--judge"):
         export_run(run, ExportConfig())
     assert export_run(run, ExportConfig(judge_hash="otherjudge", out=str(tmp_path / "o"))).judge_hash == "otherjudge"
@@ -229,7 +229,7 @@ def test_bad_runs(tmp_path):
 
 def test_empty_export_names_the_filters(tmp_path):
     cands = [cand("a", 1, 1.0, finish="length"), cand("b", 2, 0.0)]
-    run = make_run(tmp_path / "run", [("q", cands), ("t", [cand("x", 1), cand("y", 1)])])
+    run = make_ranked_run(tmp_path / "run", [("q", cands), ("t", [cand("x", 1), cand("y", 1)])])
     with pytest.raises(PrefdataError, match=r"nothing to export.*no_preference 1, truncated 1.*--keep-truncated"):
         export_run(run, ExportConfig(out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
@@ -248,7 +248,7 @@ def test_overwrite_refuses_a_project_folder_that_mentions_prefdata(tmp_path, cap
     every file in the folder is."""
     from prefdata.cli import main
 
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     proj = tmp_path / "myproject"
     (proj / "src").mkdir(parents=True)
     (proj / "README.md").write_text("# My project\nWe use prefdata.\n")
@@ -288,7 +288,7 @@ def _dead_pid() -> int:
 def test_stale_temp_folders_of_killed_exports_are_cleaned(tmp_path):
     """Issue 10.1: a killed export leaves `.tmp-export-*` beside --out; the next export removes those of dead
     processes, keeps a live process's, and restores an old export killed between the two renames."""
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     exports = tmp_path / "exports"
     code = (
         "import os, signal, sys; from pathlib import Path; from prefdata.export_folder import temp_folder\n"

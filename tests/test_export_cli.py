@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from prefdata.cli import main
-from tests.test_export_fixtures import cand, four, make_run
+from tests.helpers import cand, four, make_ranked_run
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -28,7 +28,7 @@ def _one_line_error(code: int, err: str, needle: str) -> None:
 
 
 def test_export_cli_success_and_yaml_config(tmp_path, capsys):
-    run = make_run(tmp_path / "run", [("q", four()), ("q2", four("x "))])
+    run = make_ranked_run(tmp_path / "run", [("q", four()), ("q2", four("x "))])
     code, out, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "a"), "--pairs", "all")
     assert code == 0 and "exported 12 rows (train 12)" in out and "warning: chosen is longer" in out
     cfg = tmp_path / "export.yaml"
@@ -50,7 +50,7 @@ def test_export_cli_success_and_yaml_config(tmp_path, capsys):
     ],
 )
 def test_export_cli_bad_options(tmp_path, capsys, args, needle):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     code, _, err = _cli(capsys, "export", "--run", str(run.path), *args)
     _one_line_error(code, err, needle)
 
@@ -58,19 +58,19 @@ def test_export_cli_bad_options(tmp_path, capsys, args, needle):
 def test_export_cli_bad_runs(tmp_path, capsys):
     code, _, err = _cli(capsys, "export", "--run", str(tmp_path / "missing"))
     _one_line_error(code, err, "is not a prefdata run")
-    run = make_run(tmp_path / "norank", [("q", four())], write_rankings=False)
+    run = make_ranked_run(tmp_path / "norank", [("q", four())], write_rankings=False)
     code, _, err = _cli(capsys, "export", "--run", str(run.path))
     _one_line_error(code, err, "has no rankings yet; run `prefdata rank --run")
-    run = make_run(tmp_path / "tied", [("q", [cand("a", 1), cand("b", 1)]), ("t", [cand("c", 1, finish="length"), cand("d", 2)])])
+    run = make_ranked_run(tmp_path / "tied", [("q", [cand("a", 1), cand("b", 1)]), ("t", [cand("c", 1, finish="length"), cand("d", 2)])])
     code, _, err = _cli(capsys, "export", "--run", str(run.path))
     _one_line_error(code, err, "nothing to export: every pair was filtered out (no_preference 1, truncated 1)")
-    run = make_run(tmp_path / "iter", [("q", [cand("a", 1), cand("b", None), cand("c", 3)])])
+    run = make_ranked_run(tmp_path / "iter", [("q", [cand("a", 1), cand("b", None), cand("c", 3)])])
     code, _, err = _cli(capsys, "export", "--run", str(run.path), "--pairs", "all")
     _one_line_error(code, err, "rank with --strategy round-robin or scores")
 
 
 def test_export_cli_out_not_empty(tmp_path, capsys):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     out = tmp_path / "out"
     assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out))[0] == 0
     code, _, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(out))
@@ -79,7 +79,7 @@ def test_export_cli_out_not_empty(tmp_path, capsys):
 
 
 def test_push_cli_dry_run_and_errors(tmp_path, capsys):
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     out = tmp_path / "out"
     _cli(capsys, "export", "--run", str(run.path), "--out", str(out))
     code, stdout, _ = _cli(capsys, "push", str(out), "--repo-id", "me/prefs", "--dry-run", "--endpoint", "http://hub.invalid")
@@ -97,7 +97,7 @@ def test_console_script_error_line(tmp_path):
     exe = Path(sys.executable).with_name("prefdata")
     if not exe.exists():
         pytest.skip("prefdata console script not installed in this environment")
-    run = make_run(tmp_path / "run", [("q", four())], write_rankings=False)
+    run = make_ranked_run(tmp_path / "run", [("q", four())], write_rankings=False)
     p = subprocess.run([str(exe), "export", "--run", str(run.path)], capture_output=True, text=True,
                        env=dict(os.environ), timeout=120)  # fmt: skip
     _one_line_error(p.returncode, p.stderr, "has no rankings yet")

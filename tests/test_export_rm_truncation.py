@@ -3,27 +3,21 @@ default (`--keep-truncated` keeps them) and counted in the summary and the card.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_judges_rm import tiny_rm_dir  # noqa: E402,F401  (the module-scoped fixture)
-from test_rank_support import make_run  # noqa: E402
-
-from prefdata.export import ExportConfig, export_run, truncated_inputs  # noqa: E402
-from prefdata.judges.reward_model import RewardModelJudge  # noqa: E402
-from prefdata.judges.verdict import Candidate, ScoreRequest  # noqa: E402
-from prefdata.rank import RankConfig, rank_run, read_judgments  # noqa: E402
+from prefdata.export import ExportConfig, export_run, truncated_inputs
+from prefdata.judges.reward_model import RewardModelJudge
+from prefdata.judges.verdict import Candidate, ScoreRequest
+from prefdata.rank import RankConfig, rank_run, read_judgments
+from tests.helpers import make_candidates_run
 
 SHORT = ["Cats purr.", "Cats sleep a lot.", "Cats chase mice at night."]
 LONG = "Cats are small carnivorous mammals that people keep as pets. " * 12
 
 
-def test_cut_reward_model_inputs_are_dropped_and_counted(tmp_path, tiny_rm_dir):  # noqa: F811
+def test_cut_reward_model_inputs_are_dropped_and_counted(tmp_path, tiny_rm_dir):
     q = "Tell me about cats."
-    run, pids = make_run(tmp_path / "run", [SHORT + [LONG], SHORT], questions=[q, "Anything about cats?"])
+    run, pids = make_candidates_run(tmp_path / "run", [SHORT + [LONG], SHORT], questions=[q, "Anything about cats?"])
     judge = RewardModelJudge(str(tiny_rm_dir))
     lengths = [len(judge.encode(ScoreRequest("p", (("user", q),), Candidate("c", t)))[0]) for t in SHORT + [LONG]]
     limit = max(lengths[:3]) + 2  # every short candidate fits, the long one is cut

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import torch
 
-try:
-    from tests.conftest import build_tiny_llama
-except ImportError:
-    from conftest import build_tiny_llama
+from tests.helpers import build_tiny_llama
 
 
 def _overwrite_in_place(folder, seed: int) -> None:

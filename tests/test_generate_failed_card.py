@@ -7,18 +7,14 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_export_fixtures import cand, make_run  # noqa: E402
-from test_judges_rm import tiny_rm_dir  # noqa: E402,F401  (the module-scoped fixture)
-
-from prefdata.cli import main  # noqa: E402
-from prefdata.export import ExportConfig, export_run  # noqa: E402
-from prefdata.rank import RankConfig, rank_run  # noqa: E402
-from prefdata.store import RunDir  # noqa: E402
+from prefdata.cli import main
+from prefdata.export import ExportConfig, export_run
+from prefdata.rank import RankConfig, rank_run
+from prefdata.store import RunDir
+from tests.helpers import cand, make_ranked_run
 
 
 def _closed_port() -> int:
@@ -38,7 +34,7 @@ def _cli(*args: str) -> int:
     return e.value.code
 
 
-def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir, tiny_rm_dir, capsys, monkeypatch):  # noqa: F811
+def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir, tiny_rm_dir, capsys, monkeypatch):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Say hi.", "Name a colour.")))
     run = tmp_path / "run"
@@ -66,7 +62,7 @@ def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir,
 def test_card_lists_only_samplers_behind_the_rows(tmp_path):
     """A run.json written before the fix (a failed sampler's config recorded without rows) still gives a
     clean card: only samplers whose completions are in the exported rows are listed."""
-    run = make_run(tmp_path / "run", [("q", [cand("good answer here", 1, 2.0), cand("bad", 2, 1.0)])])
+    run = make_ranked_run(tmp_path / "run", [("q", [cand("good answer here", 1, 2.0), cand("bad", 2, 1.0)])])
     run.record_stage("generate", "failedsampler000", {"config": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
                                                       "model": "ghost-model"})  # fmt: skip
     s = export_run(run, ExportConfig(out=str(tmp_path / "out")))

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import SHARED_DATA  # noqa: E402
-from test_rank_support import make_run  # noqa: E402
-
-from prefdata.errors import PrefdataError  # noqa: E402
-from prefdata.judge_eval import JudgeEvalConfig, evaluate, split_transcript  # noqa: E402
-from prefdata.judges.llm_judge import ChatOut, LLMPairJudge  # noqa: E402
-from prefdata.judges.templates import available_templates, load_template  # noqa: E402
-from prefdata.judges.verdict import Candidate, PairRequest, Verdict  # noqa: E402
+from prefdata.errors import PrefdataError
+from prefdata.judge_eval import JudgeEvalConfig, evaluate, split_transcript
+from prefdata.judges.llm_judge import ChatOut, LLMPairJudge
+from prefdata.judges.templates import available_templates, load_template
+from prefdata.judges.verdict import Candidate, PairRequest, Verdict
+from tests.helpers import make_candidates_run
 
 REQ = PairRequest("p", (("user", "What is {x}?"),), Candidate("id1", "ans {one}"), Candidate("id2", "ans two"))
 
@@ -146,7 +142,7 @@ def test_judge_eval_on_hh_rlhf(tmp_path):
 def test_in_process_vllm_judge(tmp_path, vllm_llm):
     from prefdata.rank import RankConfig, rank_run, read_judgments
 
-    run, _ = make_run(tmp_path / "r", [["Paris.", "Lyon.", "Rome."], ["4", "5"]])
+    run, _ = make_candidates_run(tmp_path / "r", [["Paris.", "Lyon.", "Rome."], ["4", "5"]])
     s = rank_run(run, RankConfig(judge="verdict-only", max_tokens=4, progress=False), llm=vllm_llm)
     j = read_judgments(run, s["judge_hash"])
     assert j.height == s["judge_calls_new"] > 0 and set(j["verdict"]) <= {"a", "b", "tie", "fail"}

@@ -2,40 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rank_support import make_run  # noqa: E402
-
-from prefdata.errors import PrefdataError  # noqa: E402
-from prefdata.judges.reward_model import RewardModelJudge  # noqa: E402
-from prefdata.judges.verdict import Candidate, ScoreRequest  # noqa: E402
-from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings  # noqa: E402
-
-
-def build_tiny_rm(out: Path, tokenizer_dir: Path, seed: int = 0, max_pos: int = 512) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=32, max_position_embeddings=max_pos, num_labels=1,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    LlamaForSequenceClassification(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_rm_dir(tmp_path_factory, demo_model_dir) -> Path:
-    return build_tiny_rm(tmp_path_factory.mktemp("tiny-rm"), demo_model_dir)
+from prefdata.errors import PrefdataError
+from prefdata.judges.reward_model import RewardModelJudge
+from prefdata.judges.verdict import Candidate, ScoreRequest
+from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
+from tests.helpers import build_tiny_llama, build_tiny_rm, make_candidates_run
 
 
 def _reqs(n: int) -> list[ScoreRequest]:
@@ -86,7 +62,7 @@ def test_oom_halves_the_batch(tiny_rm_dir):
 
 def test_scores_strategy_in_rank_run(tmp_path, tiny_rm_dir):
     texts = [["Cats purr.", "Dogs bark loudly at night.", "Cats purr.", "Fish swim."], ["Only one."]]
-    run, pids = make_run(tmp_path / "r", texts)
+    run, pids = make_candidates_run(tmp_path / "r", texts)
     s = rank_run(run, RankConfig(judge=str(tiny_rm_dir), progress=False))
     assert s["strategy"] == "scores"
     df = read_rankings(run, s["judge_hash"])
@@ -117,9 +93,7 @@ def test_folders_that_are_not_reward_models_are_refused(tmp_path, demo_model_dir
     import json
     import shutil
 
-    from conftest import build_tiny_llama
-
-    run, _ = make_run(tmp_path / "r", [["Cats purr.", "Dogs bark."]])
+    run, _ = make_candidates_run(tmp_path / "r", [["Cats purr.", "Dogs bark."]])
     empty = tmp_path / "empty"
     empty.mkdir()
     causal = build_tiny_llama(tmp_path / "causal", demo_model_dir)

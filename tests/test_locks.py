@@ -12,13 +12,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rank_openai import FaultServer, _texts  # noqa: E402
-from test_rank_support import make_run  # noqa: E402
-
-from prefdata.errors import PrefdataError  # noqa: E402
-from prefdata.rank import read_judgments  # noqa: E402
-from prefdata.store import stage_lock  # noqa: E402
+from prefdata.errors import PrefdataError
+from prefdata.rank import read_judgments
+from prefdata.store import stage_lock
+from tests.helpers import FaultServer, make_candidates_run, quality_texts
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -77,7 +74,7 @@ def test_second_rank_process_on_one_run_stops_naming_the_first(tmp_path):
     server.healthy = True
     server.delay_s = 0.3
     try:
-        run, _ = make_run(tmp_path / "r", [_texts([3, 1, 4, 2]), _texts([5, 9, 2])])
+        run, _ = make_candidates_run(tmp_path / "r", [quality_texts([3, 1, 4, 2]), quality_texts([5, 9, 2])])
         cmd = [sys.executable, "-m", "prefdata.cli", "rank", "--run", str(run.path), "--base-url", server.url,
                "--concurrency", "1", "--batch-size", "2", "--no-progress"]
         first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

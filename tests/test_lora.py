@@ -11,13 +11,7 @@ from safetensors.torch import load_file
 
 from prefdata.cli import main
 from prefdata.train.data import PairCollator, compute_logps, tokenize_pairs
-
-try:  # tests/ is a package in some checkouts and a plain rootdir folder in others
-    from tests.conftest import build_tiny_llama
-    from tests.test_train import FAST, _pairs, _write_jsonl
-except ImportError:
-    from conftest import build_tiny_llama
-    from test_train import FAST, _pairs, _write_jsonl
+from tests.helpers import FAST, build_tiny_llama, pair_rows, write_jsonl
 
 LORA = {"lora_r": 8, "lora_dropout": 0.0, **FAST, "learning_rate": 1e-2}
 
@@ -32,7 +26,7 @@ def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def _logps(model, tokenizer, n: int = 4) -> torch.Tensor:
     from datasets import Dataset
 
-    ds = tokenize_pairs(Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in _pairs(n)]),
+    ds = tokenize_pairs(Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pair_rows(n)]),
                         tokenizer, 512, 2560)  # fmt: skip
     c, r = compute_logps(model, ds, PairCollator(tokenizer.pad_token_id), 4)
     return torch.tensor([*c, *r])
@@ -44,7 +38,7 @@ def test_lora_trains_adapters_only_merges_and_resumes(tmp_path, tiny_llama_dir):
     from prefdata.train import train
 
     torch.set_num_threads(2)
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(12))
     out = tmp_path / "out"
     s = train(data, str(tiny_llama_dir), out, loss_type="aipo", max_steps=6, save_steps=3, **LORA)
     first, last = s["first_logged"], s["last_logged"]
@@ -115,7 +109,7 @@ def test_reference_with_disabled_adapters_equals_base_model(tiny_llama_dir):
 def test_other_losses_train_with_lora(tmp_path, tiny_llama_dir, demo_model_dir, loss):
     from prefdata.train import train
 
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     extra = {}
     if loss == "mrpo":
         extra["ref_models"] = [str(build_tiny_llama(tmp_path / "other", demo_model_dir, seed=1))]
@@ -134,7 +128,7 @@ def test_no_merge_round_after_round_stacks_adapters_exactly(tmp_path, tiny_llama
     from prefdata.train import train
     from prefdata.train.lora import concat_adapters, is_adapter_dir
 
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     r0, r1 = tmp_path / "round-0", tmp_path / "round-1"
     r0.mkdir()
     (r0 / "config.json").write_text("{}")  # left by an earlier merged run in this folder: must not shadow the adapter
@@ -190,14 +184,14 @@ def test_no_merge_round_after_round_stacks_adapters_exactly(tmp_path, tiny_llama
     ],
 )
 def test_lora_mistakes_are_one_line_exit_2(tmp_path, capsys, flags, match):
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(2))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
     code, _, err = _cli(["train", str(data), "--output-dir", str(tmp_path / "o"), *flags], capsys)
     assert code == 2 and err.count("\n") == 1 and match in err, err
     assert not (tmp_path / "o").exists()
 
 
 def test_lora_on_the_lm_head_asks_for_plain_logits(tmp_path, tiny_llama_dir, capsys):
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(2))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
     code, _, err = _cli(["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(tmp_path / "o"),
                          "--lora-r", "4", "--lora-target-modules", "lm_head,q_proj"], capsys)  # fmt: skip
     errors = [line for line in err.splitlines() if line.startswith("error:")]  # stderr also has the load progress bar
@@ -219,11 +213,11 @@ def test_vllm_serves_the_no_merge_adapter(tmp_path, tiny_llama_dir):
     from prefdata.samplers.vllm_local import VLLMSampler, build_llm, lora_request, shutdown_llm
     from prefdata.train import train
 
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     out = tmp_path / "adapter"
     train(data, str(tiny_llama_dir), out, max_steps=6, save_strategy="no", **dict(LORA, lora_merge=False))
     tok = AutoTokenizer.from_pretrained(out)
-    ids = tok.apply_chat_template(_pairs(1)[0]["prompt"] + _pairs(1)[0]["chosen"], tokenize=True)
+    ids = tok.apply_chat_template(pair_rows(1)[0]["prompt"] + pair_rows(1)[0]["chosen"], tokenize=True)
     ids = ids["input_ids"] if not isinstance(ids, list) else ids
 
     def hf_logp(model) -> float:
@@ -249,7 +243,7 @@ def test_vllm_serves_the_no_merge_adapter(tmp_path, tiny_llama_dir):
         assert got_lora == pytest.approx(want_lora, rel=0.02, abs=0.5)
         assert got_base == pytest.approx(want_base, rel=0.02, abs=0.5)
         sampler = VLLMSampler(llm, cfg)  # the sampler sends the adapter's request
-        outs = sampler.sample([_pairs(1)[0]["prompt"]], [SampleSpec(kind="policy", n=2, temperature=1.0)])
+        outs = sampler.sample([pair_rows(1)[0]["prompt"]], [SampleSpec(kind="policy", n=2, temperature=1.0)])
         assert len(outs[0][0]) == 2
     finally:
         shutdown_llm(llm)
@@ -264,7 +258,7 @@ def test_a_model_object_gets_adapters_too(tmp_path, tiny_llama_dir):
     from prefdata.train.trainer import AIPOTrainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    ds = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in _pairs(2)])
+    ds = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pair_rows(2)])
     cfg = AIPOConfig(output_dir=str(tmp_path / "o"), lora_r=4, report_to=[], use_cpu=True)
     trainer = AIPOTrainer(model, cfg, ds)
     trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefdata.pairs import Candidate, direct_verdicts, pair_drop_reason, ranking_pairs
+from prefdata.pairs import RankedCandidate, direct_verdicts, pair_drop_reason, ranking_pairs
 
 
 def _rk(ranks: list[int | None], best: str | None = "a", worst: str | None = None) -> dict:
@@ -47,8 +47,8 @@ def test_full_order_strategies_refuse_unknown_ranks():
         ranking_pairs(_rk([1, 2]), "nope")
 
 
-def _c(cid: str, text: str, finish: str = "stop", score: float | None = None) -> Candidate:
-    return Candidate(candidate_id=cid, text=text, finish_reason=finish, score=score)
+def _c(cid: str, text: str, finish: str = "stop", score: float | None = None) -> RankedCandidate:
+    return RankedCandidate(candidate_id=cid, text=text, finish_reason=finish, score=score)
 
 
 def test_filters_each_reason():

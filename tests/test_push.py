@@ -23,7 +23,7 @@ import pytest
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run
 from prefdata.push import push_export
-from tests.test_export_fixtures import four, make_run
+from tests.helpers import four, make_ranked_run
 
 TOKEN = "hf_FakeTokenForTheLocalServer123"
 LFS_SUFFIXES = (".parquet", ".png", ".arrow")
@@ -170,7 +170,7 @@ def _folder_files(folder: Path) -> dict[str, bytes]:
 
 def test_push_uploads_exactly_the_export(tmp_path, fake_hub):
     hub, endpoint = fake_hub
-    run = make_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
+    run = make_ranked_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
     out = tmp_path / "out"
     export_run(run, ExportConfig(out=str(out), test_size=0.5))
     dry = push_export(out, "me/prefs", dry_run=True, endpoint=endpoint)
@@ -211,7 +211,7 @@ def test_push_uploads_exactly_the_export(tmp_path, fake_hub):
 
 def test_push_reports_auth_and_connection_errors(tmp_path, fake_hub, monkeypatch):
     hub, endpoint = fake_hub
-    run = make_run(tmp_path / "run", [("q", four())])
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
     out = tmp_path / "out"
     export_run(run, ExportConfig(out=str(out)))
     with pytest.raises(PrefdataError, match="cannot reach http://127.0.0.1:9"):

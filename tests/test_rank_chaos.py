@@ -12,11 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rank_openai import FaultServer  # noqa: E402
-from test_rank_support import make_run  # noqa: E402
-
-from prefdata.rank import read_judgments, read_rankings  # noqa: E402
+from prefdata.rank import read_judgments, read_rankings
+from tests.helpers import FaultServer, make_candidates_run
 
 KILLS = 6
 QS = [[3, 1, 4, 2, 6], [5, 9, 2, 7], [1, 6, 3, 8, 2], [7, 2, 5, 5], [4, 8, 1, 9, 3], [2, 5, 7],
@@ -24,7 +21,7 @@ QS = [[3, 1, 4, 2, 6], [5, 9, 2, 7], [1, 6, 3, 8, 2], [7, 2, 5, 5], [4, 8, 1, 9,
 
 
 def _build(path: Path):
-    return make_run(path, [[f"answer q={q} number {i}" for i, q in enumerate(qs)] for qs in QS])[0]
+    return make_candidates_run(path, [[f"answer q={q} number {i}" for i, q in enumerate(qs)] for qs in QS])[0]
 
 
 def _cmd(run, url: str) -> list[str]:

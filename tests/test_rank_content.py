@@ -3,18 +3,15 @@ content (prompt, reference, both texts, judge), so a changed text is judged agai
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rank_support import OrderJudge, make_run, quality  # noqa: E402
-
-from prefdata.errors import PrefdataError  # noqa: E402
-from prefdata.export import ExportConfig, export_run  # noqa: E402
-from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings  # noqa: E402
+from prefdata.errors import PrefdataError
+from prefdata.export import ExportConfig, export_run
+from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
+from tests.helpers import OrderJudge, make_candidates_run, quality
 
 
 def _shards(run) -> list[Path]:
@@ -22,7 +19,7 @@ def _shards(run) -> list[Path]:
 
 
 def test_duplicate_id_with_other_text_is_an_error_naming_the_shards(tmp_path):
-    run, _ = make_run(tmp_path / "r", [["x q=1", "y q=2", "z q=3"]])
+    run, _ = make_candidates_run(tmp_path / "r", [["x q=1", "y q=2", "z q=3"]])
     (first,) = _shards(run)
     cands = pl.read_parquet(first)
     run.write_shard(run.candidates_dir, cands.head(1).with_columns(pl.lit("x q=9 changed").alias("text")))
@@ -41,7 +38,7 @@ def test_duplicate_id_with_other_text_is_an_error_naming_the_shards(tmp_path):
 
 
 def test_cache_is_keyed_on_content(tmp_path):
-    run, pids = make_run(tmp_path / "r", [["x q=1", "y q=2", "z q=3"], ["u q=5", "v q=4"]])
+    run, pids = make_candidates_run(tmp_path / "r", [["x q=1", "y q=2", "z q=3"], ["u q=5", "v q=4"]])
     s1 = rank_run(run, RankConfig(progress=False), judge=OrderJudge())
     assert s1["judge_calls_new"] > 0
     assert read_judgments(run, s1["judge_hash"])["content_key"].null_count() == 0

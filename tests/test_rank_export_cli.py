@@ -7,8 +7,7 @@ import sys
 
 import polars as pl
 
-from tests.test_judges_rm import build_tiny_rm
-from tests.test_rank_support import make_run
+from tests.helpers import build_tiny_rm, make_candidates_run
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -18,7 +17,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_rank_then_export_in_one_command(tmp_path, demo_model_dir):
     rm = build_tiny_rm(tmp_path / "rm", demo_model_dir)
     texts = [["Paris.", "It is Paris, the capital.", "London?"], ["4", "Four.", "2+2 is 4."], ["Blue.", "Red", "Green!"]]
-    run, _ = make_run(tmp_path / "run", texts)
+    run, _ = make_candidates_run(tmp_path / "run", texts)
     out = tmp_path / "export"
     proc = _cli("rank", "--run", str(run.path), "--judge", str(rm), "--export", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stderr

@@ -7,18 +7,14 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rank_openai import FaultServer, _texts  # noqa: E402
-from test_rank_support import make_run, quality  # noqa: E402
-
-from prefdata.export import ExportConfig, export_run  # noqa: E402
-from prefdata.judges.verdict import PairRequest, Verdict  # noqa: E402
-from prefdata.rank import EXIT_FAILURES, JudgeUnreachable, RankConfig, build_judge, rank_run, read_judgments, read_rankings  # noqa: E402
+from prefdata.export import ExportConfig, export_run
+from prefdata.judges.verdict import PairRequest, Verdict
+from prefdata.rank import EXIT_FAILURES, JudgeUnreachable, RankConfig, build_judge, rank_run, read_judgments, read_rankings
+from tests.helpers import FaultServer, make_candidates_run, quality, quality_texts
 
 
 class FailPairJudge:
@@ -43,7 +39,7 @@ class FailPairJudge:
 
 def test_round_robin_with_a_failed_pair_is_incomplete_and_never_exported(tmp_path):
     # prompt 0: qualities 3, 2, 1 with (2, 1) never judged; prompt 1 is clean
-    run, pids = make_run(tmp_path / "r", [["a q=3", "b q=2", "c q=1"], ["d q=5", "e q=4", "f q=6"]])
+    run, pids = make_candidates_run(tmp_path / "r", [["a q=3", "b q=2", "c q=1"], ["d q=5", "e q=4", "f q=6"]])
     judge = FailPairJudge((2, 1))
     s = rank_run(run, RankConfig(strategy="round-robin", position_bias="fixed", progress=False), judge=judge)
     assert s["failed_calls"] == 1 and s["prompts_not_final"] == 1
@@ -64,7 +60,7 @@ def test_cli_exit_3_prints_rerun_and_export_skips_until_retried(tmp_path):
     server = FaultServer()  # unhealthy: some requests answer 503 every time, others fail once
     try:
         qs = [[3, 1, 4, 2], [5, 9, 2], [1, 6, 3, 8, 2], [7, 2], [4, 8, 1], [2, 5], [6, 3], [9, 1, 5]]
-        run, pids = make_run(tmp_path / "r", [_texts(q) for q in qs])
+        run, pids = make_candidates_run(tmp_path / "r", [quality_texts(q) for q in qs])
         cmd = [sys.executable, "-m", "prefdata.cli", "rank", "--run", str(run.path), "--base-url", server.url,
                "--max-retries", "1", "--position-bias", "fixed", "--no-progress", "--export", str(tmp_path / "e1")]
         env = dict(os.environ)
@@ -98,7 +94,7 @@ def test_unreachable_endpoint_stops_early_and_rerun_finishes(tmp_path):
     server = FaultServer()
     server.healthy = True
     qs = [[3, 1, 4, 2], [5, 9, 2], [1, 6, 3, 8, 2], [7, 2, 5]]
-    run, _ = make_run(tmp_path / "r", [_texts(q) for q in qs])
+    run, _ = make_candidates_run(tmp_path / "r", [quality_texts(q) for q in qs])
     cfg = RankConfig(base_url=[server.url], max_retries=4, backoff_s=0.5, concurrency=2, batch_size=4, progress=False,
                      unreachable_after=4)
     judge = build_judge(cfg)  # the server answered /models, then goes away

@@ -3,20 +3,14 @@ is counted in the rank summary, the rankings and the card, and its prompt is not
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import polars as pl
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rank_openai import FaultServer  # noqa: E402
-from test_rank_support import make_run, quality  # noqa: E402
-
-from prefdata.export import ExportConfig, export_run  # noqa: E402
-from prefdata.judges.llm_judge import ChatOut, LLMPairJudge, TokenBudget, fit_context  # noqa: E402
-from prefdata.judges.templates import load_template  # noqa: E402
-from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings  # noqa: E402
+from prefdata.export import ExportConfig, export_run
+from prefdata.judges.llm_judge import ChatOut, LLMPairJudge, TokenBudget, fit_context
+from prefdata.judges.templates import load_template
+from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
+from tests.helpers import FaultServer, make_candidates_run, quality
 
 LONG = "q=9 " + "very long answer " * 400  # about 1200+ tokens with the demo tokenizer
 
@@ -74,7 +68,7 @@ class BudgetBackend:
 
 
 def test_too_long_counted_in_summary_rankings_card_and_skipped_by_export(tmp_path, demo_tokenizer):
-    run, pids = make_run(tmp_path / "r", [["a q=1", "b q=3", LONG], ["c q=2", "d q=5"]])
+    run, pids = make_candidates_run(tmp_path / "r", [["a q=1", "b q=3", LONG], ["c q=2", "d q=5"]])
     backend = BudgetBackend(demo_tokenizer, 1024)
     judge = LLMPairJudge(load_template("mt-bench-pair-v2"), backend, max_tokens=64)
     s = rank_run(run, RankConfig(strategy="round-robin", progress=False), judge=judge)
@@ -98,7 +92,7 @@ def test_openai_judge_checks_the_reported_context(tmp_path, tokenize):
     server.tokenize = tokenize
     try:
         long_text = "q=9 " + "word " * 400
-        run, pids = make_run(tmp_path / "r", [["x q=1", "y q=2", long_text]])
+        run, pids = make_candidates_run(tmp_path / "r", [["x q=1", "y q=2", long_text]])
         s = rank_run(run, RankConfig(base_url=[server.url], strategy="round-robin", position_bias="fixed",
                                      max_tokens=16, progress=False))
         assert s["too_long"] == 2 and s["failed_calls"] == 2
@@ -118,7 +112,7 @@ def test_in_process_vllm_judge_fails_only_the_long_call(tmp_path, vllm_llm):
     """Slow (starts a vLLM engine, max_model_len 1024): the long conversation no longer aborts its batch."""
     from prefdata.judges.vllm_judge import VLLMBackend
 
-    run, pids = make_run(tmp_path / "r", [["a q=1", "b q=3", LONG], ["c q=2", "d q=5"]])
+    run, pids = make_candidates_run(tmp_path / "r", [["a q=1", "b q=3", LONG], ["c q=2", "d q=5"]])
     judge = LLMPairJudge(load_template("verdict-only"), VLLMBackend(vllm_llm, "tiny"), max_tokens=8)
     s = rank_run(run, RankConfig(strategy="round-robin", progress=False), judge=judge)
     j = read_judgments(run, s["judge_hash"])

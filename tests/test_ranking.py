@@ -5,14 +5,10 @@ from __future__ import annotations
 import itertools
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_rank_support import FirstJudge, OrderJudge, make_run, quality  # noqa: E402
 
 from prefdata.errors import PrefdataError
 from prefdata.judges.verdict import Candidate, PairRequest, Verdict
@@ -29,6 +25,7 @@ from prefdata.ranking import (
     strictly_above,
 )
 from prefdata.store import RunDir
+from tests.helpers import FirstJudge, OrderJudge, make_candidates_run, quality
 
 RANKING_COLUMNS = [
     "prompt_id", "judge_hash", "strategy", "candidate_ids", "ranks", "scores", "best_id", "worst_id", "complete",
@@ -154,7 +151,7 @@ def _texts(qs: list[int]) -> list[str]:
 
 
 def test_first_judge_under_both_yields_no_preference(tmp_path):
-    run, _ = make_run(tmp_path / "r", [_texts([3, 1, 4, 2]), _texts([5, 9, 2])])
+    run, _ = make_candidates_run(tmp_path / "r", [_texts([3, 1, 4, 2]), _texts([5, 9, 2])])
     judge = FirstJudge()
     for strategy in ("iterative", "round-robin"):
         s = rank_run(run, RankConfig(strategy=strategy, progress=False), judge=judge)
@@ -168,7 +165,7 @@ def test_first_judge_under_both_yields_no_preference(tmp_path):
 
 def test_order_judge_iterative_rank_run(tmp_path):
     qs = [[3, 1, 4, 2, 8, 6], [1, 2], [7], [2, 9, 5, 4, 0]]
-    run, pids = make_run(tmp_path / "r", [_texts(q) for q in qs])
+    run, pids = make_candidates_run(tmp_path / "r", [_texts(q) for q in qs])
     judge = OrderJudge()
     s = rank_run(run, RankConfig(progress=False), judge=judge)
     df = read_rankings(run, s["judge_hash"])
@@ -197,7 +194,7 @@ def test_order_judge_iterative_rank_run(tmp_path):
 
 
 def test_changed_judge_config_gets_new_hash_and_round_robin(tmp_path):
-    run, _ = make_run(tmp_path / "r", [_texts([3, 1, 4, 2])])
+    run, _ = make_candidates_run(tmp_path / "r", [_texts([3, 1, 4, 2])])
     s1 = rank_run(run, RankConfig(progress=False), judge=OrderJudge())
     s2 = rank_run(run, RankConfig(progress=False, position_bias="fixed"), judge=OrderJudge())
     s3 = rank_run(run, RankConfig(progress=False, strategy="round-robin"), judge=OrderJudge())
@@ -210,7 +207,7 @@ def test_changed_judge_config_gets_new_hash_and_round_robin(tmp_path):
 
 
 def test_identical_texts_tie_without_a_judge_call(tmp_path):
-    run, _ = make_run(tmp_path / "r", [["same q=1", "same q=1"]])
+    run, _ = make_candidates_run(tmp_path / "r", [["same q=1", "same q=1"]])
     judge = OrderJudge()
     s = rank_run(run, RankConfig(progress=False), judge=judge)
     assert judge.calls == [] and s["ties"] == 1 and s["with_best_and_worst"] == 0
@@ -219,7 +216,7 @@ def test_identical_texts_tie_without_a_judge_call(tmp_path):
 def test_noisy_judge_iterative_vs_round_robin_agree_often(tmp_path):
     rng = random.Random(1)
     qs = [rng.sample(range(100), 6) for _ in range(20)]
-    run, _ = make_run(tmp_path / "r", [_texts(q) for q in qs])
+    run, _ = make_candidates_run(tmp_path / "r", [_texts(q) for q in qs])
     a = read_rankings(run, rank_run(run, RankConfig(progress=False), judge=OrderJudge(0.05, 1))["judge_hash"])
     b = read_rankings(run, rank_run(run, RankConfig(progress=False, strategy="round-robin"), judge=OrderJudge(0.05, 1))["judge_hash"])
     j = a.join(b, on="prompt_id")
@@ -230,10 +227,10 @@ def test_noisy_judge_iterative_vs_round_robin_agree_often(tmp_path):
 def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(PrefdataError, match="not a prefdata run"):
         rank_run(RunDir(tmp_path / "nope"), RankConfig(), judge=OrderJudge())
-    run, _ = make_run(tmp_path / "empty", [[]])
+    run, _ = make_candidates_run(tmp_path / "empty", [[]])
     with pytest.raises(PrefdataError, match="no candidates"):
         rank_run(run, RankConfig(), judge=OrderJudge())
-    run, _ = make_run(tmp_path / "r", [_texts([1, 2])])
+    run, _ = make_candidates_run(tmp_path / "r", [_texts([1, 2])])
     with pytest.raises(PrefdataError, match="unknown judge"):
         rank_run(run, RankConfig(judge="no-such-template"))
     with pytest.raises(PrefdataError, match="reward-model"):
@@ -241,7 +238,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
 
 
 def test_all_pairs_of_iterative_are_distinct_calls(tmp_path):
-    run, _ = make_run(tmp_path / "r", [_texts([4, 3, 2, 1, 0])])
+    run, _ = make_candidates_run(tmp_path / "r", [_texts([4, 3, 2, 1, 0])])
     judge = OrderJudge()
     rank_run(run, RankConfig(progress=False), judge=judge)
     assert len(judge.calls) == len(set(judge.calls))
@@ -265,7 +262,7 @@ class InterruptingJudge(OrderJudge):
 def test_ctrl_c_loses_at_most_the_batch_in_flight(tmp_path):
     rng = random.Random(3)
     qs = [rng.sample(range(50), 5) for _ in range(6)]
-    run, _ = make_run(tmp_path / "r", [_texts(q) for q in qs])
+    run, _ = make_candidates_run(tmp_path / "r", [_texts(q) for q in qs])
     cfg = RankConfig(batch_size=4, progress=False)
     with pytest.raises(KeyboardInterrupt):
         rank_run(run, cfg, judge=InterruptingJudge(rounds=3))
@@ -309,7 +306,7 @@ def test_min_margin_no_exported_pair_within_the_margin(tmp_path):
     from prefdata.export import ExportConfig, export_run
 
     qs = [[10, 6, 2], [10, 4], [9, 8, 3, 2, 1]]  # scores q/10; margin 0.5
-    run, pids = make_run(tmp_path / "r", [[f"ans q={q} #{i}" for i, q in enumerate(x)] for x in qs])
+    run, pids = make_candidates_run(tmp_path / "r", [[f"ans q={q} #{i}" for i, q in enumerate(x)] for x in qs])
     s = rank_run(run, RankConfig(strategy="scores", min_margin=0.5, progress=False), judge=ScoreByQuality())
     df = read_rankings(run, s["judge_hash"])
     assert df.filter(pl.col("prompt_id") == pids[0])["ranks"].to_list() == [[1, 1, 1]]

@@ -13,33 +13,7 @@ import torch
 from prefdata.cli import main
 from prefdata.errors import PrefdataError
 from prefdata.train.data import PairCollator, load_pairs, tokenize_pair, tokenize_pairs
-
-try:  # tests/ is a package in some checkouts and a plain rootdir folder in others
-    from tests.conftest import build_tiny_llama
-except ImportError:
-    from conftest import build_tiny_llama
-
-TOPICS = ["cats", "dogs", "rain", "the sea", "music", "bread", "trains", "books", "stars", "tea", "snow", "cars"]
-FAST = {"learning_rate": 1e-3, "warmup_steps": 0, "per_device_train_batch_size": 4, "logging_steps": 1}
-FAST |= {"report_to": [], "disable_tqdm": True, "dataloader_pin_memory": False, "seed": 0}
-
-
-def _pairs(n: int = 12) -> list[dict]:
-    return [
-        {
-            "prompt": [{"role": "user", "content": f"Tell me something about {t}."}],
-            "chosen": [{"role": "assistant", "content": f"Here is a fact about {t}: many people like {t}."}],
-            "rejected": [{"role": "assistant", "content": "no no no no"}],
-            "prompt_id": f"p{i}",
-            "margin": 1.0,
-        }
-        for i, t in enumerate(TOPICS[:n])
-    ]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return path
+from tests.helpers import FAST, build_tiny_llama, four, make_ranked_run, pair_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +29,14 @@ def tokenizer(tiny_llama_dir):
 def test_reads_export_folder_with_splits_and_string_variant(tmp_path):
     data = tmp_path / "export" / "data"
     data.mkdir(parents=True)
-    pl.DataFrame(_pairs(8)).write_parquet(data / "train-00000-of-00001.parquet")
-    pl.DataFrame(_pairs(2)).write_parquet(data / "test-00000-of-00001.parquet")
+    pl.DataFrame(pair_rows(8)).write_parquet(data / "train-00000-of-00001.parquet")
+    pl.DataFrame(pair_rows(2)).write_parquet(data / "test-00000-of-00001.parquet")
     (tmp_path / "export" / "README.md").write_text("card")
     train, evals = load_pairs(tmp_path / "export")
     assert len(train) == 8 and evals is not None and len(evals) == 2
     assert train.column_names == ["prompt", "chosen", "rejected"]
 
-    plain = _write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Bye"}])
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "Hi", "chosen": "Hello!", "rejected": "Bye"}])
     train, evals = load_pairs(plain)
     assert evals is None
     assert train[0]["prompt"] == [{"role": "user", "content": "Hi"}]
@@ -79,14 +53,14 @@ def test_reads_export_folder_with_splits_and_string_variant(tmp_path):
 )
 def test_bad_datasets_raise_one_clear_error(tmp_path, rows, match):
     with pytest.raises(PrefdataError, match=match):
-        load_pairs(_write_jsonl(tmp_path / "bad.jsonl", rows))
+        load_pairs(write_jsonl(tmp_path / "bad.jsonl", rows))
     pl.DataFrame({"prompt": ["x"], "chosen": ["y"]}).write_parquet(tmp_path / "bad.parquet")
     with pytest.raises(PrefdataError, match="missing column"):
         load_pairs(tmp_path / "bad.parquet")
 
 
 def test_tokenization_masks_prompt_and_ends_with_one_eos(tokenizer):
-    pair = _pairs(1)[0]
+    pair = pair_rows(1)[0]
     tok = tokenize_pair(pair, tokenizer, max_prompt_length=512, max_length=2560)
     eos = tokenizer.eos_token_id
     prompt_text = tokenizer.apply_chat_template(pair["prompt"], tokenize=False, add_generation_prompt=True)
@@ -111,7 +85,7 @@ def test_tokenization_masks_prompt_and_ends_with_one_eos(tokenizer):
 def test_truncation_is_counted(tokenizer):
     from datasets import Dataset
 
-    rows = _pairs(3)
+    rows = pair_rows(3)
     rows[0]["prompt"][0]["content"] = "word " * 300
     rows[1]["chosen"][0]["content"] = "long " * 300
     ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows])
@@ -131,7 +105,7 @@ def test_training_learns_and_resume_continues(tmp_path, tiny_llama_dir):
     from prefdata.train import train
 
     torch.set_num_threads(2)
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(12))
     out = tmp_path / "out"
     s = train(data, str(tiny_llama_dir), out, loss_type="aipo", max_steps=6, save_steps=3, **FAST)
     first, last = s["first_logged"], s["last_logged"]
@@ -175,7 +149,7 @@ def test_mrpo_with_a_second_reference(tmp_path, tiny_llama_dir, demo_model_dir):
     from prefdata.train import train
 
     other = build_tiny_llama(tmp_path / "other", demo_model_dir, seed=1)
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     s = train(data, str(tiny_llama_dir), tmp_path / "out", loss_type="mrpo", ref_models=[str(other)], max_steps=2,
               save_strategy="no", **FAST)  # fmt: skip
     assert s["global_step"] == 2 and len(s["ref_cache"]) == 2
@@ -195,7 +169,7 @@ def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
 def test_cli_bad_dataset_is_one_line_exit_2(tmp_path, capsys):
     code, _, err = _cli(["train", str(tmp_path / "missing.parquet"), "--output-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err
-    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}])
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}])
     code, _, err = _cli(["train", str(bad), "--output-dir", str(tmp_path / "o")], capsys)
     assert code == 2 and err.count("\n") == 1 and "missing rejected" in err
     code, _, err = _cli(["train", str(bad), "--output-dir", str(tmp_path / "o"), "--loss", "nope"], capsys)
@@ -203,7 +177,7 @@ def test_cli_bad_dataset_is_one_line_exit_2(tmp_path, capsys):
 
 
 def test_cli_trains_with_yaml_config_and_flags(tmp_path, tiny_llama_dir, capsys):
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text(
         f"output_dir: {tmp_path / 'out'}\nlearning_rate: 1.0e-3\nper_device_train_batch_size: 2\n"
@@ -224,7 +198,7 @@ def test_chunked_lm_head_matches_plain_logits(tokenizer, tiny_llama_dir):
     from prefdata.train.data import sequence_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    batch = PairCollator(tokenizer.pad_token_id)([tokenize_pair(p, tokenizer, 512, 2560) for p in _pairs(3)])
+    batch = PairCollator(tokenizer.pad_token_id)([tokenize_pair(p, tokenizer, 512, 2560) for p in pair_rows(3)])
     grads = []
     for chunk in (0, 5):
         model.zero_grad()
@@ -279,7 +253,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 def uninterrupted(tmp_path_factory, tiny_llama_dir):
     """One 4-step run that nothing interrupts: the reference for every kill test."""
     folder = tmp_path_factory.mktemp("uninterrupted")
-    data = _write_jsonl(folder / "pairs.jsonl", _pairs(12))
+    data = write_jsonl(folder / "pairs.jsonl", pair_rows(12))
     _fast_yaml(folder)
     out = folder / "out"
     done = _child("none", _train_argv(data, tiny_llama_dir, out))
@@ -291,7 +265,7 @@ def test_kill_inside_checkpoint_save_then_rerun_resumes(tmp_path, tiny_llama_dir
     """Regression (issue 10 item 2): a kill while checkpoint-2 is written left it half-written, and every
     `--resume latest` then failed. Now the half-written folder is dropped and the rerun resumes from checkpoint-1."""
     ref_data, ref_out = uninterrupted
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(12))
     _fast_yaml(tmp_path)
     out = tmp_path / "out"
     killed = _child("save:2:weights", _train_argv(data, tiny_llama_dir, out))
@@ -309,7 +283,7 @@ def test_kill_inside_checkpoint_save_then_rerun_resumes(tmp_path, tiny_llama_dir
 def test_rerun_resumes_refuses_another_config_and_finished_run_does_nothing(tmp_path, tiny_llama_dir, capsys):
     """Regression (issue 10 items 3, 4, 9): a rerun restarted at step 0; a finished run trained one more step per
     `--resume latest`; a different config would mix into the same folder; `--resume latest` on an empty folder."""
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(8))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
     _fast_yaml(tmp_path)
     out = tmp_path / "out"
     argv = _train_argv(data, tiny_llama_dir, out, steps=2)
@@ -357,7 +331,7 @@ def test_rerun_resumes_refuses_another_config_and_finished_run_does_nothing(tmp_
      ("--max-steps", "0", "max_steps"), ("--beta", "-0.1", "beta"), ("--lambda", "-1", "lambda_")],
 )  # fmt: skip
 def test_out_of_range_train_values_are_one_line(tmp_path, capsys, flag, value, field):
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(2))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
     code, _, err = _cli(["train", str(data), "--output-dir", str(tmp_path / "o"), flag, value], capsys)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error:") and field in err
     assert not (tmp_path / "o").exists()
@@ -375,7 +349,7 @@ def test_simpo_runs_no_reference_pass(tmp_path, tiny_llama_dir):
         calls.append(1)
         return compute_logps(*args, **kwargs)
 
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     original, trainer_mod.compute_logps = trainer_mod.compute_logps, counting
     try:
         s = train(data, str(tiny_llama_dir), tmp_path / "out", loss_type="simpo", beta=2.0, max_steps=1,
@@ -393,12 +367,7 @@ def test_every_export_format_is_accepted_with_its_split(tmp_path, fmt):
     """Regression (issue 9 item 13): a `--format jsonl` export folder was refused by train."""
     from prefdata.export import ExportConfig, export_run
 
-    try:
-        from tests.test_export_fixtures import four, make_run
-    except ImportError:
-        from test_export_fixtures import four, make_run
-
-    run = make_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
+    run = make_ranked_run(tmp_path / "run", [(f"q{i}", four(f"{i} ")) for i in range(6)])
     s = export_run(run, ExportConfig(format=fmt, test_size=0.34, out=str(tmp_path / fmt)))
     train, evals = load_pairs(tmp_path / fmt)
     assert evals is not None and {"train": len(train), "test": len(evals)} == s.splits  # split by a hash threshold
@@ -435,7 +404,7 @@ def test_gemma_style_end_of_turn_is_where_the_completion_ends(tmp_path, demo_mod
 
     assert stop_token_ids(model) == sorted([eos, eot])
 
-    pair = _pairs(1)[0]
+    pair = pair_rows(1)[0]
     ds = Dataset.from_list([{k: pair[k] for k in ("prompt", "chosen", "rejected")}])
     row = tokenize_pairs(ds, tok, 512, 2560, stop_token_ids(model))[0]
     for side in ("chosen", "rejected"):
@@ -458,7 +427,7 @@ def test_reference_with_another_tokenizer_is_refused(tmp_path, tiny_llama_dir, d
     tok.add_tokens(["<extra_a>", "<extra_b>"])
     tok.save_pretrained(tmp_path / "tok")
     other = build_tiny_llama(tmp_path / "other", tmp_path / "tok", seed=1, layers=1)
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(2))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
     capsys.readouterr()  # the build's progress bar
     argv = ["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(tmp_path / "o"), "--loss", "mrpo",
             "--ref-model", str(other), "--max-steps", "1"]  # fmt: skip
@@ -522,7 +491,7 @@ def test_chaos_kill_train_at_random_points_then_weights_equal_an_uninterrupted_r
     import random
 
     _, ref_out = uninterrupted
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(12))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(12))
     _fast_yaml(tmp_path)
     out = tmp_path / "out"
     argv = _train_argv(data, tiny_llama_dir, out)
@@ -539,7 +508,7 @@ def test_chaos_kill_train_at_random_points_then_weights_equal_an_uninterrupted_r
 
 
 def test_resume_from_a_missing_or_half_written_checkpoint_is_one_line(tmp_path, tiny_llama_dir, capsys):
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(2))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
     _fast_yaml(tmp_path)
     argv = _train_argv(data, tiny_llama_dir, tmp_path / "out", steps=1)
     code, _, err = _cli([*argv, "--resume", str(tmp_path / "nope")], capsys)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -14,28 +13,8 @@ from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run
 from prefdata.judges.verifier import build_verifier, last_number, verify_exact, verify_number
 from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
-from prefdata.records import candidate_id, prompt_id
-from prefdata.store import MESSAGES_DTYPE, RunDir
-
-
-def make_ref_run(path: Path, items: list[tuple[str, str | None, list[str]]]) -> tuple[RunDir, list[str]]:
-    """A run as `generate --reference-field` writes it: prompts with a reference column, sampled candidates."""
-    run = RunDir(path)
-    run.record_stage("generate", "test", {"note": "built by the test"})
-    prows, crows, pids = [], [], []
-    for q, ref, texts in items:
-        msgs = [{"role": "user", "content": q}]
-        pid = prompt_id(msgs)
-        pids.append(pid)
-        prows.append({"prompt_id": pid, "messages": msgs, "source": "{}", "reference": ref})
-        for i, t in enumerate(texts):
-            crows.append({"prompt_id": pid, "candidate_id": candidate_id(pid, "s0", "sample", i), "sampler_hash": "s0",
-                          "kind": "sample", "index": i, "text": t, "finish_reason": "stop", "n_tokens": len(t.split()),
-                          "model": "test"})
-    run.write_prompts(pl.DataFrame(prows, schema={"prompt_id": pl.String, "messages": MESSAGES_DTYPE, "source": pl.String,
-                                                  "reference": pl.String}))
-    run.write_shard(run.candidates_dir, pl.DataFrame(crows))
-    return run, pids
+from prefdata.records import candidate_id
+from tests.helpers import make_ref_run
 
 
 @pytest.mark.parametrize(("text", "expected"), [
