@@ -1,6 +1,7 @@
 """The `prefdata` command: a thin layer over the library (parse, build the config, call, print a summary).
 
-Each verb lives in `prefdata/commands/<verb>.py` as one typer function. Expected errors (PrefdataError)
+Each verb lives in `prefdata/commands/<verb>.py`; its options are built from its config class
+(prefdata/options.py). Expected errors (PrefdataError)
 print one line and exit 2; Ctrl-C says how to resume and exits 130.
 """
 
@@ -13,14 +14,47 @@ import sys
 from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from prefdata import __version__
 from prefdata.errors import PrefdataError
 
 VERBS = ("generate", "rank", "export", "push", "train", "iterate", "eval", "judge_eval")
 
+class _Verbs(TyperGroup):
+    """The verbs, each built on first use: a verb's options come from its config class, and importing every
+    config (the trainer's pulls in torch and transformers) would slow down every command. The listing in
+    `prefdata --help` uses each verb's HELP line only."""
+
+    _listing = False
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [v.replace("_", "-") for v in VERBS]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        module = cmd_name.replace("-", "_")
+        if module not in VERBS:
+            return None
+        if self._listing:
+            help_line = importlib.import_module(f"prefdata.commands.{module}").HELP
+            return TyperCommand(cmd_name, help=help_line)
+        if cmd_name not in self.commands:
+            from prefdata.options import build_verb_command
+
+            self.commands[cmd_name] = build_verb_command(module, cmd_name)
+        return self.commands[cmd_name]
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
     name="prefdata",
+    cls=_Verbs,
     help="Prompts to preference datasets and aligned models: generate, rank, export, push, train, iterate.",
     no_args_is_help=True,
     add_completion=False,
@@ -42,16 +76,6 @@ def _root(
     from prefdata import console
 
     console.set_verbose(verbose)
-
-
-for _verb in VERBS:
-    try:
-        _mod = importlib.import_module(f"prefdata.commands.{_verb}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"prefdata.commands.{_verb}":
-            raise
-        continue
-    app.command(_verb.replace("_", "-"))(_mod.command)
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
@@ -93,8 +117,9 @@ def _usage_error(cmd: Any, e: Any, argv: list[str]) -> None:
     elif message.startswith("No such command"):
         message = message.split(". Did you mean")[0]  # some clicks add their own list; give one suggestion
         name = message.split("'")[1] if message.count("'") >= 2 else ""
-        close = difflib.get_close_matches(name, sorted(getattr(cmd, "commands", {})), n=1)
-        hint = f"; did you mean {close[0]}?" if close else f"; verbs: {', '.join(sorted(getattr(cmd, 'commands', {})))}"
+        verbs = sorted(cmd.list_commands(ctx)) if hasattr(cmd, "list_commands") else []
+        close = difflib.get_close_matches(name, verbs, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; verbs: {', '.join(verbs)}"
     print(ctx.get_usage(), file=sys.stderr)
     print(f"error: {message.rstrip('.')}{hint} (see '{ctx.command_path} --help')", file=sys.stderr)
 

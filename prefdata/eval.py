@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import polars as pl
 
 from prefdata.console import say
 from prefdata.errors import PrefdataError
+from prefdata.options import opt
 from prefdata.records import candidate_id, stable_hash
 from prefdata.stats import length_controlled_win_rate, mean_interval, wilson
 from prefdata.store import RunDir, atomic_write_bytes
@@ -38,30 +39,24 @@ DEMO_ALIASES = ("demo", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Ins
 class EvalConfig:
     """A checkpoint against a baseline on one prompt file. Sampling settings apply to both sides alike."""
 
-    model: str | None = None
-    """The model to evaluate (folder, hub name; None: the demo model)."""
-    baseline: str | None = None
-    """A model (folder, hub name, `demo`) or a column of the prompt file with the baseline's answers."""
-    prompts: str | None = None
-    """Held-out prompt file or bundled set name (e.g. arithmetic-eval)."""
-    judge: str | None = None
-    """verify:number | verify:exact | python:FILE.py:FUNCTION | a reward-model folder | a judge template."""
-    reference_field: str | None = None
-    """Column with the reference answer (verifier judges need it)."""
-    prompt_field: str | None = None
-    limit: int | None = None
-    backend: str = "vllm"
-    temperature: float = 0.0
-    """0: greedy answers."""
-    max_tokens: int = 512
-    seed: int = 0
-    judge_model: str | None = None
-    base_url: list[str] = field(default_factory=list)
-    position_bias: str = "both"
-    generate: dict[str, Any] = field(default_factory=dict)
-    """Other GenerateConfig fields for both sides."""
-    rank: dict[str, Any] = field(default_factory=dict)
-    """Other RankConfig fields."""
+    model: str | None = opt(None, "The model to evaluate (folder or hub name); none: the demo model.")
+    baseline: str | None = opt(None, "Baseline model (folder, hub name, `demo`) or a column of the prompt file with the "
+                               "baseline's answers.")
+    prompts: str | None = opt(None, "Held-out prompt file or bundled set name (e.g. arithmetic-eval).")
+    judge: str | None = opt(None, "verify:number | verify:exact | python:FILE.py:FUNCTION | a reward-model folder | a judge "
+                            "template.")
+    reference_field: str | None = opt(None, "Column with the reference answer (verifier judges need it).")
+    prompt_field: str | None = opt(None, "Column holding the prompt; none: auto-detect.")
+    limit: int | None = opt(None, "Only the first K prompts.")
+    backend: str = opt("vllm", "Sampler for both sides: vllm | openai | hf.")
+    temperature: float = opt(0.0, "Sampling temperature; 0: greedy answers.")
+    max_tokens: int = opt(512, "Max new tokens per answer.")
+    seed: int = opt(0, "Sampling and judge seed.")
+    judge_model: str | None = opt(None, "Served judge name, or model path for in-process vLLM.")
+    base_url: list[str] = opt([], "OpenAI-compatible judge endpoint(s).")
+    position_bias: str = opt("both", "Pairwise judges: both | random | fixed.")
+    generate: dict[str, Any] = opt({}, "Other GenerateConfig fields for both sides (--set generate.FIELD=VALUE).", cli=False)
+    rank: dict[str, Any] = opt({}, "Other RankConfig fields (--set rank.FIELD=VALUE).", cli=False)
 
     def __post_init__(self) -> None:
         if not self.judge:

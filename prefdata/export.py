@@ -22,6 +22,7 @@ import polars as pl
 from prefdata.card import build_card, plot_lengths
 from prefdata.errors import PrefdataError
 from prefdata.export_folder import check_out, clean_stale, swap_into_place, temp_folder, write_manifest
+from prefdata.options import opt
 from prefdata.pairs import (
     DROP_REASONS,
     NEEDS_FULL_ORDER,
@@ -42,47 +43,35 @@ MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 @dataclass
 class ExportConfig:
     """How to turn one judge's rankings into a dataset. Defaults give the safest pairs: best vs worst,
-    no ties, no inconsistent pairs, no truncated completions.
+    no ties, no inconsistent pairs, no truncated completions."""
 
-    judge_hash: which rankings/<judge_hash>/ to export; None picks the only one (an error lists them if several).
-    pairs: best-worst (one pair per prompt), best-vs-each, all (every ordered pair), adjacent (neighbours
-        in the ranking). All but best-worst need a complete ranking (round-robin or scores).
-    shape: conversational (prompt/chosen/rejected as message lists), string (plain strings; single-turn
-        prompts only), ranking (one row per prompt with every candidate, rank and score), kto (unpaired
-        prompt/completion/label rows taken from the kept pairs).
-    format: parquet (data/*.parquet), jsonl (data/*.jsonl) or datasets (a `save_to_disk` folder).
-    out: output folder; None means <run>/exports/<name>. name: None derives one from judge and strategy.
-    min_margin: minimum score difference chosen - rejected; 0 disables it (pairs without scores are then kept).
-    keep_truncated: keep completions that hit the token limit (finish_reason=length), and pairs whose reward-model
-        score came from an input cut to --rm-max-length.
-    keep_inconsistent: keep pairs whose direct comparisons did not all prefer the chosen candidate.
-    test_size: fraction of prompts (not rows) in a test split; 0 writes train only. seed: for that split.
-    license, tags, pretty_name: dataset card metadata. license defaults to "other" because the right
-        licence depends on the prompts and the model; set it.
-    length_bias_threshold: warn when chosen is longer than rejected in more than this share of pairs.
-    max_rows_per_file: rows per data file (keeps Hub files well under their size limits).
-    overwrite: replace an existing export folder (only one that prefdata wrote).
-    plot: write the chosen/rejected length plot (PNG) next to the card.
-    """
-
-    judge_hash: str | None = None
-    pairs: str = "best-worst"
-    shape: str = "conversational"
-    format: str = "parquet"
-    out: str | None = None
-    name: str | None = None
-    min_margin: float = 0.0
-    keep_truncated: bool = False
-    keep_inconsistent: bool = False
-    test_size: float = 0.0
-    seed: int = 0
-    license: str = "other"
-    tags: list[str] = field(default_factory=list)
-    pretty_name: str | None = None
-    length_bias_threshold: float = 0.6
-    max_rows_per_file: int = 200_000
-    overwrite: bool = False
-    plot: bool = True
+    judge_hash: str | None = opt(None, "Which rankings/<judge_hash>/ to export; none picks the only one (an error lists "
+                                 "them if several).", flag=("--judge", "--judge-hash"))
+    pairs: str = opt("best-worst", "best-worst (one pair per prompt) | best-vs-each | all (every ordered pair) | adjacent "
+                     "(neighbours in the ranking); all but best-worst need a complete ranking (round-robin or scores).")
+    shape: str = opt("conversational", "conversational (prompt/chosen/rejected as message lists) | string (plain strings; "
+                     "single-turn prompts only) | ranking (one row per prompt with every candidate, rank and score) | kto "
+                     "(unpaired prompt/completion/label rows taken from the kept pairs).")
+    format: str = opt("parquet", "parquet (data/*.parquet) | jsonl (data/*.jsonl) | datasets (a `save_to_disk` folder).")
+    out: str | None = opt(None, "Output folder; none: <run>/exports/<name>.")
+    name: str | None = opt(None, "Export name under <run>/exports/; none: derived from the judge and strategy.")
+    min_margin: float = opt(0.0, "Minimum score difference chosen - rejected; 0 disables it (pairs without scores are "
+                            "then kept).")
+    keep_truncated: bool = opt(False, "Keep completions that hit the token limit (finish_reason=length), and pairs whose "
+                               "reward-model score came from an input cut to --rm-max-length.",
+                               flag="--keep-truncated/--drop-truncated")
+    keep_inconsistent: bool = opt(False, "Keep pairs whose direct comparisons did not all prefer the chosen candidate.",
+                                  flag="--keep-inconsistent/--drop-inconsistent")
+    test_size: float = opt(0.0, "Fraction of prompts (not rows) in a test split; 0 writes train only.")
+    seed: int = opt(0, "Seed of the test split.")
+    license: str = opt("other", "Dataset card licence; `other` because the right licence depends on the prompts and the "
+                       "model: set it.")
+    tags: list[str] = opt([], "Extra dataset card tag (repeatable).", flag=("--tag", "--tags"))
+    pretty_name: str | None = opt(None, "Dataset card title.")
+    length_bias_threshold: float = opt(0.6, "Warn when chosen is longer than rejected in more than this share of pairs.")
+    max_rows_per_file: int = opt(200_000, "Rows per data file (keeps Hub files well under their size limits).")
+    overwrite: bool = opt(False, "Replace an existing export folder (only one that prefdata wrote).")
+    plot: bool = opt(True, "Write the chosen/rejected length plot (PNG) next to the card.")
 
     def __post_init__(self) -> None:
         _choice("--pairs", self.pairs, PAIR_STRATEGIES)

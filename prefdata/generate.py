@@ -16,7 +16,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -27,6 +27,7 @@ from prefdata.console import capture_output, say
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
 from prefdata.models import DEMO_NAME, resolve_model
+from prefdata.options import opt
 from prefdata.prompts import PromptSet, load_prompts
 from prefdata.records import candidate_id, stable_hash
 from prefdata.samplers import SampleSpec
@@ -51,53 +52,39 @@ CANDIDATE_SCHEMA = {
 class GenerateConfig:
     """How to sample. Fields that change the candidates make up the sampler hash (see `sampler_hash`)."""
 
-    prompts: str | None = None
-    """Prompt file (.jsonl/.json/.parquet/.csv) or a saved `datasets` folder. None: the bundled MT-Bench questions."""
-    prompt_field: str | None = None
-    """Column holding the prompt (a string, MT-Bench `turns`, or a messages list). None: auto-detect."""
-    system_prompt: str | None = None
-    reference_field: str | None = None
-    """Column with a reference answer, added as one extra candidate of kind `reference` (AIPO option)."""
-    limit: int | None = None
-    """Use only the first K prompts (after dropping duplicates)."""
-    model: str | None = None
-    """Model folder or hub name (vllm/hf), or the served model name (openai). None: the demo model."""
-    backend: str = "vllm"
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    """Name of the environment variable holding the API key (the key itself is never stored)."""
-    n: int = 4
-    temperature: float = 0.8
-    top_p: float = 1.0
-    top_k: int = 0
-    """0 disables top-k."""
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    max_tokens: int = 512
-    stop: list[str] = field(default_factory=list)
-    seed: int = 0
-    """Engine seed (vLLM CPU cannot take per-request seeds)."""
-    greedy: bool = False
-    """Add one greedy (temperature 0) candidate per prompt (AIPO option)."""
-    second_temperature: float | None = None
-    """Also draw `second_n` candidates at this temperature (AIPO option)."""
-    second_n: int | None = None
-    max_model_len: int | None = None
-    dtype: str = "auto"
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    batch_size: int = 64
-    """Prompts per shard: the most a crash can lose."""
-    hf_batch_size: int = 8
-    concurrency: int = 32
-    max_retries: int = 6
-    timeout: float = 600.0
-    server_token_ids: bool = True
-    """Ask an OpenAI-compatible vLLM server for token ids to count tokens per candidate."""
-    shard: str | None = None
-    """`I/K`: this process samples only the prompts of shard I (0-based) of K; all shards share one run dir."""
-    allow_new_config: bool = False
-    """Allow a second sampler config in a run that already has candidates (kept apart by sampler hash)."""
+    prompts: str | None = opt(None, "Prompt file (.jsonl/.json/.parquet/.csv) or a saved `datasets` folder; none: the bundled MT-Bench questions.")
+    prompt_field: str | None = opt(None, "Column holding the prompt (a string, MT-Bench `turns`, or a messages list); none: auto-detect.")
+    system_prompt: str | None = opt(None, "System message put before every prompt.")
+    reference_field: str | None = opt(None, "Column with a reference answer, added as one extra candidate of kind `reference` (AIPO option).")
+    limit: int | None = opt(None, "Use only the first K prompts (after dropping duplicates).")
+    model: str | None = opt(None, "Model folder or hub name (vllm/hf), or the served model name (openai); none: the demo model.")
+    backend: str = opt("vllm", f"Sampler: {' | '.join(BACKENDS)}.")
+    base_url: str | None = opt(None, "OpenAI-compatible server URL (with /v1), for --backend openai.")
+    api_key_env: str = opt("OPENAI_API_KEY", "Name of the environment variable holding the API key (the key itself is never stored).")
+    n: int = opt(4, "Completions per prompt.", flag=("-n", "--n"))
+    temperature: float = opt(0.8, "Sampling temperature.")
+    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set of this total probability.")
+    top_k: int = opt(0, "Keep the K most likely tokens; 0 disables top-k.")
+    min_p: float = opt(0.0, "Drop tokens below this fraction of the most likely token's probability.")
+    repetition_penalty: float = opt(1.0, "Penalty on tokens already in the prompt or the completion (1: none).")
+    max_tokens: int = opt(512, "Max new tokens per completion.")
+    stop: list[str] = opt([], "Stop string (repeatable).")
+    seed: int = opt(0, "Engine seed (vLLM CPU cannot take per-request seeds).")
+    greedy: bool = opt(False, "Add one greedy (temperature 0) candidate per prompt (AIPO option).")
+    second_temperature: float | None = opt(None, "Also draw --second-n candidates at this temperature (AIPO option).")
+    second_n: int | None = opt(None, "Candidates at --second-temperature; none: -n.")
+    max_model_len: int | None = opt(None, "vLLM context length; none: the model's.")
+    dtype: str = opt("auto", "vLLM / transformers weight dtype.")
+    tensor_parallel_size: int = opt(1, "vLLM tensor parallel GPUs.", flag=("--tensor-parallel-size", "--tp"))
+    gpu_memory_utilization: float = opt(0.9, "vLLM share of GPU memory.")
+    batch_size: int = opt(64, "Prompts per shard: the most a crash can lose.")
+    hf_batch_size: int = opt(8, "Prompts per transformers generate call (--backend hf).")
+    concurrency: int = opt(32, "Requests in flight (--backend openai).")
+    max_retries: int = opt(6, "Retries per request (--backend openai).")
+    timeout: float = opt(600.0, "Seconds per request (--backend openai).")
+    server_token_ids: bool = opt(True, "Ask an OpenAI-compatible vLLM server for token ids to count tokens per candidate.")
+    shard: str | None = opt(None, "I/K: this process samples only the prompts of shard I (0-based) of K; all shards share one run dir.")
+    allow_new_config: bool = opt(False, "Allow a second sampler config in a run that already has candidates (kept apart by sampler hash).")
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

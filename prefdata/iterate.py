@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import polars as pl
 from prefdata.config import check_range, stage_fields
 from prefdata.console import captured, say
 from prefdata.errors import PrefdataError
+from prefdata.options import opt
 from prefdata.store import RunDir, atomic_write_bytes, check_writable, command_line
 
 TRAIN_DONE = "prefdata_train.json"
@@ -37,47 +38,37 @@ class IterateConfig:
     """The loop. Stage settings not listed here go in the `generate`, `rank`, `export`, `train` mappings
     (any field of GenerateConfig, RankConfig, ExportConfig, AIPOConfig), from YAML or repeated --set flags."""
 
-    rounds: int = 2
-    model: str | None = None
-    """The starting policy (round 0). None: the demo model."""
-    prompts: str | None = None
-    """Prompt file (default: the bundled MT-Bench questions)."""
-    prompts_per_round: int | None = 16
-    """Prompts each round takes, a new slice of the file per round (wrapping around); None: all every round."""
-    self_instruct: bool = False
-    """Write each round's prompts with the current policy from seed examples in `prompts` (AIPO pipeline)."""
-    self_instruct_prompts: int = 16
-    n: int = 4
-    temperature: float = 0.8
-    max_tokens: int = 256
-    judge: str = "verdict-only"
-    """Judge template name/path or a reward-model folder (see `prefdata rank`)."""
-    judge_model: str | None = None
-    """The LLM judge (fixed across rounds). None: the starting model (in-process vLLM) or the served model."""
-    base_url: list[str] = field(default_factory=list)
-    """OpenAI-compatible judge endpoints; empty: in-process vLLM judge."""
-    position_bias: str = "both"
-    """both | random | fixed (see `prefdata rank`). A judge too weak to agree with itself under swapped
-    order yields only ties with `both`, and then nothing to export."""
-    keep_truncated: bool = False
-    """Keep pairs with a completion that hit max_tokens (dropped by default, see `prefdata export`)."""
-    loss_type: str = "aipo"
-    max_steps: int = -1
-    """Training steps per round (-1: one epoch over the round's pairs)."""
-    eval_prompts: str | None = None
-    """Held-out eval prompts (file or bundled set, e.g. arithmetic-eval): every round's checkpoint is evaluated
-    on them against the starting model, with the loop's judge (see prefdata.iterate_eval)."""
-    eval_size: int = 0
-    """How many eval prompts: the first K of eval_prompts, or without it K prompts of `prompts` kept apart by
-    prompt id. 0 and no eval_prompts: no eval. Eval prompts never enter training."""
-    eval_previous: bool = False
-    """Also evaluate each round's checkpoint against the previous round's."""
-    eval_max_tokens: int | None = None
-    """Eval answer limit (default: max_tokens)."""
-    generate: dict[str, Any] = field(default_factory=dict)
-    rank: dict[str, Any] = field(default_factory=dict)
-    export: dict[str, Any] = field(default_factory=dict)
-    train: dict[str, Any] = field(default_factory=dict)
+    rounds: int = opt(2, "Number of rounds.")
+    model: str | None = opt(None, "The starting policy (round 0); none: the demo model.")
+    prompts: str | None = opt(None, "Prompt file; none: the bundled MT-Bench questions.")
+    prompts_per_round: int | None = opt(16, "Prompts each round takes, a new slice of the file per round (wrapping "
+                                        "around); none: all every round.")
+    self_instruct: bool = opt(False, "Write each round's prompts with the current policy from seed examples in `prompts` "
+                              "(AIPO pipeline).")
+    self_instruct_prompts: int = opt(16, "Prompts the policy writes per round (--self-instruct).")
+    n: int = opt(4, "Completions per prompt (generate.n).", flag=("-n", "--n"))
+    temperature: float = opt(0.8, "Sampling temperature (generate.temperature).")
+    max_tokens: int = opt(256, "Max new tokens per completion (generate.max_tokens).")
+    judge: str = opt("verdict-only", "Judge template name/path or a reward-model folder (see `prefdata rank`).")
+    judge_model: str | None = opt(None, "The LLM judge (fixed across rounds); none: the starting model (in-process vLLM) "
+                                  "or the served model.")
+    base_url: list[str] = opt([], "OpenAI-compatible judge endpoint(s); none: in-process vLLM judge.")
+    position_bias: str = opt("both", "both | random | fixed (see `prefdata rank`). A judge too weak to agree with itself "
+                             "under swapped order yields only ties with `both`, and then nothing to export.")
+    keep_truncated: bool = opt(False, "Keep pairs with a completion that hit max_tokens (dropped by default, see "
+                               "`prefdata export`).")
+    loss_type: str = opt("aipo", "Training loss (train.loss_type).", flag=("--loss", "--loss-type"))
+    max_steps: int = opt(-1, "Training steps per round (-1: one epoch over the round's pairs).")
+    eval_prompts: str | None = opt(None, "Held-out eval prompts (file or bundled set, e.g. arithmetic-eval): every round's "
+                                   "checkpoint is evaluated on them against the starting model, with the loop's judge.")
+    eval_size: int = opt(0, "How many eval prompts: the first K of --eval-prompts, or without it K prompts of --prompts "
+                         "kept apart by prompt id. 0 and no --eval-prompts: no eval. Eval prompts never enter training.")
+    eval_previous: bool = opt(False, "Also evaluate each round's checkpoint against the previous round's.")
+    eval_max_tokens: int | None = opt(None, "Eval answer limit; none: --max-tokens.")
+    generate: dict[str, Any] = opt({}, "Other GenerateConfig fields (--set generate.FIELD=VALUE).", cli=False)
+    rank: dict[str, Any] = opt({}, "Other RankConfig fields (--set rank.FIELD=VALUE).", cli=False)
+    export: dict[str, Any] = opt({}, "Other ExportConfig fields (--set export.FIELD=VALUE).", cli=False)
+    train: dict[str, Any] = opt({}, "Other AIPOConfig fields (--set train.FIELD=VALUE).", cli=False)
 
     def __post_init__(self) -> None:
         check_range("eval_size", self.eval_size, 0)

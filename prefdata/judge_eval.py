@@ -21,6 +21,7 @@ import polars as pl
 
 from prefdata.errors import PrefdataError
 from prefdata.judges.verdict import Candidate, PairJudge, PairRequest, PointwiseJudge, ScoreRequest
+from prefdata.options import opt
 from prefdata.ranking import combine
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
@@ -30,19 +31,19 @@ HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 class JudgeEvalConfig:
     """Config of `prefdata judge-eval`; judge fields mean what they mean in RankConfig."""
 
-    data: str = ""  # JSONL with `chosen` and `rejected` transcripts
-    judge: str = "mt-bench-pair-v2"
-    judge_model: str | None = None
-    base_url: list[str] | None = None
-    logprobs: bool = False
-    tie_band: float = 0.05
-    temperature: float = 0.0
-    max_tokens: int | None = None
-    concurrency: int = 8
-    limit: int | None = None  # first N rows only
-    batch_size: int = 64
-    out: str | None = None  # write per-row results (parquet) and the summary (json) beside it
-    progress: bool = True
+    data: str = opt("", "JSONL with `chosen` and `rejected` transcripts (HH-RLHF format).")
+    judge: str = opt("mt-bench-pair-v2", "Template name, template .yaml path, or reward-model folder.")
+    judge_model: str | None = opt(None, "Served model name, or model path for in-process vLLM.")
+    base_url: list[str] | None = opt(None, "OpenAI-compatible server URL (repeatable); none: in-process vLLM.")
+    logprobs: bool = opt(False, "One-token verdict from log-probs.")
+    tie_band: float = opt(0.05, "Logprob mode: |P(first) - 0.5| <= band is a tie.")
+    temperature: float = opt(0.0, "Judge sampling temperature.")
+    max_tokens: int | None = opt(None, "Judge reply limit; none: the template's.")
+    concurrency: int = opt(8, "OpenAI: requests in flight.")
+    limit: int | None = opt(None, "Evaluate only the first N rows.")
+    batch_size: int = opt(64, "Judge calls per batch.")
+    out: str | None = opt(None, "Write per-row results (.parquet) and the summary (.json) here.")
+    progress: bool = opt(True, "Show the progress bar.")
 
 
 def split_transcript(chosen: str, rejected: str) -> tuple[tuple[tuple[str, str], ...], str, str]:

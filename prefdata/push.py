@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from prefdata.errors import PrefdataError
+from prefdata.options import opt
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
 # Where exports keep data (parquet/jsonl under data/, `datasets` folders per split): remote files here that the
@@ -26,20 +27,14 @@ EXPORT_LAYOUT = ("data/*", "*/data-*.arrow", "*/state.json", "*/dataset_info.jso
 
 @dataclass
 class PushConfig:
-    """Options of `prefdata push` (also readable from --config FILE.yaml).
+    """Options of `prefdata push` (also readable from --config FILE.yaml)."""
 
-    repo_id: ORG/NAME of the dataset repo (created if missing). private: create it private.
-    dry_run: list what would be uploaded and deleted, contact nothing.
-    endpoint: Hub URL; None uses HF_ENDPOINT or huggingface.co. revision: branch to commit to.
-    commit_message: None writes one naming the export.
-    """
-
-    repo_id: str = ""
-    private: bool = False
-    dry_run: bool = False
-    endpoint: str | None = None
-    revision: str | None = None
-    commit_message: str | None = None
+    repo_id: str = opt("", "ORG/NAME of the dataset repo (created if missing).")
+    private: bool = opt(False, "Create the repo private.")
+    dry_run: bool = opt(False, "List what would be uploaded and deleted; contact nothing.")
+    endpoint: str | None = opt(None, "Hub URL; none: HF_ENDPOINT or huggingface.co.")
+    revision: str | None = opt(None, "Branch to commit to; none: main.")
+    commit_message: str | None = opt(None, "Commit message; none: one naming the export.", flag=("--message", "--commit-message"))
 
 
 @dataclass

@@ -44,6 +44,7 @@ from prefdata.judges.verdict import (
     ScoreResult,
     Verdict,
 )
+from prefdata.options import opt
 from prefdata.ranking import (
     POLICIES,
     STRATEGIES,
@@ -96,31 +97,35 @@ class RankConfig:
     rate limit, batch sizes) do not, so they can change between a run and its resume.
     """
 
-    judge: str = "mt-bench-pair-v2"  # template name, template .yaml path, or a reward-model folder
-    judge_model: str | None = None  # served model name (OpenAI) or model path (vLLM); default: first served / demo
-    base_url: list[str] = field(default_factory=list)  # OpenAI-compatible servers; none = in-process vLLM
-    api_key_env: str = "OPENAI_API_KEY"  # env var holding the API key (the key itself is never recorded)
-    position_bias: str = "both"  # both | random | fixed
-    strategy: str | None = None  # iterative | round-robin | scores; default iterative (LLM) or scores (RM)
-    seed: int = 0  # order of `random`, and the vLLM engine seed
-    temperature: float = 0.0
-    max_tokens: int | None = None  # default: the template's max_tokens
-    logprobs: bool = False  # one-token verdict read from log-probs (template needs logprob_labels)
-    tie_band: float = 0.05  # logprob mode: |P(first) - 0.5| <= tie_band is a tie
-    min_margin: float = 0.0  # scores: candidates within this score difference tie
-    kinds: list[str] = field(default_factory=list)  # candidate kinds to rank; empty = all
-    concurrency: int = 8  # OpenAI: requests in flight
-    max_retries: int = 4  # OpenAI: retries per call (connection errors, 5xx, 429, garbage replies)
-    backoff_s: float = 0.5  # OpenAI: first retry delay, doubled each time
-    requests_per_minute: float | None = None  # OpenAI: rate limit over all endpoints
-    timeout_s: float = 120.0  # OpenAI: per request
-    unreachable_after: int = 8  # OpenAI: stop the run after this many connection failures in a row
-    batch_size: int = 64  # judge calls per round (= per judgments shard; the most a crash can lose)
-    rm_batch_size: int = 16  # reward model forward batch (halved on out-of-memory)
-    rm_max_length: int | None = None  # reward model input limit; longer inputs are cut and flagged
-    rm_backend: str = "auto"  # reward model engine: auto | hf (transformers) | vllm (pooling runner); see rm_backend_for
-    max_model_len: int = 4096  # in-process vLLM judge context
-    progress: bool = True
+    judge: str = opt("mt-bench-pair-v2", "Template name (judges/), template .yaml path, reward-model folder, verify:number, "
+                     "verify:exact, or python:FILE.py:FUNCTION.")
+    judge_model: str | None = opt(None, "Served model name (OpenAI), or model path for in-process vLLM; none: the first "
+                                  "served model / the demo model.")
+    base_url: list[str] = opt([], "OpenAI-compatible server URL (repeat to spread load); none: in-process vLLM.")
+    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never recorded).")
+    position_bias: str = opt("both", f"Order policy: {' | '.join(POLICIES)}.")
+    strategy: str | None = opt(None, "iterative | round-robin | scores; none: iterative (LLM judge) or scores (reward model).")
+    seed: int = opt(0, "Seed of the `random` order policy and the vLLM engine.")
+    temperature: float = opt(0.0, "Judge sampling temperature.")
+    max_tokens: int | None = opt(None, "Judge reply limit; none: the template's.")
+    logprobs: bool = opt(False, "One-token verdict read from log-probs (the template needs logprob_labels).")
+    tie_band: float = opt(0.05, "Logprob mode: |P(first) - 0.5| <= band is a tie.")
+    min_margin: float = opt(0.0, "Scores: candidates within this score difference tie.")
+    kinds: list[str] = opt([], "Rank only candidates of this kind (repeatable); none: all.", flag=("--kind", "--kinds"))
+    concurrency: int = opt(8, "OpenAI: requests in flight.")
+    max_retries: int = opt(4, "OpenAI: retries per call (connection errors, 5xx, 429, garbage replies).")
+    backoff_s: float = opt(0.5, "OpenAI: first retry delay in seconds, doubled each time.")
+    requests_per_minute: float | None = opt(None, "OpenAI: requests per minute over all URLs.",
+                                            flag=("--rpm", "--requests-per-minute"))
+    timeout_s: float = opt(120.0, "OpenAI: seconds per request.")
+    unreachable_after: int = opt(8, "OpenAI: stop the run after this many connection failures in a row.")
+    batch_size: int = opt(64, "Judge calls per round and per judgments shard (the most a crash can lose).")
+    rm_batch_size: int = opt(16, "Reward-model forward batch (halved on out-of-memory).")
+    rm_max_length: int | None = opt(None, "Reward-model input limit; longer inputs are cut and flagged.")
+    rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "
+                          "(transformers) | vllm (pooling runner); see rm_backend_for.")
+    max_model_len: int = opt(4096, "In-process vLLM judge context.")
+    progress: bool = opt(True, "Show the progress bar.")
 
     def __post_init__(self) -> None:
         if self.position_bias not in POLICIES:

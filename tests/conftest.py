@@ -31,7 +31,7 @@ SHARED_DATA = REPO / "tests" / "data"
 
 # Tests that start a vLLM engine or server (minutes on CPU). `pytest -m "not slow"` is the fast loop.
 _ENGINE_FIXTURES = {"vllm_llm", "vllm_server"}
-_ENGINE_TESTS = {"test_iterate.py", "test_rank_export_cli.py::test_rank_then_export_in_one_command"}
+_ENGINE_TESTS = {"test_iterate.py", "test_rank_export_cli.py::test_rank_then_export"}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_DATA
 
 from prefdata.errors import PrefdataError
 from prefdata.judge_eval import JudgeEvalConfig, evaluate, split_transcript
 from prefdata.judges.llm_judge import ChatOut, LLMPairJudge
 from prefdata.judges.templates import available_templates, load_template
 from prefdata.judges.verdict import Candidate, PairRequest, Verdict
+from tests.conftest import SHARED_DATA
 from tests.helpers import make_candidates_run
 
 REQ = PairRequest("p", (("user", "What is {x}?"),), Candidate("id1", "ans {one}"), Candidate("id2", "ans two"))

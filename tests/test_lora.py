@@ -274,11 +274,11 @@ def test_vllm_loads_the_merged_model(tmp_path, tiny_llama_dir):
     from prefdata.samplers.vllm_local import shutdown_llm, start_engine
     from prefdata.train import train
 
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(4))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
     out = tmp_path / "merged"
     train(data, str(tiny_llama_dir), out, max_steps=2, save_strategy="no", **LORA)
     tok = AutoTokenizer.from_pretrained(out)
-    ids = tok.apply_chat_template(_pairs(1)[0]["prompt"] + _pairs(1)[0]["chosen"], tokenize=True)
+    ids = tok.apply_chat_template(pair_rows(1)[0]["prompt"] + pair_rows(1)[0]["chosen"], tokenize=True)
     ids = ids["input_ids"] if not isinstance(ids, list) else ids
     with torch.no_grad():
         logits = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(torch.tensor([ids])).logits[0, :-1]

@@ -3,30 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from prefdata.config import build_config
+HELP = "Push an export to the Hub (token from HF_TOKEN or `hf auth login`; never written anywhere)."
 
 
-def command(
-    folder: Path = typer.Argument(..., help="Export folder written by `prefdata export`."),
-    repo_id: str | None = typer.Option(None, "--repo-id", help="ORG/NAME of the dataset repo."),
-    private: bool | None = typer.Option(None, "--private", help="Create the repo private."),
-    dry_run: bool | None = typer.Option(None, "--dry-run", help="List what would be uploaded; contact nothing."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Hub URL [HF_ENDPOINT or huggingface.co]."),
-    revision: str | None = typer.Option(None, "--revision", help="Branch to commit to [main]."),
-    message: str | None = typer.Option(None, "--message", help="Commit message."),
-    config: Path | None = typer.Option(None, "--config", help="YAML file with the same fields."),
-) -> None:
-    """Push an export to the Hub (token from HF_TOKEN or `hf auth login`; never written anywhere)."""
+def command() -> Any:
+    from prefdata.options import config_option, verb_command, verb_option
+
+    folder = verb_option("folder", Path, default=..., argument=True, help="Export folder written by `prefdata export`.")
+    return verb_command("prefdata.push:PushConfig", _push, doc=HELP, before=("folder",), options=[folder, config_option()])
+
+
+def _push(cfg: Any, *, folder: Path) -> None:
     from prefdata.errors import PrefdataError
-    from prefdata.push import PushConfig, push_export
+    from prefdata.push import push_export
 
-    cfg = build_config(
-        PushConfig, config, repo_id=repo_id, private=private, dry_run=dry_run, endpoint=endpoint,
-        revision=revision, commit_message=message,
-    )  # fmt: skip
     if not cfg.repo_id:
         raise PrefdataError("--repo-id ORG/NAME is required")
     result = push_export(

@@ -93,7 +93,7 @@ class AIPOConfig(TrainingArguments):
         QLoRA: the frozen base in 4-bit NF4 (needs a CUDA GPU and bitsandbytes, and `lora_r` > 0).
     """
 
-    loss_type: str = field(default="aipo", metadata={"help": f"One of {', '.join(LOSS_TYPES)}."})
+    loss_type: str = field(default="aipo", metadata={"help": f"One of {', '.join(LOSS_TYPES)}.", "flag": ("--loss-type", "--loss")})
     beta: float = field(default=0.1, metadata={"help": "Temperature β."})
     alpha: float = field(default=0.09, metadata={"help": "Agreement coefficient α (aipo, alpha_dpo)."})
     lambda_: float = field(default=0.5, metadata={"help": "NLL weight λ (aipo, dpo_nll) or budget penalty weight (bcr)."})
@@ -102,7 +102,10 @@ class AIPOConfig(TrainingArguments):
     mrpo_eta: float = field(default=0.1, metadata={"help": "MRPO clipping range ε."})
     mrpo_weights: list[float] | None = field(default=None, metadata={"help": "Fixed MRPO weights; None is adaptive."})
     mrpo_weight_mapping: str = field(default="margin", metadata={"help": "MRPO weight mapping: margin or code."})
-    ref_models: list[str] = field(default_factory=list, metadata={"help": "Reference model folders (default: policy)."})
+    ref_models: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Reference model folder (repeatable; default: the policy).", "flag": ("--ref-model", "--ref-models")},
+    )
     ref_batch_size: int = field(default=8, metadata={"help": "Pairs per reference forward pass."})
     ref_cache_dir: str | None = field(default=None, metadata={"help": "Reference log-prob cache folder."})
     max_prompt_length: int = field(default=512, metadata={"help": "Maximum prompt tokens (left-truncated)."})
@@ -112,12 +115,22 @@ class AIPOConfig(TrainingArguments):
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 = full fine-tune."})
     lora_alpha: float | None = field(default=None, metadata={"help": "LoRA alpha (default 2·r)."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
-    lora_target_modules: list[str] = field(default_factory=list, metadata={"help": "LoRA modules (default: all linear)."})
-    lora_merge: bool = field(default=True, metadata={"help": "Also save the merged bf16 model (False: adapter only)."})
+    lora_target_modules: list[str] = field(
+        default_factory=list,
+        metadata={"help": "LoRA module, repeatable or comma-separated (default: all linear layers).", "sep": ","},
+    )
+    lora_merge: bool = field(
+        default=True,
+        metadata={"help": "Also save the merged bf16 model (--no-merge: only the adapter, for vLLM enable_lora).",
+                  "flag": "--lora-merge/--no-merge"},
+    )
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 base (CUDA + bitsandbytes)."})
 
     # TrainingArguments defaults changed to the paper's.
-    learning_rate: float = field(default=5e-7, metadata={"help": "AdamW learning rate (paper: 5e-7)."})
+    learning_rate: float = field(default=5e-7, metadata={"help": "AdamW learning rate (paper: 5e-7).", "flag": ("--learning-rate", "--lr")})
+    per_device_train_batch_size: int = field(
+        default=8, metadata={"help": "Pairs per device per step.", "flag": ("--per-device-train-batch-size", "--batch-size")}
+    )
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Scheduler (paper: cosine)."})
     warmup_steps: float = field(default=0.1, metadata={"help": "Warmup steps, or a ratio of total steps if < 1."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs per iteration (paper: 1)."})
