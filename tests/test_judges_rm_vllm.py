@@ -6,18 +6,14 @@ The tests that use `vllm_rm` are slow: they share one vLLM engine for the module
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import build_tiny_llama  # noqa: E402
-from test_rank_support import make_run  # noqa: E402
-
 from prefdata.errors import PrefdataError  # noqa: E402
 from prefdata.judges.reward_model import RewardModelJudge  # noqa: E402
 from prefdata.judges.verdict import Candidate, ScoreRequest  # noqa: E402
+from tests.helpers import build_tiny_llama, make_candidates_run  # noqa: E402
 
 MAX_LEN = 128
 
@@ -104,7 +100,7 @@ def test_same_judge_hash_as_transformers_backend(rm_dir, vllm_rm):
 def test_rank_run_with_vllm_backend(tmp_path, rm_dir, vllm_rm):
     from prefdata.rank import RankConfig, rank_run, read_rankings
 
-    run, _ = make_run(tmp_path / "r", [["Cats purr.", "Dogs bark loudly at night.", "Fish swim."]])
+    run, _ = make_candidates_run(tmp_path / "r", [["Cats purr.", "Dogs bark loudly at night.", "Fish swim."]])
     cfg = RankConfig(judge=str(rm_dir), rm_backend="vllm", rm_max_length=MAX_LEN, progress=False)
     s = rank_run(run, cfg, vllm_rm.llm)
     row = read_rankings(run, s["judge_hash"]).row(0, named=True)
