@@ -33,10 +33,29 @@ from prefdata.store import RunDir, atomic_write_bytes, check_writable, command_l
 TRAIN_DONE = "prefdata_train.json"
 
 
+# The loop's own defaults where they differ from a stage's (each field is declared once, on its stage config):
+# shorter answers, and a judge template a small in-process model can follow.
+LOOP_DEFAULTS: dict[str, dict[str, Any]] = {"generate": {"max_tokens": 256}, "rank": {"judge": "verdict-only"}}
+# The stage fields the loop's command line names directly (the rest: --set STAGE.FIELD=VALUE or the YAML maps);
+# their help and checks are the stage's.
+LOOP_FLAGS: dict[str, dict[str, str | tuple[str, ...]]] = {
+    "generate": {"n": ("-n", "--n"), "temperature": "--temperature", "max_tokens": "--max-tokens"},
+    "rank": {"judge": "--judge", "judge_model": "--judge-model", "base_url": "--base-url",
+             "position_bias": "--position-bias"},
+    "export": {"keep_truncated": "--keep-truncated/--drop-truncated"},
+    "train": {"loss_type": ("--loss", "--loss-type"), "max_steps": "--max-steps"},
+}  # fmt: skip
+STAGE_CLASSES = {"generate": "prefdata.generate:GenerateConfig", "rank": "prefdata.rank:RankConfig",
+                 "export": "prefdata.export:ExportConfig", "train": "prefdata.train.config:AIPOConfig"}  # fmt: skip
+# Fields the loop sets itself, per round.
+RESERVED = {"generate": ("prompts", "model"), "export": ("out", "name", "overwrite"), "train": ("output_dir",)}
+
+
 @dataclass
 class IterateConfig:
-    """The loop. Stage settings not listed here go in the `generate`, `rank`, `export`, `train` mappings
-    (any field of GenerateConfig, RankConfig, ExportConfig, AIPOConfig), from YAML or repeated --set flags."""
+    """The loop. Stage settings go in the `generate`, `rank`, `export`, `train` mappings (any field of
+    GenerateConfig, RankConfig, ExportConfig, AIPOConfig), from YAML, flags or repeated --set; each round builds
+    the typed stage configs from them (`stage_config`), over LOOP_DEFAULTS and the stages' own defaults."""
 
     rounds: int = opt(2, "Number of rounds.")
     model: str | None = opt(None, "The starting policy (round 0); none: the demo model.")
@@ -46,69 +65,52 @@ class IterateConfig:
     self_instruct: bool = opt(False, "Write each round's prompts with the current policy from seed examples in `prompts` "
                               "(AIPO pipeline).")
     self_instruct_prompts: int = opt(16, "Prompts the policy writes per round (--self-instruct).")
-    n: int = opt(4, "Completions per prompt (generate.n).", flag=("-n", "--n"))
-    temperature: float = opt(0.8, "Sampling temperature (generate.temperature).")
-    max_tokens: int = opt(256, "Max new tokens per completion (generate.max_tokens).")
-    judge: str = opt("verdict-only", "Judge template name/path or a reward-model folder (see `prefdata rank`).")
-    judge_model: str | None = opt(None, "The LLM judge (fixed across rounds); none: the starting model (in-process vLLM) "
-                                  "or the served model.")
-    base_url: list[str] = opt([], "OpenAI-compatible judge endpoint(s); none: in-process vLLM judge.")
-    position_bias: str = opt("both", "both | random | fixed (see `prefdata rank`). A judge too weak to agree with itself "
-                             "under swapped order yields only ties with `both`, and then nothing to export.")
-    keep_truncated: bool = opt(False, "Keep pairs with a completion that hit max_tokens (dropped by default, see "
-                               "`prefdata export`).")
-    loss_type: str = opt("aipo", "Training loss (train.loss_type).", flag=("--loss", "--loss-type"))
-    max_steps: int = opt(-1, "Training steps per round (-1: one epoch over the round's pairs).")
     eval_prompts: str | None = opt(None, "Held-out eval prompts (file or bundled set, e.g. arithmetic-eval): every round's "
                                    "checkpoint is evaluated on them against the starting model, with the loop's judge.")
     eval_size: int = opt(0, "How many eval prompts: the first K of --eval-prompts, or without it K prompts of --prompts "
                          "kept apart by prompt id. 0 and no --eval-prompts: no eval. Eval prompts never enter training.")
     eval_previous: bool = opt(False, "Also evaluate each round's checkpoint against the previous round's.")
-    eval_max_tokens: int | None = opt(None, "Eval answer limit; none: --max-tokens.")
-    generate: dict[str, Any] = opt({}, "Other GenerateConfig fields (--set generate.FIELD=VALUE).", cli=False)
-    rank: dict[str, Any] = opt({}, "Other RankConfig fields (--set rank.FIELD=VALUE).", cli=False)
-    export: dict[str, Any] = opt({}, "Other ExportConfig fields (--set export.FIELD=VALUE).", cli=False)
-    train: dict[str, Any] = opt({}, "Other AIPOConfig fields (--set train.FIELD=VALUE).", cli=False)
+    eval_max_tokens: int | None = opt(None, "Eval answer limit; none: the generate stage's max_tokens.")
+    generate: dict[str, Any] = opt({}, "GenerateConfig fields (-n, --temperature, --max-tokens, --set generate.FIELD=VALUE).",
+                                   cli=False)
+    rank: dict[str, Any] = opt({}, "RankConfig fields (--judge, --judge-model, --base-url, --position-bias, --set rank.FIELD=VALUE). "
+                               "judge_model none: the starting model (in-process vLLM) or the served model.", cli=False)
+    export: dict[str, Any] = opt({}, "ExportConfig fields (--keep-truncated, --set export.FIELD=VALUE).", cli=False)
+    train: dict[str, Any] = opt({}, "AIPOConfig fields (--loss, --max-steps, --set train.FIELD=VALUE).", cli=False)
 
     def __post_init__(self) -> None:
         check_range("eval_size", self.eval_size, 0)
         check_range("--rounds", self.rounds, 1)
         check_range("--prompts-per-round", self.prompts_per_round, 1)
         check_range("--self-instruct-prompts", self.self_instruct_prompts, 1)
-        check_range("-n", self.n, 1)
-        check_range("--max-tokens", self.max_tokens, 1)
-        check_range("--temperature", self.temperature, 0)
-        if self.max_steps != -1:
-            check_range("--max-steps (or -1 for one epoch)", self.max_steps, 1)
+        check_range("--eval-max-tokens", self.eval_max_tokens, 1)
+
+    def stage(self, name: str) -> dict[str, Any]:
+        """The fields the loop gives stage `name`: its LOOP_DEFAULTS, then the mapping (YAML, flags, --set)."""
+        return {**LOOP_DEFAULTS.get(name, {}), **getattr(self, name)}
+
+    def stage_config(self, stage: str, /, **per_round: Any) -> Any:
+        """The typed config of `stage` for one round (`per_round`: what the loop sets, e.g. prompts, model)."""
+        from prefdata.options import load_class
+
+        return load_class(STAGE_CLASSES[stage])(**{**self.stage(stage), **per_round})
 
     def check_stages(self) -> None:
-        """Check the `generate`/`rank`/`export`/`train` mappings (YAML or --set) before round 0 starts, so a
-        typo or a bad value stops the loop at once instead of after hours of sampling and ranking."""
-        from prefdata.export import ExportConfig
-        from prefdata.generate import GenerateConfig
-        from prefdata.rank import RankConfig
+        """Check the `generate`/`rank`/`export`/`train` mappings (YAML, flags or --set) before round 0 starts, so
+        a typo or a bad value stops the loop at once instead of after hours of sampling and ranking."""
+        from prefdata.options import load_class
 
-        self.generate = stage_fields(GenerateConfig, self.generate, "--set generate", reserved=("prompts", "model"))
-        self.rank = stage_fields(RankConfig, self.rank, "--set rank")
-        self.export = stage_fields(ExportConfig, self.export, "--set export", reserved=("out", "name", "overwrite"))
-        built: list[tuple[str, Any]] = [
-            ("generate", lambda: GenerateConfig(**{"n": self.n, "temperature": self.temperature,
-                                                   "max_tokens": self.max_tokens, **self.generate})),
-            ("rank", lambda: RankConfig(**{"judge": self.judge, "base_url": list(self.base_url),
-                                           "position_bias": self.position_bias, **self.rank})),
-            ("export", lambda: ExportConfig(**{"keep_truncated": self.keep_truncated, **self.export})),
-        ]  # fmt: skip
-        for stage, make in built:
+        for name in ("generate", "rank", "export", "train"):
+            if name == "train" and not self.train:
+                continue  # the trainer's imports are slow; an empty mapping has nothing to check
+            cls = load_class(STAGE_CLASSES[name])
+            setattr(self, name, stage_fields(cls, getattr(self, name), f"--set {name}", reserved=RESERVED.get(name, ())))
+            if name == "train":
+                continue  # built by train() itself, with the round's output_dir
             try:
-                make()
-            except PrefdataError as e:
-                raise PrefdataError(f"--set {stage}: {e}") from None
-            except (TypeError, ValueError) as e:
-                raise PrefdataError(f"--set {stage}: {e}") from None
-        if self.train:
-            from prefdata.train.config import AIPOConfig
-
-            self.train = stage_fields(AIPOConfig, self.train, "--set train", reserved=("output_dir",))
+                self.stage_config(name)
+            except (PrefdataError, TypeError, ValueError) as e:
+                raise PrefdataError(f"--set {name}: {e}") from None
 
 
 def round_dir(workdir: Path, t: int) -> Path:
@@ -156,11 +158,11 @@ def _slice_prompts(cfg: IterateConfig, t: int, out: Path, held_out: set[str] | N
 def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = say) -> pl.DataFrame:
     """Run (or resume) the loop; returns the per-round summary table."""
     from prefdata import iterate_eval as ie
-    from prefdata.export import ExportConfig, export_run
+    from prefdata.export import export_run
     from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo
     from prefdata.judges.verifier import is_verifier
     from prefdata.models import resolve_model
-    from prefdata.rank import RankConfig, rank_run
+    from prefdata.rank import rank_run
     from prefdata.samplers.vllm_local import build_llm, shutdown_llm, start_engine
     from prefdata.train import train
 
@@ -171,12 +173,14 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
     _record(workdir, cfg)
     judge_llm: Any = None
     judge_path: str | None = None
-    in_process_judge = not cfg.base_url and not Path(cfg.judge).is_dir() and not is_verifier(cfg.judge)
+    judging = cfg.stage_config("rank")  # the fixed judge; judge_model None means the starting model here
+    in_process_judge = not judging.base_url and not Path(judging.judge).is_dir() and not is_verifier(judging.judge)
     if in_process_judge:
-        judge_path = resolve_model(cfg.judge_model if cfg.judge_model else cfg.model)
+        judge_path = resolve_model(judging.judge_model if judging.judge_model else cfg.model)
     held_out = ie.eval_prompt_ids(workdir, cfg)  # never trained on
     start_path = resolve_model(cfg.model) if held_out else ""
-    eval_judge_model = (cfg.judge_model if cfg.base_url else judge_path) if (cfg.judge_model or in_process_judge) else None
+    eval_judge_model = ((judging.judge_model if judging.base_url else judge_path)
+                        if (judging.judge_model or in_process_judge) else None)  # fmt: skip
     try:
         for t in range(cfg.rounds):
             rd = round_dir(workdir, t)
@@ -187,7 +191,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
             policy = policy_for_round(workdir, cfg, t)
             policy_path = resolve_model(policy)
             t0 = time.time()
-            gen_fields = {"n": cfg.n, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, **cfg.generate}
+            gen_fields = cfg.stage("generate")
             gen_cfg_probe = GenerateConfig(model=policy_path, **gen_fields)
             log(f"round {t}: policy {model_label(gen_cfg_probe)}")
             policy_llm = None
@@ -230,26 +234,22 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                         judge_llm = start_engine(judge_path, seed=0)
             finally:
                 shutdown_llm(policy_llm)
-            rank_fields = {"judge": cfg.judge, "base_url": list(cfg.base_url), "position_bias": cfg.position_bias,
-                           "progress": progress, **cfg.rank}
-            if cfg.judge_model:
-                rank_fields.setdefault("judge_model", cfg.judge_model if cfg.base_url else judge_path)
-            elif in_process_judge:
-                rank_fields.setdefault("judge_model", judge_path)
-            rs = rank_run(run, RankConfig(**rank_fields), llm=judge_llm)
+            rank_fields: dict[str, Any] = {"progress": progress}
+            if in_process_judge:
+                rank_fields["judge_model"] = judge_path
+            rs = rank_run(run, cfg.stage_config("rank", **rank_fields), llm=judge_llm)
             log(f"round {t}: rank: {_brief(rs)}")
             if t >= 1:
                 ie.judge(workdir, cfg, t - 1, start_path, judge_llm, eval_judge_model, progress, log)
             # -- export best vs worst
-            ecfg = ExportConfig(out=str(rd / "exports" / "pairs"), name="pairs", overwrite=True,
-                                **{"keep_truncated": cfg.keep_truncated, **cfg.export})
+            ecfg = cfg.stage_config("export", out=str(rd / "exports" / "pairs"), name="pairs", overwrite=True)
             es = export_run(run, ecfg)
             log(f"round {t}: export: {es.lines()[0]}")
             # -- train from the policy, with the policy as the reference (AIPO)
             if in_process_judge and judge_llm is not None and _low_memory():
                 shutdown_llm(judge_llm)
                 judge_llm = None
-            tr_fields = {"loss_type": cfg.loss_type, "max_steps": cfg.max_steps, **cfg.train}
+            tr_fields = cfg.stage("train")
             ts = train(es.out, model=policy_path, output_dir=str(rd / "train"),
                        resume_from_checkpoint=_has_checkpoint(rd / "train"), **tr_fields)
             log(f"round {t}: train: step {ts.get('global_step')}, loss {ts.get('train_loss')} ({time.time() - t0:.0f} s)")
@@ -260,7 +260,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                 continue
             ck = str(ie.checkpoint(workdir, t))
             eval_llm = None
-            gen_fields = {"n": 1, "max_tokens": cfg.max_tokens, **cfg.generate}
+            gen_fields = {**cfg.stage("generate"), "n": 1}
             if gen_fields.get("backend", "vllm") == "vllm":
                 eval_llm = build_llm(GenerateConfig(model=ck, **gen_fields), resolve_model(ck))
             try:
@@ -298,10 +298,8 @@ def _brief(summary: Any) -> str:
 def _record(workdir: Path, cfg: IterateConfig) -> None:
     path = workdir / "iterate.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"commands": []}
-    same = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "rounds"}
-    defaults = dataclasses.asdict(IterateConfig())
-    old = {k: meta["config"].get(k, defaults.get(k)) for k in same} if meta.get("config") else None
-    if old is not None and (old != same or set(meta["config"]) - set(same) - {"rounds"}):
+    same = _effective(dataclasses.asdict(cfg))
+    if meta.get("config") and _effective(meta["config"]) != same:
         raise PrefdataError(
             f"{workdir} was started with a different loop config; use a new workdir, or rerun with the same flags "
             f"(only --rounds may change; recorded in {path})"
@@ -311,6 +309,32 @@ def _record(workdir: Path, cfg: IterateConfig) -> None:
     if cmd not in meta["commands"]:
         meta["commands"].append(cmd)
     atomic_write_bytes(path, (json.dumps(meta, indent=2) + "\n").encode())
+
+
+# Loop fields of earlier versions that were copies of stage fields (recorded in their iterate.json).
+_OLD_SHORTCUTS = {"n": "generate", "temperature": "generate", "max_tokens": "generate", "judge": "rank",
+                  "judge_model": "rank", "base_url": "rank", "position_bias": "rank", "keep_truncated": "export",
+                  "loss_type": "train", "max_steps": "train"}  # fmt: skip
+_TRAIN_DEFAULTS = {"loss_type": "aipo", "max_steps": -1}
+
+
+def _effective(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded loop config as its stages see it, for comparing a rerun with the first run: the shortcut fields
+    of earlier versions folded into their stage, LOOP_DEFAULTS applied, values equal to the stage's own default
+    dropped (so `-n 4` and no -n are the same loop), and `rounds` left out (it may grow)."""
+    from prefdata.options import load_class
+
+    loop = {k: v for k, v in config.items() if k not in (*STAGE_CLASSES, *_OLD_SHORTCUTS, "rounds")}
+    for name, path in STAGE_CLASSES.items():
+        old = {k: config[k] for k, stage in _OLD_SHORTCUTS.items() if stage == name and k in config}
+        fields = {**LOOP_DEFAULTS.get(name, {}), **old, **(config.get(name) or {})}
+        if name == "train":
+            defaults = _TRAIN_DEFAULTS  # the trainer's class is slow to import; these are the ones the loop named
+        else:
+            defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+                        for f in dataclasses.fields(load_class(path))}  # fmt: skip
+        loop[name] = {k: v for k, v in fields.items() if k not in defaults or defaults[k] != v}
+    return loop
 
 
 def round_rows(workdir: Path) -> list[dict[str, Any]]:

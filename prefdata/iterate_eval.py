@@ -77,12 +77,15 @@ def eval_config(workdir: Path, cfg: Any, model: str, baseline: str, judge_model:
     from prefdata.eval import EvalConfig
 
     gen = {k: v for k, v in cfg.generate.items() if k not in _NOT_FOR_EVAL}
-    rank = {k: v for k, v in cfg.rank.items() if k not in ("kinds", "judge_model")}
+    judging = cfg.stage_config("rank")
+    rank = {k: v for k, v in cfg.stage("rank").items()
+            if k not in ("kinds", "judge_model", "judge", "base_url", "position_bias")}  # fmt: skip
     return EvalConfig(
-        model=model, baseline=baseline, prompts=str(workdir / EVAL_FILE), judge=cfg.judge,
-        reference_field="reference" if reference_field(cfg) else None, max_tokens=cfg.eval_max_tokens or cfg.max_tokens,
-        judge_model=judge_model or cfg.rank.get("judge_model") or cfg.judge_model, base_url=list(cfg.base_url),
-        position_bias=cfg.position_bias, generate=gen, rank=rank,
+        model=model, baseline=baseline, prompts=str(workdir / EVAL_FILE), judge=judging.judge,
+        reference_field="reference" if reference_field(cfg) else None,
+        max_tokens=cfg.eval_max_tokens or cfg.stage_config("generate").max_tokens,
+        judge_model=judge_model or judging.judge_model, base_url=list(judging.base_url),
+        position_bias=judging.position_bias, generate=gen, rank=rank,
     )
 
 

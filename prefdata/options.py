@@ -105,38 +105,68 @@ def _first_line(text: str) -> str:
 
 def field_parameters(cls: type, positional: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """One typer parameter per CLI field of `cls`, all defaulting to None (not given)."""
+    hints = typing.get_type_hints(cls)
+    return [_parameter(f, hints[f.name], f.name, flag_names(f), default_text(f), f.name in positional)
+            for f in cli_fields(cls)]  # fmt: skip
+
+
+def _parameter(f: Field, hint: Any, name: str, names: list[str], shown: str, positional: bool = False) -> inspect.Parameter:
     import typer
     from typer.core import DEFAULT_MARKUP_MODE
 
     _open = "\\[" if DEFAULT_MARKUP_MODE else "["  # rich markup would take [default: 4] for a tag and drop it
-    hints = typing.get_type_hints(cls)
+    ptype, kind = _kind(hint)
+    help_text = f"{_first_line(f.metadata.get('help', ''))} {_open}default: {shown}]".strip()
+    if positional:
+        info = typer.Argument(None, help=help_text, show_default=False)
+    else:
+        if kind == "bool" and not any("/" in n for n in names):
+            long = next(n for n in names if n.startswith("--"))
+            names = [f"{long}/--no-{long[2:]}", *[n for n in names if n != long]]
+        if kind == "yaml":
+            help_text += " (a YAML value)"
+        info = typer.Option(None, *names, help=help_text, show_default=False)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info,
+                             annotation=typing.Optional[ptype])  # noqa: UP045  (typer reads it)
+
+
+def stage_parameters(stages: dict[str, dict[str, str | tuple[str, ...]]], classes: dict[str, str],
+                     defaults: dict[str, dict[str, Any]]) -> list[inspect.Parameter]:  # fmt: skip
+    """Flags for chosen fields of other verbs' configs (iterate's -n is generate's n): the help and type are the
+    stage field's, the flag names and shown default the caller's. Parameter names are STAGE__FIELD."""
     params = []
-    for f in cli_fields(cls):
-        ptype, kind = _kind(hints[f.name])
-        help_text = f"{_first_line(f.metadata.get('help', ''))} {_open}default: {default_text(f)}]".strip()
-        if f.name in positional:
-            info = typer.Argument(None, help=help_text, show_default=False)
-        else:
-            names = flag_names(f)
-            if kind == "bool" and not any("/" in n for n in names):
-                long = next(n for n in names if n.startswith("--"))
-                names = [f"{long}/--no-{long[2:]}", *[n for n in names if n != long]]
-            if kind == "yaml":
-                help_text += " (a YAML value)"
-            info = typer.Option(None, *names, help=help_text, show_default=False)
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=info,
-                                        annotation=typing.Optional[ptype]))  # noqa: UP045  (typer reads it)
+    for stage, wanted in stages.items():
+        cls = load_class(classes[stage])
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, flags in wanted.items():
+            f = fields[name]
+            shown = str(defaults[stage][name]) if name in defaults.get(stage, {}) else default_text(f)
+            names = [flags] if isinstance(flags, str) else list(flags)
+            params.append(_parameter(f, hints[name], f"{stage}__{name}", names, shown))
     return params
 
 
-def flag_values(cls: type, given: dict[str, Any]) -> dict[str, Any]:
+def stage_values(classes: dict[str, str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The STAGE__FIELD values that were given, as {stage: {field: value}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in given.items():
+        stage, _, name = key.partition("__")
+        if value is None or (isinstance(value, list | tuple) and not value):
+            continue
+        cls = load_class(classes[stage])
+        out.setdefault(stage, {}).update(flag_values(cls, {name: value}, only=(name,)))
+    return out
+
+
+def flag_values(cls: type, given: dict[str, Any], only: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The values typer parsed for the fields of `cls` (None or empty: not given), YAML-typed ones parsed,
     `sep`-joined list items split."""
     import yaml
 
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
-    for f in cli_fields(cls):
+    for f in cli_fields(cls) if only is None else [f for f in dataclasses.fields(cls) if f.name in only]:
         value = given.get(f.name)
         if value is None or (isinstance(value, list | tuple) and not value):
             continue

@@ -34,11 +34,10 @@ def tiny_rm_dir(tmp_path_factory, demo_model_dir):
 
 def _cfg(tiny_llama_dir, tiny_rm_dir, rounds: int) -> IterateConfig:
     return IterateConfig(
-        rounds=rounds, model=str(tiny_llama_dir), prompts_per_round=4, n=3, max_tokens=8, judge=str(tiny_rm_dir),
-        generate={"backend": "hf"}, export={"keep_truncated": True},
+        rounds=rounds, model=str(tiny_llama_dir), prompts_per_round=4, rank={"judge": str(tiny_rm_dir)},
+        generate={"backend": "hf", "n": 3, "max_tokens": 8}, export={"keep_truncated": True},
         train={"per_device_train_batch_size": 2, "learning_rate": 1e-4, "logging_steps": 1, "save_steps": 1,
-               "max_length": 256, "max_prompt_length": 128, "report_to": []},
-        max_steps=2,
+               "max_length": 256, "max_prompt_length": 128, "report_to": [], "max_steps": 2},
     )
 
 

@@ -29,12 +29,11 @@ def parity_judge(tmp_path):
 
 def _cfg(tiny_llama_dir, judge: str, rounds: int) -> IterateConfig:
     return IterateConfig(
-        rounds=rounds, model=str(tiny_llama_dir), prompts="arithmetic", prompts_per_round=4, n=3, max_tokens=8,
-        judge=judge, keep_truncated=True, eval_size=6, eval_previous=True,
-        generate={"backend": "hf", "reference_field": "answer"},
+        rounds=rounds, model=str(tiny_llama_dir), prompts="arithmetic", prompts_per_round=4,
+        eval_size=6, eval_previous=True, rank={"judge": judge}, export={"keep_truncated": True},
+        generate={"backend": "hf", "reference_field": "answer", "n": 3, "max_tokens": 8},
         train={"per_device_train_batch_size": 2, "learning_rate": 1e-4, "logging_steps": 1, "save_steps": 1,
-               "max_length": 256, "max_prompt_length": 128, "report_to": []},
-        max_steps=1,
+               "max_length": 256, "max_prompt_length": 128, "report_to": [], "max_steps": 1},
     )
 
 

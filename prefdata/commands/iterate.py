@@ -12,18 +12,23 @@ STAGES = ("generate", "rank", "export", "train")
 
 
 def command() -> Any:
-    from prefdata.options import config_option, quiet_option, set_option, verb_command, verb_option
+    from prefdata.iterate import LOOP_DEFAULTS, LOOP_FLAGS, STAGE_CLASSES
+    from prefdata.options import config_option, quiet_option, set_option, stage_parameters, verb_command, verb_option
 
     workdir = verb_option("workdir", Path, "--workdir", "--run", default=..., help="Folder for all rounds (rerun to resume).")
+    stage_flags = stage_parameters(LOOP_FLAGS, STAGE_CLASSES, LOOP_DEFAULTS)
     return verb_command("prefdata.iterate:IterateConfig", _iterate, doc=HELP, before=("workdir",),
-                        options=[workdir, set_option(STAGES), config_option(), quiet_option()])  # fmt: skip
+                        options=[workdir, *stage_flags, set_option(STAGES), config_option(), quiet_option()])  # fmt: skip
 
 
-def _iterate(cfg: Any, *, workdir: Path, set_: list[str], quiet: bool) -> None:
-    from prefdata.iterate import iterate
-    from prefdata.options import parse_sets
+def _iterate(cfg: Any, *, workdir: Path, set_: list[str], quiet: bool, **stage_flags: Any) -> None:
+    """Stage flags (-n, --judge, ...) win over the YAML file's stage maps, and --set over both."""
+    from prefdata.iterate import STAGE_CLASSES, iterate
+    from prefdata.options import parse_sets, stage_values
     from prefdata.store import check_writable
 
+    for stage, fields in stage_values(STAGE_CLASSES, stage_flags).items():
+        getattr(cfg, stage).update(fields)
     for stage, fields in parse_sets(set_, STAGES).items():
         getattr(cfg, stage).update(fields)
     cfg.check_stages()  # before anything is written in the workdir
