@@ -70,7 +70,7 @@ def test_lora_under_two_processes_matches_one(tmp_path, tiny_llama_dir):
     """LoRA's random A matrices are seeded: DDP (which broadcasts rank 0's) trains what one process trains."""
     from transformers import AutoModelForCausalLM
 
-    data = _write_jsonl(tmp_path / "pairs.jsonl", _pairs(8))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]  # fmt: skip
     two = _run([*launch, str(SCRIPT), str(data), str(tiny_llama_dir), str(tmp_path / "ddp"), "2", str(tmp_path / "c1"), "4"],
