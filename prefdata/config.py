@@ -46,6 +46,10 @@ def build_config(cls: type[T], config_file: str | Path | None = None, **flags: A
         data = load_yaml(config_file)
         data = {k.replace("-", "_"): v for k, v in data.items()}
         unknown = sorted(set(data) - set(fields))
+        moved = getattr(cls, "MOVED_FIELDS", {})  # fields an earlier version had here, now under a stage mapping
+        if any(k in moved for k in unknown):
+            where = ", ".join(f"{k} under {moved[k]}:" for k in unknown if k in moved)
+            raise PrefdataError(f"config file {config_file}: write {where} (the stage's own field)")
         if unknown:
             raise PrefdataError(
                 f"config file {config_file}: unknown field(s) {', '.join(unknown)}; "

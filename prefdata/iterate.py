@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 
@@ -77,6 +77,11 @@ class IterateConfig:
                                "judge_model none: the starting model (in-process vLLM) or the served model.", cli=False)
     export: dict[str, Any] = opt({}, "ExportConfig fields (--keep-truncated, --set export.FIELD=VALUE).", cli=False)
     train: dict[str, Any] = opt({}, "AIPOConfig fields (--loss, --max-steps, --set train.FIELD=VALUE).", cli=False)
+
+    MOVED_FIELDS: ClassVar[dict[str, str]] = {"n": "generate", "temperature": "generate", "max_tokens": "generate",
+                                             "judge": "rank", "judge_model": "rank", "base_url": "rank",
+                                             "position_bias": "rank", "keep_truncated": "export", "loss_type": "train",
+                                             "max_steps": "train"}  # fmt: skip
 
     def __post_init__(self) -> None:
         check_range("eval_size", self.eval_size, 0)
@@ -312,9 +317,7 @@ def _record(workdir: Path, cfg: IterateConfig) -> None:
 
 
 # Loop fields of earlier versions that were copies of stage fields (recorded in their iterate.json).
-_OLD_SHORTCUTS = {"n": "generate", "temperature": "generate", "max_tokens": "generate", "judge": "rank",
-                  "judge_model": "rank", "base_url": "rank", "position_bias": "rank", "keep_truncated": "export",
-                  "loss_type": "train", "max_steps": "train"}  # fmt: skip
+_OLD_SHORTCUTS = IterateConfig.MOVED_FIELDS
 _TRAIN_DEFAULTS = {"loss_type": "aipo", "max_steps": -1}
 
 

@@ -167,3 +167,40 @@ def test_rank_exposes_the_transport_fields_and_generate_the_sampler_ones():
     assert (rank.api_key_env, rank.timeout_s, rank.max_model_len, rank.backoff_s) == ("MY_KEY", 5.0, 512, 0.1)
     gen = _parse(CONFIGS["generate"], ["--hf-batch-size", "2", "--timeout", "9", "--no-server-token-ids"])
     assert (gen.hf_batch_size, gen.timeout, gen.server_token_ids) == (2, 9.0, False)
+
+
+def test_iterate_yaml_with_a_stage_field_at_the_top_says_where_it_goes(tmp_path, capsys):
+    """Since iterate composes the stage configs (issue 11.4), `n:` or `judge:` belong under generate:/rank:."""
+    cfg = tmp_path / "loop.yaml"
+    cfg.write_text("rounds: 1\nn: 3\njudge: verdict-only\n")
+    with pytest.raises(SystemExit) as e:
+        main(["iterate", "--workdir", str(tmp_path / "loop"), "--config", str(cfg)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "n under generate:" in err and "judge under rank:" in err
+    assert not (tmp_path / "loop").exists()
+    cfg.write_text("rounds: 1\ngenerate: {n: 3, max_tokens: 9}\nrank: {judge: verify:number}\n")
+    got = _parse(CONFIGS["iterate"], ["--config", str(cfg)])
+    assert got.stage_config("generate").n == 3 and got.stage_config("rank").judge == "verify:number"
+    assert got.stage_config("generate").max_tokens == 9 and got.stage_config("generate").temperature == 0.8
+
+
+def test_iterate_stage_flags_are_the_stage_fields_and_the_loop_defaults_apply(tmp_path):
+    from prefdata.iterate import IterateConfig
+
+    defaults = IterateConfig()
+    assert defaults.stage_config("generate").max_tokens == 256 and defaults.stage_config("rank").judge == "verdict-only"
+    assert defaults.stage_config("export").keep_truncated is False
+    got: list[Any] = []
+    from prefdata.iterate import LOOP_DEFAULTS, LOOP_FLAGS, STAGE_CLASSES
+    from prefdata.options import set_option, stage_parameters, stage_values, verb_option
+
+    fn = verb_command(CONFIGS["iterate"], lambda cfg, **kw: got.append(kw), doc="c", options=[
+        verb_option("workdir", Path, "--workdir", default=...), *stage_parameters(LOOP_FLAGS, STAGE_CLASSES, LOOP_DEFAULTS),
+        set_option(("generate", "rank", "export", "train"))])  # fmt: skip
+    app = typer.Typer()
+    app.command()(fn)
+    typer.main.get_command(app).main(args=["--workdir", "w", "-n", "2", "--judge", "j", "--drop-truncated", "--loss", "dpo",
+                                           "--base-url", "http://a/v1"], standalone_mode=False)  # fmt: skip
+    assert stage_values(STAGE_CLASSES, {k: v for k, v in got[0].items() if "__" in k}) == {
+        "generate": {"n": 2}, "rank": {"judge": "j", "base_url": ["http://a/v1"]}, "export": {"keep_truncated": False},
+        "train": {"loss_type": "dpo"}}
