@@ -55,7 +55,7 @@ class InstantPairJudge:
         return [Verdict.from_slot(r, "a" if _key(r.first.text) >= _key(r.second.text) else "b") for r in requests]
 
 
-def run_stage(stage: str, run_path: Path, size: int, per_prompt: int, out: Path) -> dict[str, object]:
+def run_stage(stage: str, run_path: Path, size: int, per_prompt: int, out: Path, rank_batch: int = 4096) -> dict[str, object]:
     """Runs in the child: one stage, measured."""
     from prefdata.store import RunDir
 
@@ -70,7 +70,7 @@ def run_stage(stage: str, run_path: Path, size: int, per_prompt: int, out: Path)
 
         scores = stage == "rank-scores"
         cfg = RankConfig(judge="instant", strategy="scores" if scores else "iterative", position_bias="fixed",
-                         batch_size=4096, progress=False)
+                         batch_size=rank_batch, progress=False)
         s = rank_run(RunDir(run_path), cfg, judge=InstantScorer() if scores else InstantPairJudge())
         info = {"judge_hash": s["judge_hash"], "comparisons": s["comparisons"], "prompts": s["prompts"]}
     elif stage.startswith("export:"):
@@ -99,7 +99,7 @@ def _rss_mb(pid: int) -> float:
 
 def spawn(args: argparse.Namespace, stage: str, run_path: Path, size: int, out: Path) -> dict[str, object]:
     cmd = [sys.executable, __file__, "--child", stage, "--run", str(run_path), "--size", str(size),
-           "--per-prompt", str(args.per_prompt), "--out", str(out)]
+           "--per-prompt", str(args.per_prompt), "--out", str(out), "--rank-batch", str(args.rank_batch)]
     if args.profile:
         cmd.append("--profile")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--stages", nargs="+", default=STAGES)
     ap.add_argument("--rss-limit-gb", type=float, default=8.0)
     ap.add_argument("--stage-limit-s", type=float, default=1800.0)
+    ap.add_argument("--rank-batch", type=int, default=4096,
+                    help="rank --batch-size: judge calls per round and per judgments shard (prefdata's default: 64)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--keep", default=None, help="Folder to keep the runs in (default: a temp folder, removed).")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -166,12 +168,13 @@ def main() -> None:
             import pstats
 
             prof = cProfile.Profile()
-            res = prof.runcall(run_stage, args.child, Path(args.run), args.size, args.per_prompt, Path(args.out))
+            res = prof.runcall(run_stage, args.child, Path(args.run), args.size, args.per_prompt, Path(args.out),
+                               args.rank_batch)
             buf = io.StringIO()
             pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(25)
             sys.stderr.write(f"== profile {args.child} {args.size}\n{buf.getvalue()}\n")
         else:
-            res = run_stage(args.child, Path(args.run), args.size, args.per_prompt, Path(args.out))
+            res = run_stage(args.child, Path(args.run), args.size, args.per_prompt, Path(args.out), args.rank_batch)
         print(json.dumps(res), flush=True)
         return
     rows: list[dict[str, object]] = []
