@@ -338,6 +338,7 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
         "identity": identity,
         "template": getattr(template, "name", None),
         "template_sha256": getattr(template, "sha256", None),
+        "rm_backend": getattr(judge, "backend", None),  # which engine scored (auto picks by size)
         "counts": summary,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })

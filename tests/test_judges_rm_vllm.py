@@ -107,6 +107,7 @@ def test_rank_run_with_vllm_backend(tmp_path, rm_dir, vllm_rm):
     assert s["strategy"] == "scores" and row["complete"] and row["scores"] == sorted(row["scores"], reverse=True)
     hf = rank_run(run, RankConfig(judge=str(rm_dir), rm_max_length=MAX_LEN, progress=False))
     assert hf["judge_hash"] == s["judge_hash"] and hf["judge_calls_new"] == 0  # one cache for both backends
+    assert run.read_meta()["stages"]["rank"][s["judge_hash"]]["rm_backend"] == "hf"  # the last one recorded
 
 
 def test_head_less_checkpoint_is_refused(tmp_path, demo_model_dir):
@@ -136,3 +137,13 @@ def test_rm_backend_is_checked_and_auto_picks_by_size():
     assert rm_backend_for(RankConfig(rm_backend="vllm"), 1) == "vllm"
     with pytest.raises(ValueError, match="rm_backend must be auto, hf or vllm"):
         RankConfig(rm_backend="onnx")
+
+
+def test_the_engine_that_scored_is_recorded(tmp_path, demo_model_dir):
+    from prefdata.rank import RankConfig, rank_run
+    from tests.helpers import build_tiny_rm
+
+    rm = build_tiny_rm(tmp_path / "rm", demo_model_dir)
+    run, _ = make_candidates_run(tmp_path / "r", [["Cats purr.", "Dogs bark."]])
+    s = rank_run(run, RankConfig(judge=str(rm), progress=False))  # auto, 2 candidates: transformers
+    assert run.read_meta()["stages"]["rank"][s["judge_hash"]]["rm_backend"] == "hf"

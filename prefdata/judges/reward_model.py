@@ -77,6 +77,8 @@ def load_rm_tokenizer(p: Path) -> Any:
 class RewardModelJudge:
     """Scores (prompt, candidate) with a sequence-classification model; label `label_index` is the reward."""
 
+    backend = "hf"  # recorded in run.json (rank); not in config(): both backends share one judge hash
+
     def __init__(
         self,
         model_dir: str,

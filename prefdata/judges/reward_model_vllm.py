@@ -51,6 +51,8 @@ def check_head_weights(p: Path) -> None:
 class VLLMRewardModelJudge:
     """Scores (prompt, candidate) with a sequence-classification model served by an in-process vLLM pooling engine."""
 
+    backend = "vllm"
+
     def __init__(
         self,
         model_dir: str,
