@@ -71,6 +71,11 @@ class IterateConfig:
                          "kept apart by prompt id. 0 and no --eval-prompts: no eval. Eval prompts never enter training.")
     eval_previous: bool = opt(False, "Also evaluate each round's checkpoint against the previous round's.")
     eval_max_tokens: int | None = opt(None, "Eval answer limit; none: the generate stage's max_tokens.")
+    eval_judge: str | None = opt(None, "The eval's judge; none: the loop's judge (e.g. train on a reward model, evaluate "
+                                 "with verify:number).")
+    reuse_engine: bool = opt(False, "Keep one vLLM policy engine for every round and load each new checkpoint into it in "
+                             "place (vLLM reload_weights) instead of starting an engine per round (minutes each on a "
+                             "CPU); not with an in-process LLM judge, which shares the engine.")
     generate: dict[str, Any] = opt({}, "GenerateConfig fields (-n, --temperature, --max-tokens, --set generate.FIELD=VALUE).",
                                    cli=False)
     rank: dict[str, Any] = opt({}, "RankConfig fields (--judge, --judge-model, --base-url, --position-bias, --set rank.FIELD=VALUE). "
@@ -186,6 +191,24 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
     start_path = resolve_model(cfg.model) if held_out else ""
     eval_judge_model = ((judging.judge_model if judging.base_url else judge_path)
                         if (judging.judge_model or in_process_judge) else None)  # fmt: skip
+    reuse = cfg.reuse_engine and not in_process_judge
+    shared: dict[str, Any] = {"llm": None, "model": None}
+
+    def engine(gcfg: Any, path: str) -> Any:
+        """The policy engine for `path`: a new one, or (reuse) the loop's one with `path`'s weights loaded."""
+        if not reuse:
+            return build_llm(gcfg, path)
+        if shared["llm"] is None:
+            shared["llm"], shared["model"] = build_llm(gcfg, path), path
+        elif shared["model"] != path:
+            reload_weights(shared["llm"], path)
+            shared["model"] = path
+        return shared["llm"]
+
+    def release(llm: Any) -> None:
+        if not reuse:
+            shutdown_llm(llm)
+
     try:
         for t in range(cfg.rounds):
             rd = round_dir(workdir, t)
@@ -207,7 +230,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
 
                     si_file = rd / "self_instruct.jsonl"
                     if not si_file.is_file():
-                        policy_llm = build_llm(gen_cfg_probe, policy_path)
+                        policy_llm = engine(gen_cfg_probe, policy_path)
                         si_cfg = SelfInstructConfig(pool=cfg.prompts, num_prompts=cfg.self_instruct_prompts, seed=t)
                         si = run_self_instruct(policy_llm, si_cfg, si_file)
                         log(f"round {t}: self-instruct kept {si['prompts']} prompts ({si.get('filtered')})")
@@ -222,7 +245,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                 eval_todo = bool(held_out) and (ie.start_needs_sampling(workdir, cfg, start_path) if t == 0
                                                 else bool(ie.pending(workdir, cfg, t - 1, start_path)))
                 if gcfg.backend == "vllm" and policy_llm is None and (prompts_todo(run, gcfg) > 0 or eval_todo):
-                    policy_llm = build_llm(gcfg, policy_path)
+                    policy_llm = engine(gcfg, policy_path)
                 if eval_todo and t == 0:
                     ie.sample_start(workdir, cfg, start_path, policy_llm, progress)
                 elif eval_todo:
@@ -234,11 +257,11 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                     if policy_llm is not None and judge_path == policy_path:
                         judge_llm, policy_llm = policy_llm, None
                     else:
-                        shutdown_llm(policy_llm)
+                        release(policy_llm)
                         policy_llm = None
                         judge_llm = start_engine(judge_path, seed=0)
             finally:
-                shutdown_llm(policy_llm)
+                release(policy_llm)
             rank_fields: dict[str, Any] = {"progress": progress}
             if in_process_judge:
                 rank_fields["judge_model"] = judge_path
@@ -267,17 +290,25 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
             eval_llm = None
             gen_fields = {**cfg.stage("generate"), "n": 1}
             if gen_fields.get("backend", "vllm") == "vllm":
-                eval_llm = build_llm(GenerateConfig(model=ck, **gen_fields), resolve_model(ck))
+                eval_llm = engine(GenerateConfig(model=ck, **gen_fields), resolve_model(ck))
             try:
                 ie.sample(workdir, cfg, t, start_path, eval_llm, progress)
             finally:
-                shutdown_llm(eval_llm)
+                release(eval_llm)
             if in_process_judge and judge_llm is None:
                 judge_llm = start_engine(judge_path, seed=0)
             ie.judge(workdir, cfg, t, start_path, judge_llm, eval_judge_model, progress, log)
     finally:
+        shutdown_llm(shared["llm"])
         shutdown_llm(judge_llm)
     return write_round_table(workdir)
+
+
+def reload_weights(llm: Any, path: str) -> None:
+    """Load a checkpoint's weights into a running vLLM engine in place (same architecture and tokenizer), and
+    drop the prefix cache computed with the old weights."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+    llm.reset_prefix_cache()
 
 
 def _has_checkpoint(out: Path) -> bool:

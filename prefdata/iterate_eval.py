@@ -81,7 +81,7 @@ def eval_config(workdir: Path, cfg: Any, model: str, baseline: str, judge_model:
     rank = {k: v for k, v in cfg.stage("rank").items()
             if k not in ("kinds", "judge_model", "judge", "base_url", "position_bias")}  # fmt: skip
     return EvalConfig(
-        model=model, baseline=baseline, prompts=str(workdir / EVAL_FILE), judge=judging.judge,
+        model=model, baseline=baseline, prompts=str(workdir / EVAL_FILE), judge=cfg.eval_judge or judging.judge,
         reference_field="reference" if reference_field(cfg) else None,
         max_tokens=cfg.eval_max_tokens or cfg.stage_config("generate").max_tokens,
         judge_model=judge_model or judging.judge_model, base_url=list(judging.base_url),
