@@ -62,9 +62,16 @@ def test_cli_exit_3_prints_rerun_and_export_skips_until_retried(tmp_path):
         qs = [[3, 1, 4, 2], [5, 9, 2], [1, 6, 3, 8, 2], [7, 2], [4, 8, 1], [2, 5], [6, 3], [9, 1, 5]]
         run, pids = make_candidates_run(tmp_path / "r", [quality_texts(q) for q in qs])
         cmd = [sys.executable, "-m", "prefdata.cli", "rank", "--run", str(run.path), "--base-url", server.url,
-               "--max-retries", "1", "--position-bias", "fixed", "--no-progress", "--export", str(tmp_path / "e1")]
+               "--max-retries", "1", "--position-bias", "fixed", "--no-progress"]
         env = dict(os.environ)
+
+        def export(out: str) -> None:  # rank only ranks (issue 11.4); the export is its own command
+            e = subprocess.run([sys.executable, "-m", "prefdata.cli", "export", "--run", str(run.path), "--out", out],
+                               capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+            assert e.returncode == 0, e.stderr
+
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        export(str(tmp_path / "e1"))
         assert p.returncode == EXIT_FAILURES, p.stderr
         assert "run the same command again" in p.stderr and "prefdata rank --run" in p.stderr
         assert "Traceback" not in p.stderr
@@ -77,7 +84,8 @@ def test_cli_exit_3_prints_rerun_and_export_skips_until_retried(tmp_path):
         assert "judge_failed" in (tmp_path / "e1" / "README.md").read_text()
         # fixed server: the same command retries only the failed calls, exits 0, and every prompt is exported
         server.healthy = True
-        p = subprocess.run([*cmd[:-1], str(tmp_path / "e2")], capture_output=True, text=True, env=env, timeout=120)
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        export(str(tmp_path / "e2"))
         assert p.returncode == 0, p.stderr
         rows = pl.read_parquet(tmp_path / "e2" / "data")
         assert set(rows["prompt_id"]) == set(pids)
