@@ -235,7 +235,8 @@ def make_sampler(cfg: GenerateConfig, llm: Any = None) -> Any:
         from prefdata.samplers.hf import HFSampler
 
         return HFSampler(cfg, model_path)
-    from prefdata.samplers.vllm_local import VLLMSampler, build_llm
+    from prefdata.backends.vllm_engine import build_llm
+    from prefdata.samplers.vllm_local import VLLMSampler
 
     return VLLMSampler(llm if llm is not None else build_llm(cfg, model_path), cfg)
 
@@ -310,7 +311,7 @@ def _generate_run(
                 _sample_all(run, cfg, sampler, todo, shash, stats, progress, before_first_shard=record)
             finally:
                 if llm is None and cfg.backend == "vllm":
-                    from prefdata.samplers.vllm_local import shutdown_llm
+                    from prefdata.backends.vllm_engine import shutdown_llm
 
                     shutdown_llm(sampler.llm)  # we started it, we stop it
     wall = time.time() - t0

@@ -168,12 +168,12 @@ def _slice_prompts(cfg: IterateConfig, t: int, out: Path, held_out: set[str] | N
 def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = say) -> pl.DataFrame:
     """Run (or resume) the loop; returns the per-round summary table."""
     from prefdata import iterate_eval as ie
+    from prefdata.backends.vllm_engine import build_llm, shutdown_llm, start_engine
     from prefdata.export import export_run
     from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo
     from prefdata.judges.verifier import is_verifier
     from prefdata.models import resolve_model
     from prefdata.rank import rank_run
-    from prefdata.samplers.vllm_local import build_llm, shutdown_llm, start_engine
     from prefdata.train import train
 
     workdir = Path(workdir)

@@ -208,9 +208,10 @@ def test_vllm_serves_the_no_merge_adapter(tmp_path, tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from vllm import SamplingParams
 
+    from prefdata.backends.vllm_engine import build_llm, lora_request, shutdown_llm
     from prefdata.generate import GenerateConfig
     from prefdata.samplers import SampleSpec
-    from prefdata.samplers.vllm_local import VLLMSampler, build_llm, lora_request, shutdown_llm
+    from prefdata.samplers.vllm_local import VLLMSampler
     from prefdata.train import train
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))

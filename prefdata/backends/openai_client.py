@@ -1,0 +1,297 @@
+"""The one OpenAI-compatible chat client (vLLM serve, hosted APIs), used by the openai sampler and the LLM judge.
+
+Built on the `openai` package's `AsyncOpenAI` (the user's choice of dependency), with the SDK's own retries
+off (`max_retries=0`) so that retrying is decided here, the same way for sampling and judging:
+- several base URLs, taken in turn per call and per retry (a retry goes to the next URL);
+- bounded concurrency (`concurrency` calls in flight) and an optional requests-per-minute limit over all URLs;
+- retried with exponential backoff and jitter, waiting at least what a `Retry-After` header asks for:
+  connection errors, timeouts, 408/409/429/5xx, and replies that are not a valid chat completion (garbage
+  JSON, no choices). Other 4xx answers (a bad request will not get better) fail at once;
+- every failure is returned as a value (`ChatResult.error`, with its `kind`), never raised, so a judge can
+  record it and a sampler can turn it into one clear error;
+- an endpoint that stays unreachable is not retried forever: after `unreachable_after` connection failures in
+  a row (across all calls and URLs; any answer from a server resets the count) the client marks itself
+  `unavailable`, every call still queued fails at once without being sent, and the caller stops;
+- when `preflight()` learned the served model's context (vLLM lists `max_model_len` in /v1/models), each
+  conversation is first counted with the server's own tokenizer (vLLM's POST /tokenize); one whose prompt
+  plus max_tokens does not fit fails alone as too_long without being sent. A server's context-length refusal
+  (HTTP 400) is recorded as too_long too.
+
+The answers are read from the raw HTTP response (`with_raw_response`) rather than the SDK's parsed models,
+so that vLLM's extra fields (`token_ids`, `max_model_len`) and a malformed 200 are handled here explicitly.
+Measured against raw httpx on the same local fake server (bench in the report of issue 11): the SDK adds no
+cost that matters next to a model's reply, so there was no reason to keep a second client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from prefdata.errors import PrefdataError
+
+TOO_LONG = "too_long"  # error prefix of a call whose prompt does not fit the model's context
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+CONTEXT_PHRASES = ("context length", "maximum context", "too long", "max_model_len", "context window")
+# the parameters `chat.completions.create` names; anything else in a body goes in `extra_body` (vLLM's top_k ...)
+KNOWN_PARAMS = {"model", "messages", "max_tokens", "temperature", "n", "top_p", "stop", "logprobs", "top_logprobs", "seed"}
+
+
+@dataclass
+class Choice:
+    """One completion of a chat call."""
+
+    text: str
+    finish_reason: str | None = None
+    n_tokens: int | None = None  # from vLLM's token_ids, or the usage when the call had one choice
+    top_logprobs: dict[str, float] | None = None  # the first token's, when asked for
+
+
+@dataclass
+class ChatResult:
+    """The answer to one call: its choices, or an error string and its kind."""
+
+    choices: list[Choice] = field(default_factory=list)
+    error: str | None = None
+    kind: str | None = None  # too_long, connection, not_sent, status, bad_response, timeout
+    status: int | None = None
+    url: str = ""
+    latency_s: float = 0.0
+    attempts: int = 1
+
+
+class ChatClient:
+    """Chat completions against one or more OpenAI-compatible base URLs (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_urls: list[str],
+        model: str | None = None,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        requests_per_minute: float | None = None,
+        timeout_s: float = 120.0,
+        unreachable_after: int = 8,
+        what: str = "server",
+    ) -> None:
+        if not base_urls:
+            raise PrefdataError(f"the {what} needs at least one --base-url")
+        self.base_urls = [u.rstrip("/") for u in base_urls]
+        self.model = model
+        self.api_key = os.environ.get(api_key_env) or None  # never stored in run.json
+        self.concurrency = max(1, concurrency)
+        self.max_retries = max(0, max_retries)
+        self.backoff_s = backoff_s
+        self.rpm = requests_per_minute
+        self.timeout_s = timeout_s
+        self.what = what
+        self._rr = 0
+        self._next_start = 0.0
+        self.unreachable_after = max(1, unreachable_after)
+        self._conn_failures = 0  # connection failures in a row, over all calls
+        self.unavailable: str | None = None  # why the endpoints count as down (then nothing more is sent)
+        self.max_model_len: int | None = None  # the served model's context, when /models reports it
+        self._can_tokenize = True  # the server has vLLM's /tokenize (cleared on the first 404)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def preflight(self) -> list[str]:
+        """Check every URL answers /models; pick the first served model when none was named."""
+        import openai
+
+        served: list[str] = []
+        lens: list[int] = []
+        for url in self.base_urls:
+            try:
+                with openai.OpenAI(base_url=url, api_key=self.api_key or "EMPTY", max_retries=0, timeout=10.0) as c:
+                    models = list(c.models.list())
+            except (openai.OpenAIError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise PrefdataError(
+                    f"cannot reach the {self.what} at {url} ({_cause_name(e)}: {_cause(e)}); start it or fix --base-url"
+                ) from e
+            ids = [m.id for m in models]
+            if self.model is not None and ids and self.model not in ids:
+                raise PrefdataError(f"{self.what} {url} does not serve model {self.model!r} (it serves {', '.join(ids)})")
+            served.extend(i for i in ids if i not in served)
+            for m in models:
+                n = (m.model_extra or {}).get("max_model_len")
+                if m.id == (self.model or ids[0]) and isinstance(n, int):
+                    lens.append(n)
+        if self.model is None:
+            if not served:
+                raise PrefdataError(f"{self.what} {self.base_urls[0]} lists no models; pass --judge-model")
+            self.model = served[0]
+        self.max_model_len = min(lens) if lens else None
+        return served
+
+    def chat(self, bodies: list[dict[str, Any]], on_done: Callable[[ChatResult], None] | None = None) -> list[ChatResult]:
+        """One result per request body (in order). A body holds `messages` and the sampling parameters;
+        `model` defaults to the client's. `on_done(result)` is called as each call finishes."""
+        if not bodies:
+            return []
+        return asyncio.run(self._chat_all(bodies, on_done))
+
+    async def _chat_all(self, bodies: list[dict[str, Any]], on_done: Callable[[ChatResult], None] | None) -> list[ChatResult]:
+        import openai
+
+        sem = asyncio.Semaphore(self.concurrency)
+        lock = asyncio.Lock()
+        limits = httpx.Limits(max_connections=self.concurrency * 2)
+        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers()) as http:
+            clients = {u: openai.AsyncOpenAI(base_url=u, api_key=self.api_key or "EMPTY", max_retries=0,
+                                             timeout=self.timeout_s, http_client=http) for u in self.base_urls}
+
+            async def one(body: dict[str, Any]) -> ChatResult:
+                async with sem:
+                    res = await self._one(clients, http, lock, body)
+                if on_done is not None:
+                    on_done(res)
+                return res
+
+            return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+    async def _wait_rate(self, lock: asyncio.Lock) -> None:
+        if not self.rpm:
+            return
+        async with lock:
+            now = time.monotonic()
+            start = max(now, self._next_start)
+            self._next_start = start + 60.0 / self.rpm
+        if start > now:
+            await asyncio.sleep(start - now)
+
+    async def _one(self, clients: dict[str, Any], http: httpx.AsyncClient, lock: asyncio.Lock, body: dict[str, Any]) -> ChatResult:
+        import openai
+
+        body = {"model": self.model, **body}
+        known = {k: v for k, v in body.items() if k in KNOWN_PARAMS}
+        extra = {k: v for k, v in body.items() if k not in KNOWN_PARAMS}
+        k = self._rr
+        self._rr += 1
+        t0 = time.monotonic()
+        url = self.base_urls[k % len(self.base_urls)]
+        too_long = await self._too_long(http, url, body)
+        if too_long:
+            return ChatResult(error=too_long, kind=TOO_LONG, url=url, latency_s=time.monotonic() - t0, attempts=0)
+        last, kind, status = "no attempt", "connection", None
+        for attempt in range(self.max_retries + 1):
+            if self.unavailable is not None:
+                return ChatResult(error=f"not sent: {self.unavailable}", kind="not_sent", url=url,
+                                  latency_s=time.monotonic() - t0, attempts=attempt)
+            url = self.base_urls[(k + attempt) % len(self.base_urls)]
+            await self._wait_rate(lock)
+            retry_after = 0.0
+            try:
+                raw = await clients[url].chat.completions.with_raw_response.create(**known, extra_body=extra or None)
+                self._conn_failures = 0
+                choices = parse_completion(raw.http_response)
+                return ChatResult(choices=choices, url=url, latency_s=time.monotonic() - t0, attempts=attempt + 1)
+            except openai.APIStatusError as e:
+                self._conn_failures = 0
+                text = e.response.text
+                last, kind, status = f"HTTP {e.status_code} from {url}: {text[:200]}", "status", e.status_code
+                if e.status_code == 400 and any(p in text.lower() for p in CONTEXT_PHRASES):
+                    return ChatResult(error=f"{TOO_LONG}: the {self.what} refused it: {text[:200]}", kind=TOO_LONG,
+                                      status=400, url=url, latency_s=time.monotonic() - t0, attempts=attempt + 1)
+                if e.status_code not in RETRY_STATUS:
+                    return ChatResult(error=last, kind=kind, status=status, url=url, latency_s=time.monotonic() - t0,
+                                      attempts=attempt + 1)
+                retry_after = _retry_after(e.response)
+            except openai.APIConnectionError as e:  # APITimeoutError included; the httpx error is its cause
+                last, status = f"{_cause_name(e)} from {url}: {_cause(e)}", None
+                kind = "timeout" if isinstance(e, openai.APITimeoutError) else "connection"
+                if isinstance(e.__cause__, httpx.ConnectError | httpx.ConnectTimeout):
+                    kind = "connection"
+                    self._conn_failures += 1
+                    if self._conn_failures >= self.unreachable_after and self.unavailable is None:
+                        where = ", ".join(self.base_urls)
+                        self.unavailable = f"the {self.what} ({where}) refused {self._conn_failures} connections in a row"
+            except ValueError as e:  # not JSON, or not a chat completion
+                last, kind, status = f"bad response from {url}: {e}", "bad_response", None
+            if attempt < self.max_retries:
+                delay = max(retry_after, self.backoff_s * (2**attempt)) * (1 + 0.25 * random.random())
+                await asyncio.sleep(min(delay, 60.0))
+        return ChatResult(error=f"gave up after {self.max_retries + 1} attempts: {last}", kind=kind, status=status,
+                          url=url, latency_s=time.monotonic() - t0, attempts=self.max_retries + 1)
+
+    async def _too_long(self, http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> str | None:
+        """too_long's reason when the server's tokenizer says the call does not fit its context; else None."""
+        if not self.max_model_len or not self._can_tokenize or self.unavailable is not None:
+            return None
+        max_tokens = int(body.get("max_tokens") or 0)
+        root = url[: -len("/v1")] if url.endswith("/v1") else url
+        try:
+            r = await http.post(f"{root}/tokenize",
+                                json={"model": body["model"], "messages": body["messages"], "add_generation_prompt": True})
+            if r.status_code == 404:
+                self._can_tokenize = False
+                return None
+            n = int(r.json()["count"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None  # no count: the request is sent, and a refusal is still recognised
+        if n + max_tokens <= self.max_model_len:
+            return None
+        return (f"{TOO_LONG}: the judge prompt has {n} tokens and the reply up to {max_tokens}, more than the judge's "
+                f"context of {self.max_model_len}")
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The transport error behind an SDK error (the SDK wraps httpx's), for a message that says what happened."""
+    return e.__cause__ if e.__cause__ is not None else e
+
+
+def _cause_name(e: BaseException) -> str:
+    return type(_cause(e)).__name__
+
+
+def _retry_after(r: httpx.Response) -> float:
+    try:
+        return min(float(r.headers.get("retry-after", 0)), 30.0)
+    except ValueError:
+        return 0.0
+
+
+def parse_completion(r: httpx.Response) -> list[Choice]:
+    """The choices of a chat completion, in index order; ValueError when the reply is not one."""
+    try:
+        data = r.json()
+        raw_choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+        texts = [c["message"]["content"] for c in raw_choices]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(f"not a chat completion ({type(e).__name__}: {r.text[:120]!r})") from e
+    if not raw_choices:
+        raise ValueError(f"not a chat completion (no choices: {r.text[:120]!r})")
+    if any(t is not None and not isinstance(t, str) for t in texts):
+        raise ValueError("message content is not a string")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    out = []
+    for c, text in zip(raw_choices, texts, strict=True):
+        ids = c.get("token_ids")
+        n_tok = len(ids) if isinstance(ids, list) else (usage.get("completion_tokens") if len(raw_choices) == 1 else None)
+        out.append(Choice(text=text or "", finish_reason=c.get("finish_reason"), n_tokens=n_tok,
+                          top_logprobs=_first_top_logprobs(c)))
+    return out
+
+
+def _first_top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
+    lp = choice.get("logprobs")
+    content = lp.get("content") if isinstance(lp, dict) else None
+    if not content:
+        return None
+    tops: dict[str, float] = {}
+    for t in content[0].get("top_logprobs") or []:
+        tok, val = t.get("token"), t.get("logprob")
+        if isinstance(tok, str) and isinstance(val, int | float):
+            tops[tok] = max(tops.get(tok, -1e30), float(val))
+    return tops
