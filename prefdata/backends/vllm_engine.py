@@ -35,10 +35,12 @@ def start_engine(
     tensor_parallel_size: int = 1,
     gpu_memory_utilization: float = 0.9,
     lora_rank: int | None = None,
+    runner: str | None = None,
 ) -> Any:
     """Start an in-process vLLM engine (slow: tens of seconds; build once, reuse). Used by sampling and judging.
 
     `lora_rank`: serve LoRA adapters up to this rank (`enable_lora`; on CPU vLLM then runs without torch.compile).
+    `runner`: vLLM's runner, e.g. "pooling" for a reward model's scores (None: vLLM's default, generation).
     """
     if _on_cpu():
         # The CPU backend otherwise reserves a fraction of the NUMA node's memory for the KV cache.
@@ -60,6 +62,8 @@ def start_engine(
     }
     if max_model_len:
         kwargs["max_model_len"] = max_model_len
+    if runner:
+        kwargs["runner"] = runner
     if lora_rank:
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
     if not _on_cpu():

@@ -76,9 +76,9 @@ class VLLMRewardModelJudge:
         self.label_index = label_index
         self.dtype = dtype
         if llm is None:
-            from vllm import LLM
+            from prefdata.backends.vllm_engine import start_engine
 
-            llm = LLM(model=self.model_dir, runner="pooling", dtype=dtype, max_model_len=self.max_length, seed=seed)
+            llm = start_engine(self.model_dir, runner="pooling", dtype=dtype, max_model_len=self.max_length, seed=seed)
         self.llm = llm
 
     def config(self) -> dict[str, object]:
