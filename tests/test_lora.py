@@ -272,7 +272,7 @@ def test_vllm_loads_the_merged_model(tmp_path, tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from vllm import SamplingParams
 
-    from prefdata.samplers.vllm_local import shutdown_llm, start_engine
+    from prefdata.backends.vllm_engine import shutdown_llm, start_engine
     from prefdata.train import train
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
