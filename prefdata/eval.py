@@ -155,11 +155,10 @@ def _copy_candidates(src: RunDir, dst: RunDir, shash: str) -> None:
     rows = have.filter((pl.col("sampler_hash") == shash) & pl.col("prompt_id").is_in(list(pids - done)))
     if rows.height:
         dst.write_prompts(src.read_prompts().filter(pl.col("prompt_id").is_in(rows["prompt_id"].unique().implode())))
-        dst.write_shard(dst.candidates_dir, rows, tag=f"{shash}-copied")
+        dst.write_candidates(rows, tag=f"{shash}-copied")
 
 
 def _write_column_baseline(run: RunDir, cfg: EvalConfig, column: str, bhash: str) -> None:
-    from prefdata.generate import CANDIDATE_SCHEMA
     from prefdata.prompts import load_prompts
 
     pset = load_prompts(cfg.prompts, cfg.prompt_field, None, cfg.reference_field, cfg.limit)
@@ -178,7 +177,7 @@ def _write_column_baseline(run: RunDir, cfg: EvalConfig, column: str, bhash: str
                      "sampler_hash": bhash, "kind": "sample", "index": 0, "text": value, "finish_reason": "stop",
                      "n_tokens": n_tok, "model": f"column:{column}"})
     if rows:
-        run.write_shard(run.candidates_dir, pl.DataFrame(rows, schema=CANDIDATE_SCHEMA), tag=f"{bhash}-column")
+        run.write_candidates(rows, tag=f"{bhash}-column")
 
 
 def _tokenizer(cfg: EvalConfig) -> Any:
@@ -209,10 +208,10 @@ def summarize(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: dict[str
     jh = rank_summary["judge_hash"]
     pointwise = rank_summary["strategy"] == "scores"
     judge_kind = "verifier" if is_verifier(str(cfg.judge)) else "reward-model" if pointwise else "pairwise"
-    cands = run.read_candidates()
+    cands = run.read_candidates(unique=True)
     assert cands is not None
     cands = cands.filter((pl.col("kind") == "sample") & pl.col("sampler_hash").is_in([sides.model_hash, sides.baseline_hash]))
-    cands = cands.unique(subset=["candidate_id"], keep="first").sort(["prompt_id", "index"])
+    cands = cands.sort(["prompt_id", "index"])
     side_of = {sides.model_hash: "model", sides.baseline_hash: "baseline"}
     answer: dict[str, dict[str, dict[str, Any]]] = {"model": {}, "baseline": {}}
     for r in cands.iter_rows(named=True):

@@ -33,11 +33,11 @@ from prefdata.pairs import (
     pair_margin,
     ranking_pairs,
 )
-from prefdata.store import RunDir, check_writable, command_line, read_parquet_dir
+from prefdata.records import MESSAGES
+from prefdata.store import RunDir, check_writable, command_line
 
 SHAPES = ("conversational", "string", "ranking", "kto")
 FORMATS = ("parquet", "jsonl", "datasets")
-MESSAGES = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
 
 
 @dataclass
@@ -124,12 +124,11 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     run.require()
     meta = run.read_meta()
     judge_hash = pick_judge(run, cfg.judge_hash)
-    rankings = read_parquet_dir(run.rankings_dir(judge_hash))
+    rankings = run.read_rankings(judge_hash)
     if rankings is None or rankings.height == 0:
         raise PrefdataError(f"{run.rankings_dir(judge_hash)} has no finished shards; let `prefdata rank` finish first")
-    rankings = rankings.unique("prompt_id", keep="last", maintain_order=True)
     prompts = run.read_prompts()
-    candidates = run.read_candidates()
+    candidates = run.read_candidates(unique=True)
     if candidates is None:
         raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
 
@@ -277,8 +276,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
 
 def pick_judge(run: RunDir, judge_hash: str | None) -> str:
     """The rankings folder to export: the one asked for, or the only one there is."""
-    root = run.path / "rankings"
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
+    found = run.judge_hashes()
     if judge_hash is not None:
         if judge_hash not in found:
             have = ", ".join(found) if found else "none"
@@ -328,7 +326,7 @@ def _prompt_messages(prompts: pl.DataFrame, rankings: pl.DataFrame) -> dict[str,
 
 
 def _candidates_by_id(candidates: pl.DataFrame, rankings: pl.DataFrame) -> dict[str, dict[str, Any]]:
-    cands = {r["candidate_id"]: r for r in candidates.unique("candidate_id", keep="last").iter_rows(named=True)}
+    cands = {r["candidate_id"]: r for r in candidates.iter_rows(named=True)}
     missing = {c for ids in rankings["candidate_ids"].to_list() for c in (ids or []) if c not in cands}
     if missing:
         raise PrefdataError(
@@ -366,15 +364,11 @@ def truncated_inputs(run: RunDir, judge_hash: str) -> set[tuple[str, str]]:
     """(prompt_id, candidate_id) of every completion a reward model scored from an input cut to its max length
     (pointwise judgments flagged `truncated`): the score did not see the whole prompt, so pairs resting on it
     are dropped unless --keep-truncated."""
-    folder = run.judgments_dir(judge_hash)
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
-    out: set[tuple[str, str]] = set()
-    for p in files:
-        if "truncated" not in pl.read_parquet_schema(p):
-            continue
-        df = pl.read_parquet(p, columns=["prompt_id", "a_id", "truncated"]).filter(pl.col("truncated").fill_null(False))
-        out.update(zip(df["prompt_id"].to_list(), df["a_id"].to_list(), strict=True))
-    return out
+    df = run.read_judgments(judge_hash, columns=["prompt_id", "a_id", "truncated"])
+    if df is None:
+        return set()
+    df = df.filter(pl.col("truncated").cast(pl.Boolean).fill_null(False))
+    return set(zip(df["prompt_id"].to_list(), df["a_id"].to_list(), strict=True))
 
 
 def _load_verdicts(
@@ -382,20 +376,11 @@ def _load_verdicts(
 ) -> dict[tuple[str, frozenset[str]], list[str | None]]:
     """Direct judge calls per candidate pair; only the few columns needed are read (raw output can be big).
     A call whose content key shows it judged other texts than the candidates have now is left out."""
-    folder = run.judgments_dir(judge_hash)
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
-    want = ["prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_key"]
-    frames = []
-    for p in files:
-        cols = [c for c in want if c in pl.read_parquet_schema(p)]
-        frames.append(pl.read_parquet(p, columns=cols))
-    if not frames:
-        return {}
-    df = pl.concat(frames, how="diagonal_relaxed")
-    if not {"prompt_id", "a_id", "b_id", "verdict"} <= set(df.columns):
+    df = run.read_judgments(judge_hash, columns=["prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_key"])
+    if df is None:
         return {}
     rows = list(df.iter_rows(named=True))
-    if "content_key" in df.columns:
+    if df["content_key"].null_count() < df.height:
         from prefdata.rank import content_key
 
         has_ref = "reference" in prompts.columns

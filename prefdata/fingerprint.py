@@ -13,8 +13,10 @@ import json
 import os
 from pathlib import Path
 
+from prefdata.records import TRAIN_SUMMARY
+
 _SKIP_SUFFIXES = (".md",)
-_SKIP_NAMES = ("prefdata_train.json",)  # the trainer's summary: run times, not part of the model
+_SKIP_NAMES = (TRAIN_SUMMARY,)  # the trainer's summary: run times, not part of the model
 _BLOCK = 1 << 22
 
 

@@ -29,23 +29,11 @@ from prefdata.errors import PrefdataError
 from prefdata.models import DEMO_NAME, resolve_model
 from prefdata.options import opt
 from prefdata.prompts import PromptSet, load_prompts
-from prefdata.records import candidate_id, stable_hash
+from prefdata.records import CANDIDATE_SCHEMA, TRAIN_SUMMARY, candidate_id, stable_hash
 from prefdata.samplers import SampleSpec
 from prefdata.store import RunDir, check_writable, host_tag
 
 BACKENDS = ("vllm", "openai", "hf")
-
-CANDIDATE_SCHEMA = {
-    "prompt_id": pl.String,
-    "candidate_id": pl.String,
-    "sampler_hash": pl.String,
-    "kind": pl.String,
-    "index": pl.Int32,
-    "text": pl.String,
-    "finish_reason": pl.String,
-    "n_tokens": pl.Int32,
-    "model": pl.String,
-}
 
 
 @dataclass
@@ -145,7 +133,7 @@ def model_label(cfg: GenerateConfig) -> str:
     if os.path.isdir(cfg.model):
         parts = os.path.abspath(cfg.model).rstrip("/").split("/")
         # A prefdata checkpoint (e.g. an iterate round's `train/`) is named by its round folder too.
-        return "/".join(parts[-2:]) if os.path.isfile(os.path.join(cfg.model, "prefdata_train.json")) else parts[-1]
+        return "/".join(parts[-2:]) if os.path.isfile(os.path.join(cfg.model, TRAIN_SUMMARY)) else parts[-1]
     return cfg.model
 
 
@@ -392,7 +380,7 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
                 if before_first_shard is not None:
                     before_first_shard()
                 df = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
-                run.write_shard(run.candidates_dir, df, tag=f"{shash}-{tag}")
+                run.write_candidates(df, tag=f"{shash}-{tag}")
                 stats["cands"] += df.height
                 stats["trunc"] += int((df["finish_reason"] == "length").sum())
                 stats["tokens"] += int(df.filter(pl.col("kind") != "reference")["n_tokens"].fill_null(0).sum())

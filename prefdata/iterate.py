@@ -28,10 +28,8 @@ from prefdata.config import check_range, stage_fields
 from prefdata.console import captured, say
 from prefdata.errors import PrefdataError
 from prefdata.options import opt
+from prefdata.records import TRAIN_SUMMARY
 from prefdata.store import RunDir, atomic_write_bytes, check_writable, command_line
-
-TRAIN_DONE = "prefdata_train.json"
-
 
 # The loop's own defaults where they differ from a stage's (each field is declared once, on its stage config):
 # shorter answers, and a judge template a small in-process model can follow.
@@ -131,7 +129,7 @@ def policy_for_round(workdir: Path, cfg: IterateConfig, t: int) -> str | None:
     if t == 0:
         return cfg.model
     prev = round_dir(workdir, t - 1) / "train"
-    if not (prev / TRAIN_DONE).is_file():
+    if not (prev / TRAIN_SUMMARY).is_file():
         raise PrefdataError(f"round {t - 1} has no finished checkpoint in {prev}; rerun the loop to finish it")
     return str(prev)
 
@@ -213,7 +211,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
         for t in range(cfg.rounds):
             rd = round_dir(workdir, t)
             run = RunDir(rd)
-            if (rd / "train" / TRAIN_DONE).is_file():
+            if (rd / "train" / TRAIN_SUMMARY).is_file():
                 log(f"round {t}: done")
                 continue
             policy = policy_for_round(workdir, cfg, t)
@@ -270,7 +268,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
             if t >= 1:
                 ie.judge(workdir, cfg, t - 1, start_path, judge_llm, eval_judge_model, progress, log)
             # -- export best vs worst
-            ecfg = cfg.stage_config("export", out=str(rd / "exports" / "pairs"), name="pairs", overwrite=True)
+            ecfg = cfg.stage_config("export", out=str(run.exports_dir("pairs")), name="pairs", overwrite=True)
             es = export_run(run, ecfg)
             log(f"round {t}: export: {es.lines()[0]}")
             # -- train from the policy, with the policy as the reference (AIPO)
@@ -376,7 +374,7 @@ def round_rows(workdir: Path) -> list[dict[str, Any]]:
     rows = []
     t = 0
     while (rd := round_dir(workdir, t)).is_dir():
-        tr_file = rd / "train" / TRAIN_DONE
+        tr_file = rd / "train" / TRAIN_SUMMARY
         if not tr_file.is_file():
             break
         tr = json.loads(tr_file.read_text())

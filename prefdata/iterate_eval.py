@@ -20,11 +20,11 @@ from typing import Any
 
 import polars as pl
 
+from prefdata.records import TRAIN_SUMMARY
 from prefdata.store import RunDir, atomic_write_bytes
 
 EVAL_FILE = "eval_prompts.jsonl"
 BASELINE_DIR = "eval-baseline"
-TRAIN_DONE = "prefdata_train.json"
 # generate settings that belong to the training samples, not to the greedy eval answers
 _NOT_FOR_EVAL = {"n", "temperature", "top_p", "top_k", "min_p", "prompt_field", "reference_field", "limit", "greedy",
                  "second_temperature", "second_n", "prompts", "model", "shard", "allow_new_config", "max_tokens"}
@@ -127,7 +127,7 @@ def start_needs_sampling(workdir: Path, cfg: Any, start: str) -> bool:
 
 def pending(workdir: Path, cfg: Any, t: int, start: str) -> list[tuple[Path, str]]:
     """Round t's eval jobs not finished yet (empty when eval is off or round t has no checkpoint)."""
-    if not enabled(cfg) or not (checkpoint(workdir, t) / TRAIN_DONE).is_file():
+    if not enabled(cfg) or not (checkpoint(workdir, t) / TRAIN_SUMMARY).is_file():
         return []
     return [(d, b) for d, b in _jobs(workdir, cfg, t, start) if not _done(d)]
 

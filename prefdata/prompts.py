@@ -16,8 +16,7 @@ from typing import Any
 import polars as pl
 
 from prefdata.errors import PrefdataError
-from prefdata.records import prompt_id
-from prefdata.store import MESSAGES_DTYPE
+from prefdata.records import PROMPT_SCHEMA, prompt_id
 
 AUTO_FIELDS = ("messages", "prompt", "turns", "instruction", "question")
 ROLES = {"system", "user", "assistant"}
@@ -213,6 +212,6 @@ def load_prompts(
             break
     table = pl.DataFrame(
         {"prompt_id": out_ids, "messages": out_msgs, "source": out_src, "reference": out_ref},
-        schema={"prompt_id": pl.String, "messages": MESSAGES_DTYPE, "source": pl.String, "reference": pl.String},
+        schema=PROMPT_SCHEMA,
     )
     return PromptSet(table=table, n_read=len(rows), n_duplicates=dups, field=field)

@@ -58,24 +58,8 @@ from prefdata.ranking import (
     identical_outcome,
     rank_by_scores,
 )
-from prefdata.records import stable_hash
-from prefdata.store import RunDir, read_parquet_dir
-
-KIND_ORDER = {"sample": 0, "greedy": 1, "temp2": 2, "reference": 3}
-
-JUDGMENT_SCHEMA = {
-    "prompt_id": pl.String, "a_id": pl.String, "b_id": pl.String, "order": pl.Int8, "verdict": pl.String,
-    "winner_id": pl.String, "score": pl.Float64, "raw": pl.String, "error": pl.String, "latency_s": pl.Float64,
-    "attempts": pl.Int32, "repaired": pl.Boolean, "n_tokens": pl.Int32, "truncated": pl.Boolean,
-    "judge_hash": pl.String, "created": pl.Float64, "content_key": pl.String,
-}
-
-RANKING_SCHEMA = {
-    "prompt_id": pl.String, "judge_hash": pl.String, "strategy": pl.String, "candidate_ids": pl.List(pl.String),
-    "ranks": pl.List(pl.Int64), "scores": pl.List(pl.Float64), "best_id": pl.String, "worst_id": pl.String,
-    "complete": pl.Boolean, "n_candidates": pl.Int64, "comparisons": pl.Int64, "ties": pl.Int64, "failures": pl.Int64,
-    "inconsistent": pl.Int64, "consistency": pl.Float64, "margin": pl.Float64, "too_long": pl.Int64,
-}
+from prefdata.records import KIND_ORDER, stable_hash
+from prefdata.store import RunDir
 
 # `prefdata rank` exits with this when judge calls failed (or the endpoint went away): the rankings of some
 # prompts are not final; a rerun of the same command retries exactly those calls.
@@ -259,7 +243,7 @@ def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy:
 def prompts_with_candidates(run: RunDir, kinds: list[str]) -> list[_Prompt]:
     """Prompts with their candidates in a fixed order (kind, index, id); join and counts checked."""
     prompts = run.read_prompts()
-    cands = run.read_candidates()
+    cands = run.read_candidates(unique=True)
     if cands is None or cands.height == 0:
         raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
     need = {"prompt_id", "candidate_id", "text", "kind", "index"}
@@ -270,7 +254,6 @@ def prompts_with_candidates(run: RunDir, kinds: list[str]) -> list[_Prompt]:
         cands = cands.filter(pl.col("kind").is_in(kinds))
         if cands.height == 0:
             raise PrefdataError(f"no candidates of kind {', '.join(kinds)} in {run.path}")
-    cands = cands.unique(subset=["candidate_id"], keep="first", maintain_order=True)
     known = set(prompts["prompt_id"].to_list())
     orphans = set(cands["prompt_id"].to_list()) - known
     if orphans:
@@ -320,12 +303,12 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
     identity = judge_identity(cfg, judge, strategy)
     jh = stable_hash(identity)
     t0 = time.monotonic()
-    old = read_parquet_dir(run.judgments_dir(jh))
+    old = run.read_judgments(jh)
     if pointwise:
         rows, stats = _run_scores(run, cfg, judge, jh, prompts, old)  # type: ignore[arg-type]
     else:
         rows, stats = _run_pairwise(run, cfg, judge, jh, strategy, prompts, old)  # type: ignore[arg-type]
-    _write_rankings(run, jh, rows)
+    run.write_rankings(jh, rows)
     elapsed = time.monotonic() - t0
     summary = _summarize(rows, stats, jh, strategy, elapsed)
     summary["prompts_without_candidates"] = run.read_prompts().height - len(prompts)
@@ -453,7 +436,7 @@ def _run_pairwise(
                 })
                 resolved[k] = v
                 failures += v.verdict == "fail"
-            run.write_shard(run.judgments_dir(jh), pl.DataFrame(shard, schema=JUDGMENT_SCHEMA))
+            run.write_judgments(jh, shard)
             new_calls += len(batch)
             down = getattr(judge, "unavailable", None)
             if down:
@@ -531,7 +514,7 @@ def _run_scores(
                 done[(q.prompt_id, q.candidate.id)] = r
                 failures += not ok
                 truncated += r.truncated
-            run.write_shard(run.judgments_dir(jh), pl.DataFrame(shard, schema=JUDGMENT_SCHEMA))
+            run.write_judgments(jh, shard)
             bar.update(len(reqs))
             bar.set_postfix(failures=failures, truncated=truncated, refresh=False)
     finally:
@@ -577,30 +560,14 @@ def _row(pid: str, jh: str, strategy: str, r: Ranking, n: int, calls: int, ties:
     }
 
 
-def _write_rankings(run: RunDir, jh: str, rows: list[dict[str, Any]]) -> None:
-    """One row per prompt: write the new shard, then remove the older ones (derived data, rebuilt each run)."""
-    folder = run.rankings_dir(jh)
-    with run.lock():
-        olds = sorted(p for p in folder.glob("shard-*.parquet")) if folder.is_dir() else []
-        run.write_shard(folder, pl.DataFrame(rows, schema=RANKING_SCHEMA))
-        for p in olds:
-            p.unlink(missing_ok=True)
-
-
 def read_rankings(run: RunDir, judge_hash: str) -> pl.DataFrame | None:
-    """The rankings of one judge, one row per prompt (the newest row wins if a crash left two shards)."""
-    folder = run.rankings_dir(judge_hash)
-    if not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.glob("shard-*.parquet"))
-    if not files:
-        return None
-    df = pl.concat([pl.read_parquet(p) for p in reversed(files)], how="diagonal_relaxed")
-    return df.unique(subset=["prompt_id"], keep="first", maintain_order=True)
+    """The rankings of one judge, one row per prompt (see `RunDir.read_rankings`)."""
+    return run.read_rankings(judge_hash)
 
 
 def read_judgments(run: RunDir, judge_hash: str) -> pl.DataFrame | None:
-    return read_parquet_dir(run.judgments_dir(judge_hash))
+    """Every judge call of one judge (see `RunDir.read_judgments`)."""
+    return run.read_judgments(judge_hash)
 
 
 def _summarize(rows: list[dict[str, Any]], stats: dict[str, Any], jh: str, strategy: str, elapsed: float) -> dict[str, Any]:

@@ -1,5 +1,9 @@
 """The run directory: run.json, prompts.parquet and append-only parquet shards.
 
+`RunDir` is the only code that knows the folder layout: stages read and write candidates, judgments (per
+judge hash) and rankings through its typed methods, with the schemas of records.py, and the de-duplication
+rules (one row per candidate id; the newest ranking row per prompt) live here once.
+
 Every file is written atomically (a temp file in the same folder, fsync, then rename), so a crash or
 Ctrl-C leaves either the whole shard or nothing. Readers skip temp files (names starting with '.').
 A stage that starts again reads the ids already in its shards and does only the rest.
@@ -25,8 +29,9 @@ import polars as pl
 
 from prefdata import __version__
 from prefdata.errors import PrefdataError
+from prefdata.records import CANDIDATE_SCHEMA, JUDGMENT_SCHEMA, MESSAGES, RANKING_SCHEMA
 
-MESSAGES_DTYPE = pl.List(pl.Struct({"role": pl.String, "content": pl.String}))
+MESSAGES_DTYPE = MESSAGES  # the name the test and bench run builders import (declared in records.py)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -124,9 +129,7 @@ def check_writable(folder: Path, what: str) -> None:
 
 def read_parquet_dir(folder: Path) -> pl.DataFrame | None:
     """All finished shards of a folder as one frame (None when there are none)."""
-    if not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    files = _shards(folder)
     if not files:
         return None
     return pl.concat([pl.read_parquet(p) for p in files], how="diagonal_relaxed")
@@ -158,7 +161,13 @@ class RunDir:
         return self.path / "rankings" / judge_hash
 
     def exports_dir(self, name: str) -> Path:
+        """Where `prefdata export` writes the dataset named `name` when no --out is given."""
         return self.path / "exports" / name
+
+    def judge_hashes(self) -> list[str]:
+        """The judges with a rankings folder, sorted."""
+        root = self.path / "rankings"
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
 
     def exists(self) -> bool:
         return self.run_json.is_file()
@@ -238,13 +247,17 @@ class RunDir:
         atomic_write_parquet(path, df)
         return path
 
-    def read_candidates(self) -> pl.DataFrame | None:
-        """Every candidate shard as one frame. The same candidate id with two different texts is an error that
-        names the shards: ranking one text and exporting the other would publish a pair nobody judged."""
+    def write_candidates(self, rows: list[dict[str, Any]] | pl.DataFrame, tag: str = "") -> Path:
+        """Append one shard of candidate rows (CANDIDATE_SCHEMA)."""
+        df = rows if isinstance(rows, pl.DataFrame) else pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+        return self.write_shard(self.candidates_dir, df, tag=tag)
+
+    def read_candidates(self, unique: bool = False) -> pl.DataFrame | None:
+        """Every candidate shard as one frame; `unique`: one row per candidate id (the first written). The same
+        candidate id with two different texts is an error that names the shards: ranking one text and exporting
+        the other would publish a pair nobody judged."""
         folder = self.candidates_dir
-        if not folder.is_dir():
-            return None
-        files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+        files = _shards(folder)
         if not files:
             return None
         df = pl.concat([pl.read_parquet(p).with_columns(pl.lit(p.name).alias("_shard")) for p in files], how="diagonal_relaxed")
@@ -262,7 +275,51 @@ class RunDir:
                     "the run mixes two generations under the same ids; move the shard you do not want out of "
                     f"{folder} and run again"
                 )
-        return df.drop("_shard")
+        df = df.drop("_shard")
+        return df.unique(subset=["candidate_id"], keep="first", maintain_order=True) if unique else df
+
+    # -- judgments and rankings, per judge hash -----------------------------------------------------
+    def write_judgments(self, judge_hash: str, rows: list[dict[str, Any]]) -> Path:
+        """Append one shard of judge calls (JUDGMENT_SCHEMA); judgments are never rewritten."""
+        return self.write_shard(self.judgments_dir(judge_hash), pl.DataFrame(rows, schema=JUDGMENT_SCHEMA))
+
+    def read_judgments(self, judge_hash: str, columns: list[str] | None = None) -> pl.DataFrame | None:
+        """Every judge call of one judge (None when there are none). `columns`: read only those (raw output can
+        be big); a shard without one of them gets nulls there."""
+        folder = self.judgments_dir(judge_hash)
+        if columns is None:
+            return read_parquet_dir(folder)
+        files = _shards(folder)
+        frames = []
+        for p in files:
+            have = pl.read_parquet_schema(p)
+            frames.append(pl.read_parquet(p, columns=[c for c in columns if c in have]))
+        if not frames:
+            return None
+        df = pl.concat(frames, how="diagonal_relaxed")
+        return df.with_columns([pl.lit(None).alias(c) for c in columns if c not in df.columns])
+
+    def write_rankings(self, judge_hash: str, rows: list[dict[str, Any]]) -> None:
+        """One row per prompt: write the new shard, then remove the older ones (derived data, rebuilt each run)."""
+        folder = self.rankings_dir(judge_hash)
+        with self.lock():
+            olds = sorted(folder.glob("shard-*.parquet")) if folder.is_dir() else []
+            self.write_shard(folder, pl.DataFrame(rows, schema=RANKING_SCHEMA))
+            for p in olds:
+                p.unlink(missing_ok=True)
+
+    def read_rankings(self, judge_hash: str) -> pl.DataFrame | None:
+        """The rankings of one judge, one row per prompt (the newest row wins if a crash left two shards)."""
+        files = _shards(self.rankings_dir(judge_hash))
+        if not files:
+            return None
+        df = pl.concat([pl.read_parquet(p) for p in reversed(files)], how="diagonal_relaxed")
+        return df.unique(subset=["prompt_id"], keep="first", maintain_order=True)
+
+
+def _shards(folder: Path) -> list[Path]:
+    """The finished shards of a folder in write order (names start with the write time; temp files skipped)."""
+    return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith(".")) if folder.is_dir() else []
 
 
 def _now() -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.records import stable_hash
+from prefdata.records import TRAIN_SUMMARY, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +151,7 @@ def refuse_other_run(out: Path, what: str, old: dict[str, Any] | None, new: dict
 
 def clear_run(out: Path) -> None:
     """`--overwrite`: remove the checkpoints and the summary a previous run left (nothing else in the folder)."""
-    from prefdata.train.run import SUMMARY_FILE
 
     for _, p, _ in checkpoints(out):
         shutil.rmtree(p)
-    (out / SUMMARY_FILE).unlink(missing_ok=True)
+    (out / TRAIN_SUMMARY).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
+from prefdata.records import TRAIN_SUMMARY
 from prefdata.train.resume import (
     checkpoints,
     clear_run,
@@ -23,7 +24,6 @@ from prefdata.train.resume import (
 
 logger = logging.getLogger(__name__)
 
-SUMMARY_FILE = "prefdata_train.json"
 
 
 def train(
@@ -132,15 +132,15 @@ def train(
             summary["lora"] = lora.finalize(out, model_path, cfg)
         else:
             to_bf16_safetensors(out)
-        tmp = out / f".{SUMMARY_FILE}.tmp"
+        tmp = out / f".{TRAIN_SUMMARY}.tmp"
         tmp.write_text(json.dumps(summary, indent=2, default=str))
-        os.replace(tmp, out / SUMMARY_FILE)  # last: its presence means the final model is complete
+        os.replace(tmp, out / TRAIN_SUMMARY)  # last: its presence means the final model is complete
     return summary
 
 
 def _finished_summary(out: Path, identity: dict[str, Any], resume: str | bool | None) -> dict[str, Any] | None:
     """The saved summary when `out` holds this run, finished; refuse a finished different run."""
-    f = out / SUMMARY_FILE
+    f = out / TRAIN_SUMMARY
     if isinstance(resume, str) or not f.is_file():
         return None
     try:
