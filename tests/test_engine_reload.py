@@ -14,7 +14,7 @@ def _greedy(llm, prompts):
 
 
 def test_reload_weights_changes_the_model_and_back(tmp_path, vllm_llm, tiny_llama_dir, demo_model_dir):
-    from conftest import build_tiny_llama
+    from tests.helpers import build_tiny_llama
 
     other = build_tiny_llama(tmp_path / "other", demo_model_dir, seed=7)
     prompts = ["What is 12 + 30?", "Name a colour.", "Count to three."]
