@@ -17,5 +17,6 @@ def test_iterative_strategy_is_labelled_inferred():
     text = README.read_text(encoding="utf-8")
     para = " ".join(_paragraph(text, "- `--strategy iterative`").split())
     assert "inferred" in para and "2411.05875" in para and "abstract" in para
-    loop = " ".join(text[text.index("Each round: sample") :][:600].split())
-    assert "iterative ranking in an inferred form" in loop
+    # The demo loop ranks by a verifier's scores; the LLM-judge loop is the one that ranks pairwise.
+    loop = " ".join(text[text.index("With a real LLM judge") :][:400].split())
+    assert "iterative pairwise ranking in an inferred form" in loop
