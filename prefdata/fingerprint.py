@@ -75,14 +75,29 @@ def folder_hash(folder: str | Path) -> str:
 
 
 def model_hash(model: str) -> str:
-    """Content hash of a local model folder, or of a hub model's cached snapshot; the name alone if neither is found."""
+    """Content hash of a local model folder; for a hub model, the hash of its commit (a git content hash), read
+    from the local snapshot or, before the first download, from the Hub. The commit is the same before and after
+    the download, so a killed first run with a hub model resumes, and its reference cache is found again.
+    The name alone only when neither the cache nor the Hub knows the model (it cannot be loaded either)."""
     p = Path(model).expanduser()
     if p.is_dir():
         return folder_hash(p)
+    commit = hub_commit(model)
+    key = f"hub:{model}@{commit}" if commit else f"hub:{model}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def hub_commit(model: str) -> str | None:
+    """The commit of a hub model: its cached snapshot's folder name, else the Hub's current revision."""
     try:
         from huggingface_hub import snapshot_download
 
-        snapshot = snapshot_download(model, local_files_only=True)
-    except Exception:  # not in the local cache (or not a valid repo id): nothing to read
-        return hashlib.sha256(f"hub:{model}".encode()).hexdigest()
-    return folder_hash(snapshot)
+        return Path(snapshot_download(model, local_files_only=True)).name
+    except Exception:  # not in the local cache (or not a valid repo id)
+        pass
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().model_info(model).sha
+    except Exception:  # offline, unknown or private: nothing to read
+        return None

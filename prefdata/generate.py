@@ -142,17 +142,17 @@ def sampler_hash(cfg: GenerateConfig) -> str:
             "seed", "greedy", "second_temperature", "second_n", "max_model_len")
     d = {k: getattr(cfg, k) for k in keys}
     d["model"] = model_label(cfg) if cfg.backend != "openai" else cfg.model
-    if cfg.model and os.path.isdir(cfg.model):
-        # A local folder: its weights, not its path, identify it (the path differs across machines).
-        d["model_files"] = _folder_fingerprint(cfg.model)
+    if cfg.model and cfg.backend != "openai":
+        # A local folder: its weights, not its path, identify it (the path differs across machines), so an
+        # in-place overwrite is a new sampler; a hub name: its commit (the key the reference-log-prob cache uses).
+        d["model_files"] = _model_fingerprint(cfg.model)
     return stable_hash(d, 12)
 
 
-def _folder_fingerprint(path: str) -> str:
-    """The model files' content (weights included), so an in-place overwrite is a new sampler."""
-    from prefdata.fingerprint import folder_hash
+def _model_fingerprint(model: str) -> str:
+    from prefdata.fingerprint import model_hash
 
-    return folder_hash(path)
+    return model_hash(model)
 
 
 @dataclass

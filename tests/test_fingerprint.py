@@ -53,3 +53,41 @@ def test_in_place_overwrite_changes_the_hash_and_reuses_the_cache(tmp_path, monk
     assert folder_hash(model) == after and reads == []
     (model / "config.json").write_text((model / "config.json").read_text() + " ")
     assert folder_hash(model) != after and reads == ["config.json"]
+
+
+def test_hub_model_has_the_same_hash_before_and_after_its_download(tmp_path, monkeypatch):
+    """Regression (issue 9 item 6): a hub model not yet in the cache was keyed by its name, and by its files once
+    downloaded, so a killed first `train --model org/x` was refused on rerun as another run and its reference
+    cache was missed. The Hub cannot be reached here, so the one network call (the current revision) is replaced."""
+    import huggingface_hub
+
+    from prefdata.fingerprint import model_hash
+    from prefdata.generate import GenerateConfig, sampler_hash
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    class Info:
+        sha = commit
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, name, **kw: Info())
+    before = model_hash("org/tiny")
+    sampler_before = sampler_hash(GenerateConfig(model="org/tiny"))
+
+    # the "download": a snapshot of that commit in the cache, and the Hub unreachable from now on
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "hub" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny" / "refs" / "main").write_text(commit)
+
+    def offline(self, name, **kw):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", offline)
+    assert model_hash("org/tiny") == before
+    assert sampler_hash(GenerateConfig(model="org/tiny")) == sampler_before
+    # another commit is another model
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, name, **kw: Info())
+    assert model_hash("org/other") != before
