@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import polars as pl
 
@@ -71,42 +71,70 @@ def stage_lock(run_path: Path, stage: str, part: str | None = None) -> Iterator[
 
     Two identical `rank` or `generate` processes on one run would do every call twice and corrupt the counts,
     so the second one stops at once with one line naming the first one's pid. Parts (`--shard I/K`) lock
-    separately and run side by side. The lock is an flock: it ends with the process, also on kill -9.
+    separately and run side by side; each also holds the stage's lock shared, so a whole-run process and a
+    part never overlap. The locks are flocks: they end with the process, also on kill -9.
     """
-    name = f".lock-{stage}" + (f"-{re.sub(r'[^A-Za-z0-9]+', 'of', part)}" if part else "")
-    path = run_path / name
+    stage_name = f".lock-{stage}"
+    names = [stage_name] + ([f"{stage_name}-{re.sub(r'[^A-Za-z0-9]+', 'of', part)}"] if part else [])
     created = not run_path.exists()
-    try:
-        run_path.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+")  # noqa: SIM115 - held open for the whole block
-    except OSError as e:
-        raise PrefdataError(f"cannot write in the run directory {run_path} ({e.strerror or e}); pick a writable --run") from e
+    files = []
     try:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            what = f"prefdata {stage}" + (f" --shard {part}" if part else "")
+            run_path.mkdir(parents=True, exist_ok=True)
+            files = [open(run_path / n, "a+") for n in names]  # noqa: SIM115 - held open for the whole block
+        except OSError as e:
             raise PrefdataError(
-                f"another `{what}` (pid {holder}) is working on {run_path}; wait for it to finish, or stop it "
-                f"(kill {holder}) and run this command again to resume"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+                f"cannot write in the run directory {run_path} ({e.strerror or e}); pick a writable --run"
+            ) from e
+        if part:  # the stage lock shared (a whole-run process holds it exclusive), then the part's own
+            _flock_or_fail(files[0], fcntl.LOCK_SH, run_path, f"prefdata {stage}")
+            _flock_or_fail(files[1], fcntl.LOCK_EX, run_path, f"prefdata {stage} --shard {part}")
+        else:
+            _flock_or_fail(files[0], fcntl.LOCK_EX, run_path, f"prefdata {stage}")
+        mine = files[-1]
+        mine.seek(0)
+        mine.truncate()
+        mine.write(f"{os.getpid()}\n")
+        mine.flush()
         try:
             yield
         finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            for f in reversed(files):
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
     finally:
-        f.close()
+        for f in files:
+            f.close()
         if created:  # a stage that failed before writing anything leaves no folder behind
             with contextlib.suppress(OSError):
-                if os.listdir(run_path) == [name]:
-                    path.unlink()
+                if set(os.listdir(run_path)) <= set(names):
+                    for n in names:
+                        (run_path / n).unlink(missing_ok=True)
                     run_path.rmdir()
+
+
+def _flock_or_fail(f: IO[str], mode: int, run_path: Path, holder_cmd: str) -> None:
+    """Take the lock now, or stop with one line naming the process that holds it."""
+    try:
+        fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        pass
+    shared = False
+    if mode == fcntl.LOCK_EX:  # held shared means `--shard` processes hold it, not an identical process
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            shared = True
+        except BlockingIOError:
+            pass
+    f.seek(0)
+    pid = "" if shared else f.read().strip()
+    who, stop = (f"pid {pid}", f"kill {pid}") if pid else ("see `ps`", "stop them")
+    what = f"{holder_cmd} --shard" if shared else holder_cmd
+    raise PrefdataError(
+        f"another `{what}` ({who}) is working on {run_path}; wait for it to finish, or stop it ({stop}) "
+        "and run this command again to resume"
+    ) from None
 
 
 def check_writable(folder: Path, what: str) -> None:

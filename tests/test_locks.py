@@ -105,3 +105,29 @@ def test_a_stage_that_writes_nothing_leaves_no_folder(tmp_path):
     with stage_lock(tmp_path / "kept", "generate"):
         (tmp_path / "kept" / "run.json").write_text("{}")
     assert (tmp_path / "kept" / "run.json").is_file()
+
+
+def test_a_whole_run_generate_and_a_shard_never_overlap(tmp_path):
+    """Regression (issue 10 item 8): an unsharded generate and a `--shard I/K` generate took different locks, so
+    they ran together on one run and wrote candidates twice."""
+    run_path = tmp_path / "run"
+    whole = _holder(run_path, "generate")
+    try:
+        with pytest.raises(PrefdataError, match=rf"another `prefdata generate` \(pid {whole.pid}\)"):
+            with stage_lock(run_path, "generate", "0/2"):
+                pass
+    finally:
+        whole.kill()
+        whole.wait()
+    shard = _holder(run_path, "generate", "0/2")
+    try:
+        with pytest.raises(PrefdataError, match=r"another `prefdata generate --shard` \(see `ps`\)"):
+            with stage_lock(run_path, "generate"):
+                pass
+        with stage_lock(run_path, "generate", "1/2"):  # shards still run side by side
+            pass
+    finally:
+        shard.kill()
+        shard.wait()
+    with stage_lock(run_path, "generate"):
+        pass
