@@ -8,7 +8,6 @@ and a last pass removes token-shaped strings and the values of secret-looking en
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,16 +15,10 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from prefdata import __version__
-from prefdata.store import secret_name
+from prefdata.secrets import redact, scrub
 
 if TYPE_CHECKING:
     from prefdata.export import ExportConfig, ExportSummary
-
-# Options in a command line and their value: --api-key X, --hf-token=X, ...
-OPTION = re.compile(r"(--?[A-Za-z][\w-]*)(=|\s+)(?!-)(\S+)")
-# Token shapes of common providers (OpenAI, Hugging Face, Anthropic, GitHub, bearer headers).
-TOKEN_SHAPES = re.compile(r"\b(?:sk-[\w-]{8,}|hf_[A-Za-z0-9]{8,}|ghp_[A-Za-z0-9]{8,}|xox[bp]-[\w-]{8,})|(?<=Bearer )\S+")
-MASK = "***"
 
 SHAPE_COLUMNS = {
     "conversational": "`prompt` (list of messages), `chosen` and `rejected` (each a one-message assistant list)",
@@ -34,27 +27,6 @@ SHAPE_COLUMNS = {
     "(1 = best, equal = tied) and `scores`",
     "kto": "unpaired rows: `prompt`, `completion` (one-message assistant list) and `label` (true = desirable)",
 }
-
-
-def scrub(obj: Any) -> Any:
-    """A copy of a config with secret-looking keys masked and token-shaped strings removed."""
-    if isinstance(obj, dict):
-        return {k: (MASK if secret_name(str(k)) and v not in (None, "", False) else scrub(v)) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [scrub(v) for v in obj]
-    if isinstance(obj, str):
-        return redact(obj)
-    return obj
-
-
-def redact(text: str) -> str:
-    """Mask secret option values, token-shaped strings and the values of secret-looking env variables."""
-    text = OPTION.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}" if secret_name(m.group(1)) else m.group(0), text)
-    text = TOKEN_SHAPES.sub(MASK, text)
-    for name, value in os.environ.items():
-        if secret_name(name, any_word=True) and len(value) >= 8:
-            text = text.replace(value, MASK)
-    return text
 
 
 def size_category(n: int) -> str:

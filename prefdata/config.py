@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 import types
 import typing
-from collections import Counter
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
 from prefdata.errors import PrefdataError
+from prefdata.secrets import looks_like_secret
 
 T = TypeVar("T")
 
@@ -115,7 +114,6 @@ def check_range(
 
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_KEY_PREFIXES = ("sk-", "sk_", "hf_", "ghp_", "gho_", "ghs_", "github_pat_", "glpat-", "xoxb-", "xoxp-", "AKIA", "r8_", "gsk_")
 
 
 def check_env_name(flag: str, value: str) -> None:
@@ -127,22 +125,6 @@ def check_env_name(flag: str, value: str) -> None:
             f"{flag} takes the NAME of an environment variable holding the key (e.g. OPENAI_API_KEY), but the value "
             f"given {what}; put the key in a variable (export MY_KEY=...) and pass {flag} MY_KEY"
         )
-
-
-def looks_like_secret(value: str) -> bool:
-    """A known key prefix, a long run of letters and digits (variable names are words joined by `_`), or a
-    long string mixing cases and digits or with a high entropy per character."""
-    if value.startswith(_KEY_PREFIXES):
-        return True
-    for part in re.split(r"[_\-.]", value):
-        if len(part) >= 20 and any(c.isdigit() for c in part) and any(c.isalpha() for c in part):
-            return True
-    mixed = any(c.islower() for c in value) and any(c.isupper() for c in value) and any(c.isdigit() for c in value)
-    if len(value) >= 20 and mixed:
-        return True
-    counts = Counter(value)
-    entropy = -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values()) if value else 0.0
-    return len(value) >= 32 and entropy >= 4.0
 
 
 def stage_fields(cls: type, values: dict[str, Any], where: str, reserved: tuple[str, ...] = ()) -> dict[str, Any]:

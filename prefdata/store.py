@@ -17,7 +17,6 @@ import json
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 import uuid
@@ -30,6 +29,7 @@ import polars as pl
 from prefdata import __version__
 from prefdata.errors import PrefdataError
 from prefdata.records import CANDIDATE_SCHEMA, JUDGMENT_SCHEMA, MESSAGES, RANKING_SCHEMA
+from prefdata.secrets import command_line
 
 MESSAGES_DTYPE = MESSAGES  # the name the test and bench run builders import (declared in records.py)
 
@@ -352,43 +352,6 @@ def _shards(folder: Path) -> list[Path]:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-# A name is secret when its last word is one of these (api_key, hf_token, --judge-api-key; not max_tokens).
-SECRET_WORDS = frozenset(
-    {"key", "apikey", "token", "secret", "password", "passwd", "auth", "authorization", "credential", "credentials", "cookie"}
-)
-
-
-def secret_name(name: str, any_word: bool = False) -> bool:
-    """Whether a config key, option or env variable name holds a secret (judged by its words)."""
-    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
-    if not words:
-        return False
-    return any(w in SECRET_WORDS for w in words) if any_word else words[-1] in SECRET_WORDS
-
-
-def command_line() -> str:
-    """The command as typed, with the values of secret options (--api-key, --token, ...) masked."""
-    args = [Path(sys.argv[0]).name] + sys.argv[1:]
-    out: list[str] = []
-    mask_next = False
-    for a in args:
-        if mask_next:
-            out.append("***")
-            mask_next = False
-            continue
-        if a.startswith("--"):
-            name, eq, _ = a[2:].partition("=")
-            if secret_name(name):
-                if eq:
-                    out.append(f"--{name}=***")
-                else:
-                    out.append(a)
-                    mask_next = True
-                continue
-        out.append(a)
-    return " ".join(out)
 
 
 def host_tag() -> str:

@@ -7,8 +7,9 @@ import sys
 
 import yaml
 
-from prefdata.card import redact, scrub, size_category
+from prefdata.card import size_category
 from prefdata.export import ExportConfig, export_run
+from prefdata.secrets import redact, scrub
 from tests.helpers import JUDGE, SAMPLER, cand, four, make_ranked_run
 
 SECRET = "sk-test-9f8e7d6c5b4a39281706"
