@@ -118,6 +118,9 @@ class ExportSummary:
         out += [f"warning: {w}" for w in self.warnings]
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
 
 def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     """Write one judge's rankings of `run` as a dataset folder with its card; return what was written."""
