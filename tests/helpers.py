@@ -11,6 +11,8 @@ import hashlib
 import json
 import random
 import re
+import subprocess
+import sys
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -414,3 +416,22 @@ def pair_rows(n: int = 12) -> list[dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from prefdata.store import stage_lock
+part = sys.argv[3] if len(sys.argv) > 3 else None
+with stage_lock(Path(sys.argv[1]), sys.argv[2], part):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def hold_stage_lock(run_path: Path, stage: str, part: str | None = None) -> subprocess.Popen:
+    """Another process holding a stage lock (kill it to release)."""
+    args = [sys.executable, "-c", _HOLD, str(run_path), stage] + ([part] if part else [])
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+    return p

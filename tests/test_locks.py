@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -15,29 +13,12 @@ import pytest
 from prefdata.errors import PrefdataError
 from prefdata.rank import read_judgments
 from prefdata.store import stage_lock
-from tests.helpers import FaultServer, make_candidates_run, quality_texts
-
-HOLD = textwrap.dedent("""
-    import sys, time
-    from pathlib import Path
-    from prefdata.store import stage_lock
-    part = sys.argv[3] if len(sys.argv) > 3 else None
-    with stage_lock(Path(sys.argv[1]), sys.argv[2], part):
-        print("locked", flush=True)
-        time.sleep(60)
-""")
-
-
-def _holder(run_path: Path, stage: str, part: str | None = None) -> subprocess.Popen:
-    args = [sys.executable, "-c", HOLD, str(run_path), stage] + ([part] if part else [])
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None and p.stdout.readline().strip() == "locked"
-    return p
+from tests.helpers import FaultServer, hold_stage_lock, make_candidates_run, quality_texts
 
 
 def test_generate_lock_names_the_holder_and_shards_run_side_by_side(tmp_path):
     run_path = tmp_path / "run"
-    p = _holder(run_path, "generate")
+    p = hold_stage_lock(run_path, "generate")
     try:
         with pytest.raises(PrefdataError, match=rf"another `prefdata generate` \(pid {p.pid}\) is working on"):
             with stage_lock(run_path, "generate"):
@@ -49,7 +30,7 @@ def test_generate_lock_names_the_holder_and_shards_run_side_by_side(tmp_path):
         p.wait()
     with stage_lock(run_path, "generate"):  # released when its process died (kill -9 included)
         pass
-    s0 = _holder(run_path, "generate", "0/2")
+    s0 = hold_stage_lock(run_path, "generate", "0/2")
     try:
         with stage_lock(run_path, "generate", "1/2"):  # the other shard works side by side
             pass
@@ -111,7 +92,7 @@ def test_a_whole_run_generate_and_a_shard_never_overlap(tmp_path):
     """Regression (issue 10 item 8): an unsharded generate and a `--shard I/K` generate took different locks, so
     they ran together on one run and wrote candidates twice."""
     run_path = tmp_path / "run"
-    whole = _holder(run_path, "generate")
+    whole = hold_stage_lock(run_path, "generate")
     try:
         with pytest.raises(PrefdataError, match=rf"another `prefdata generate` \(pid {whole.pid}\)"):
             with stage_lock(run_path, "generate", "0/2"):
@@ -119,7 +100,7 @@ def test_a_whole_run_generate_and_a_shard_never_overlap(tmp_path):
     finally:
         whole.kill()
         whole.wait()
-    shard = _holder(run_path, "generate", "0/2")
+    shard = hold_stage_lock(run_path, "generate", "0/2")
     try:
         with pytest.raises(PrefdataError, match=r"another `prefdata generate --shard` \(see `ps`\)"):
             with stage_lock(run_path, "generate"):

@@ -13,7 +13,7 @@ import torch
 from prefdata.cli import main
 from prefdata.errors import PrefdataError
 from prefdata.train.data import PairCollator, load_pairs, tokenize_pair, tokenize_pairs
-from tests.helpers import FAST, build_tiny_llama, four, make_ranked_run, pair_rows, write_jsonl
+from tests.helpers import FAST, build_tiny_llama, four, hold_stage_lock, make_ranked_run, pair_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,10 @@ def test_rerun_resumes_refuses_another_config_and_finished_run_does_nothing(tmp_
     _fast_yaml(tmp_path)
     out = tmp_path / "out"
     argv = _train_argv(data, tiny_llama_dir, out, steps=2)
-    code, stdout, err = _cli([*argv, "--resume", "latest"], capsys)  # no checkpoint yet: starts at step 0
+    code, _, err = _cli([*argv, "--resume", "latest"], capsys)  # no checkpoint yet: one line, nothing trained
+    assert code == 2 and err.count("\n") == 1 and "holds no complete checkpoint" in err and "Traceback" not in err
+    assert not (out / "prefdata_train.json").exists()
+    code, stdout, err = _cli(argv, capsys)  # without --resume: starts at step 0
     assert code == 0 and "Traceback" not in err
     first = json.loads(stdout.strip().splitlines()[-1])
     assert first["global_step"] == 2
@@ -524,3 +527,18 @@ def test_resume_from_a_missing_or_half_written_checkpoint_is_one_line(tmp_path, 
     code, _, err = _cli(argv, capsys)
     assert code == 2 and err.count("\n") == 1 and "no prefdata marker" in err and "--overwrite" in err
     assert (half / "config.json").is_file()
+
+
+def test_a_second_train_into_the_same_folder_stops_with_one_line(tmp_path, tiny_llama_dir, capsys):
+    """Regression (issue 10 item 8): train took no lock, so two trains wrote checkpoints into one folder at once."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
+    _fast_yaml(tmp_path)
+    out = tmp_path / "out"
+    holder = hold_stage_lock(out, "train")
+    try:
+        code, _, err = _cli(_train_argv(data, tiny_llama_dir, out, steps=1), capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and err.count("\n") == 1 and f"another `prefdata train` (pid {holder.pid})" in err
+    assert not list(out.glob("checkpoint-*"))

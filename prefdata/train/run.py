@@ -11,6 +11,7 @@ from typing import Any
 
 from prefdata.errors import PrefdataError
 from prefdata.records import TRAIN_SUMMARY
+from prefdata.store import stage_lock
 from prefdata.train.resume import (
     checkpoints,
     clear_run,
@@ -58,13 +59,10 @@ def train(
         has a test split, truncation counts, the reference cache files and the run fingerprint. Also written to
         `output_dir/prefdata_train.json`.
     """
-    from transformers.trainer_callback import TrainerState
-
     from prefdata.models import resolve_model
     from prefdata.train import lora
     from prefdata.train.config import AIPOConfig
-    from prefdata.train.data import default_cache_dir, load_pairs, truncation_counts
-    from prefdata.train.trainer import AIPOTrainer
+    from prefdata.train.data import default_cache_dir, load_pairs
 
     if output_dir is None and config is None:
         raise PrefdataError("train needs an output directory (--output-dir)")
@@ -87,6 +85,20 @@ def train(
         cfg.ref_cache_dir = str(default_cache_dir(dataset))
 
     out = Path(cfg.output_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # under several processes, the main one holds the folder's lock
+        return _train_in(out, cfg, model_path, train_ds, eval_ds, resume_from_checkpoint, overwrite)
+    with stage_lock(out, "train"):  # two trains into one folder would mix their checkpoints
+        return _train_in(out, cfg, model_path, train_ds, eval_ds, resume_from_checkpoint, overwrite)
+
+
+def _train_in(out: Path, cfg: Any, model_path: str, train_ds: Any, eval_ds: Any, resume_from_checkpoint: str | bool | None,
+              overwrite: bool) -> dict[str, Any]:
+    from transformers.trainer_callback import TrainerState
+
+    from prefdata.train import lora
+    from prefdata.train.data import truncation_counts
+    from prefdata.train.trainer import AIPOTrainer
+
     identity = run_identity(cfg, model_path, train_ds.to_list(), eval_ds.to_list() if eval_ds is not None else None)
     if overwrite:
         clear_run(out)
@@ -177,7 +189,10 @@ def _resume_point(out: Path, identity: dict[str, Any], resume: str | bool | None
         logger.warning("resuming from %s", found[-1][1])
         return found[-1][1]
     if resume:
-        logger.warning("no complete checkpoint in %s: training starts at step 0", out)
+        raise PrefdataError(
+            f"--resume latest: {out} holds no complete checkpoint; run the same command without --resume to "
+            "start at step 0 (a rerun resumes by itself)"
+        )
     return None
 
 
