@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,7 +64,7 @@ def build_card(
     command: str,
     plot_name: str | None,
 ) -> str:
-    """The full README.md text."""
+    """The full README.md text: data/card.md filled with this export's values."""
     from prefdata.pairs import DROP_REASONS
 
     stages = meta.get("stages") or {}
@@ -73,129 +74,92 @@ def build_card(
     rank_entry: dict[str, Any] = (stages.get("rank") or {}).get(summary.judge_hash) or {}
     rank_cfg: dict[str, Any] = rank_entry.get("config") or {}
     js = summary.judge_stats
-    L = summary.lengths
+    judge_model = rank_entry.get("model") or rank_cfg.get("model") or rank_cfg.get("judge_model") or "not recorded"
+    commands = [c for entry in gen.values() for c in (entry or {}).get("commands") or []]
+    commands += rank_entry.get("commands") or []
+    values: dict[str, str | list[str]] = {
+        "front_matter": yaml.safe_dump(front_matter(summary, cfg, data_files), sort_keys=False).rstrip().split("\n"),
+        "title": cfg.pretty_name or f"Preference dataset ({summary.judge_hash}, {summary.pairs})",
+        "shape": summary.shape,
+        "shape_columns": SHAPE_COLUMNS[summary.shape],
+        "format": summary.format,
+        "split_rows": [f"| {s} | {n} |" for s, n in summary.splits.items()],
+        "samplers": _samplers(gen),
+        "judge_hash": summary.judge_hash,
+        "judge_model": redact(str(judge_model)),
+        "template": rank_entry.get("template") or rank_cfg.get("template") or "not recorded",
+        "template_sha256": rank_entry.get("template_sha256") or "not recorded",
+        "position_policy": _position_policy(rank_entry, rank_cfg),
+        "strategies": _fmt_counts(js.get("strategies")),
+        "rank_config": _yaml(scrub(rank_cfg)),
+        "prompts_ranked": str(js.get("prompts")),
+        **{k: _n(js.get(k)) for k in ("comparisons", "ties", "failures", "too_long", "truncated_inputs", "inconsistent",
+                                      "no_preference")},
+        **{k: _pct(js.get(k)) for k in ("ties_rate", "failures_rate", "inconsistent_rate")},
+        "consistency_mean": _num(js.get("consistency_mean")),
+        "pairs": summary.pairs,
+        "min_margin": str(cfg.min_margin),
+        "truncated_kept": "kept" if cfg.keep_truncated else "dropped",
+        "inconsistent_kept": "kept" if cfg.keep_inconsistent else "dropped",
+        **{k: str(getattr(summary, k)) for k in ("n_prompts", "n_ranked", "n_considered", "n_rows")},
+        "drop_rows": [f"| {DROP_REASONS.get(k, k)} (`{k}`) | {v} |" for k, v in summary.drops.items()]
+        or ["| nothing dropped | 0 |"],
+        "lengths": _lengths(summary, plot_name),
+        "warnings": ["## Warnings", "", *[f"- {redact(w)}" for w in summary.warnings], ""] if summary.warnings else [],
+        "commands": [redact(c) for c in [*commands, command]],
+        "version": __version__,
+        "run_version": str(meta.get("prefdata_version", "unknown")),
+        "export_config": _yaml(scrub({k: v for k, v in _asdict(cfg).items() if k not in ("out", "overwrite")})),
+    }
+    return redact("\n".join(fill(_template("card.md"), values)))
 
-    title = cfg.pretty_name or f"Preference dataset ({summary.judge_hash}, {summary.pairs})"
-    out: list[str] = ["---", yaml.safe_dump(front_matter(summary, cfg, data_files), sort_keys=False).rstrip(), "---", ""]
-    out += [f"# {title}", ""]
-    out += [
-        "Preference data made with prefdata: completions sampled per "
-        "prompt, ranked by a judge, and turned into pairs. Every number below comes from the run's own records.",
-        "",
-        "## Structure",
-        "",
-        f"- Shape: **{summary.shape}**: {SHAPE_COLUMNS[summary.shape]}.",
-        "- Every row keeps its ids (`prompt_id`, candidate ids) and provenance (`judge_hash`, `sampler_hash`, "
-        "ranking `strategy`, ranks and scores), so it can be traced back to the run directory.",
-        f"- Files: {summary.format}; splits by `prompt_id` (no prompt is in two splits):",
-        "",
-        "| split | rows |",
-        "|---|---|",
-    ]
-    out += [f"| {s} | {n} |" for s, n in summary.splits.items()]
-    out += ["", "```python", "from datasets import load_dataset", 'ds = load_dataset("<this repo or folder>")', "```", ""]
 
-    # -- models and configs
-    out += ["## Sampling", ""]
+def fill(template: str, values: dict[str, str | list[str]]) -> list[str]:
+    """The template's lines with `$name` filled (string.Template); a line that is only `$name` of a list value
+    becomes that list's lines, so an empty list leaves no blank line behind (an export without warnings)."""
+    out: list[str] = []
+    for line in template.split("\n"):
+        value = values.get(line[1:]) if line.startswith("$") else None
+        if isinstance(value, list):
+            out += value
+        else:
+            out.append(string.Template(line).substitute({k: v for k, v in values.items() if isinstance(v, str)}))
+    return out
+
+
+def _template(name: str) -> str:
+    """A card template shipped with the package (prefdata/data), read as written."""
+    return (Path(__file__).parent / "data" / name).read_text(encoding="utf-8")
+
+
+def _samplers(gen: dict[str, Any]) -> list[str]:
+    """One section per sampler: its model, the recorded versions and seed, and its config (secrets masked)."""
     if not gen:
-        out += ["No generate stage is recorded in run.json.", ""]
+        return ["No generate stage is recorded in run.json.", ""]
+    out: list[str] = []
     for sampler_hash, entry in gen.items():
         entry = entry or {}
         model = entry.get("model") or (entry.get("config") or {}).get("model") or "not recorded"
         out += [f"### Sampler `{sampler_hash}`", "", f"- Model: `{redact(str(model))}`"]
-        for k in ("model_revision", "backend", "vllm_version", "seed"):
-            if entry.get(k) is not None:
-                out.append(f"- {k}: `{redact(str(entry[k]))}`")
+        out += [f"- {k}: `{redact(str(entry[k]))}`" for k in ("model_revision", "backend", "vllm_version", "seed")
+                if entry.get(k) is not None]  # fmt: skip
         out += ["", "```yaml", _yaml(scrub(entry.get("config") or {})), "```", ""]
+    return out
 
-    out += ["## Judging", ""]
-    judge_model = rank_entry.get("model") or rank_cfg.get("model") or rank_cfg.get("judge_model") or "not recorded"
-    out += [
-        f"- Judge config hash: `{summary.judge_hash}`",
-        f"- Judge model: `{redact(str(judge_model))}`",
-        f"- Template: `{rank_entry.get('template') or rank_cfg.get('template') or 'not recorded'}`, sha256 "
-        f"`{rank_entry.get('template_sha256') or 'not recorded'}`",
-        f"- Position-bias policy: {_position_policy(rank_entry, rank_cfg)}",
-        f"- Ranking strategy: {_fmt_counts(js.get('strategies'))}",
-        "",
-        "```yaml",
-        _yaml(scrub(rank_cfg)),
-        "```",
-        "",
-        "### Judge statistics (all ranked prompts of this judge)",
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| prompts ranked | {js.get('prompts')} |",
-        f"| judge comparisons | {_n(js.get('comparisons'))} |",
-        f"| ties | {_n(js.get('ties'))} ({_pct(js.get('ties_rate'))}) |",
-        f"| failures | {_n(js.get('failures'))} ({_pct(js.get('failures_rate'))}) |",
-        f"| judge prompts longer than the judge's context (`too_long`) | {_n(js.get('too_long'))} |",
-        f"| reward-model inputs cut to the model's max length (scored without their start) | "
-        f"{_n(js.get('truncated_inputs'))} |",
-        f"| inconsistent (verdict changed when the order was swapped) | {_n(js.get('inconsistent'))} "
-        f"({_pct(js.get('inconsistent_rate'))}) |",
-        f"| mean consistency | {_num(js.get('consistency_mean'))} |",
-        f"| prompts with no strict best/worst | {_n(js.get('no_preference'))} |",
-        "",
-    ]
 
-    # -- pairs and filters
-    out += [
-        "## Pair selection",
-        "",
-        f"- Strategy: `--pairs {summary.pairs}`; minimum margin {cfg.min_margin}; truncated completions and "
-        f"pairs scored from cut reward-model inputs {'kept' if cfg.keep_truncated else 'dropped'}; inconsistent pairs {'kept' if cfg.keep_inconsistent else 'dropped'}; "
-        "ties and identical texts always dropped (chosen is never the same text as rejected).",
-        f"- Prompts in the run: {summary.n_prompts}; ranked: {summary.n_ranked}; pairs considered: "
-        f"{summary.n_considered}; rows written: {summary.n_rows}.",
-        "",
-        "| dropped because | count |",
-        "|---|---|",
-    ]
-    out += [f"| {DROP_REASONS.get(k, k)} (`{k}`) | {v} |" for k, v in summary.drops.items()] or []
-    if not summary.drops:
-        out.append("| nothing dropped | 0 |")
-    out.append("")
-
-    # -- lengths
-    out += ["## Chosen vs rejected length", ""]
-    if L.get("n_pairs"):
-        out += [
-            f"Measured in {L['measure']} over {L['n_pairs']} "
-            + ("best/worst candidates per prompt" if summary.shape == "ranking" else "kept pairs")
-            + ".",
-            "",
-            "| | mean | median |",
-            "|---|---|---|",
-            f"| chosen | {L['chosen_mean']:.1f} | {L['chosen_median']:.1f} |",
-            f"| rejected | {L['rejected_mean']:.1f} | {L['rejected_median']:.1f} |",
-            "",
-            f"Chosen is longer in {_pct(L['chosen_longer_share'])} of pairs and shorter in {_pct(L['chosen_shorter_share'])}.",
-            "",
-        ]
-        if plot_name:
-            out += [f"![chosen vs rejected length]({plot_name})", ""]
-    if summary.warnings:
-        out += ["## Warnings", ""] + [f"- {redact(w)}" for w in summary.warnings] + [""]
-
-    # -- reproduce
-    out += ["## Reproduce", "", "```bash"]
-    for entry in gen.values():
-        out += [redact(c) for c in (entry or {}).get("commands") or []]
-    out += [redact(c) for c in rank_entry.get("commands") or []]
-    out += [redact(command), "```", ""]
-    out += [
-        f"- prefdata version: `{__version__}` (run created with `{meta.get('prefdata_version', 'unknown')}`)",
-        "",
-        "Export config:",
-        "",
-        "```yaml",
-        _yaml(scrub({k: v for k, v in _asdict(cfg).items() if k not in ("out", "overwrite")})),
-        "```",
-        "",
-    ]
-    return redact("\n".join(out))
+def _lengths(summary: ExportSummary, plot_name: str | None) -> list[str]:
+    """The chosen-vs-rejected length table (data/card_lengths.md) and the plot, when there are pairs."""
+    L = summary.lengths
+    if not L.get("n_pairs"):
+        return []
+    what = "best/worst candidates per prompt" if summary.shape == "ranking" else "kept pairs"
+    values: dict[str, str | list[str]] = {
+        "measure": str(L["measure"]), "n_pairs": str(L["n_pairs"]), "what": what,
+        **{k: f"{L[k]:.1f}" for k in ("chosen_mean", "chosen_median", "rejected_mean", "rejected_median")},
+        "chosen_longer": _pct(L["chosen_longer_share"]), "chosen_shorter": _pct(L["chosen_shorter_share"]),
+    }  # fmt: skip
+    out = fill(_template("card_lengths.md"), values)[:-1]  # the file's last newline ends its last line
+    return out + ([f"![chosen vs rejected length]({plot_name})", ""] if plot_name else [])
 
 
 def plot_lengths(path: Path, chosen: list[int], rejected: list[int], measure: str) -> None:
