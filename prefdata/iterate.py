@@ -31,8 +31,15 @@ from prefdata.options import opt
 from prefdata.records import TRAIN_SUMMARY
 from prefdata.store import RunDir, atomic_write_bytes, check_writable, command_line
 
+
 # The loop's own defaults where they differ from a stage's (each field is declared once, on its stage config):
 # shorter answers, and a judge template a small in-process model can follow.
+class RoundNotFinal(PrefdataError):
+    """A round's rankings rest on failed judge calls: the loop stops before export (a rerun retries them)."""
+
+    exit_code = 3  # prefdata.rank.EXIT_FAILURES, as `prefdata rank` exits in the same case
+
+
 LOOP_DEFAULTS: dict[str, dict[str, Any]] = {"generate": {"max_tokens": 256}, "rank": {"judge": "verdict-only"}}
 # The stage fields the loop's command line names directly (the rest: --set STAGE.FIELD=VALUE or the YAML maps);
 # their help and checks are the stage's.
@@ -46,7 +53,7 @@ LOOP_FLAGS: dict[str, dict[str, str | tuple[str, ...]]] = {
 STAGE_CLASSES = {"generate": "prefdata.generate:GenerateConfig", "rank": "prefdata.rank:RankConfig",
                  "export": "prefdata.export:ExportConfig", "train": "prefdata.train.config:AIPOConfig"}  # fmt: skip
 # Fields the loop sets itself, per round.
-RESERVED = {"generate": ("prompts", "model"), "export": ("out", "name", "overwrite"), "train": ("output_dir",)}
+RESERVED = {"generate": ("prompts", "model"), "export": ("out", "name", "overwrite"), "train": ("output_dir", "model")}
 
 
 @dataclass
@@ -113,12 +120,18 @@ class IterateConfig:
                 continue  # the trainer's imports are slow; an empty mapping has nothing to check
             cls = load_class(STAGE_CLASSES[name])
             setattr(self, name, stage_fields(cls, getattr(self, name), f"--set {name}", reserved=RESERVED.get(name, ())))
-            if name == "train":
-                continue  # built by train() itself, with the round's output_dir
+            if name == "train":  # built by train() itself with the round's output_dir; its values checked here
+                try:
+                    cls(output_dir="round-N/train", **self.train)
+                except (PrefdataError, TypeError, ValueError) as e:
+                    raise PrefdataError(f"--set train: {e}") from None
+                continue
             try:
-                self.stage_config(name)
+                built = self.stage_config(name)
             except (PrefdataError, TypeError, ValueError) as e:
                 raise PrefdataError(f"--set {name}: {e}") from None
+            if name == "generate" and built.data_parallel_size > 1:
+                raise PrefdataError("--set generate.data_parallel_size: the loop samples with one engine per round")
 
 
 def round_dir(workdir: Path, t: int) -> Path:
@@ -162,8 +175,25 @@ def _slice_prompts(cfg: IterateConfig, t: int, out: Path, held_out: set[str] | N
     return str(out)
 
 
+@dataclass
+class IterateSummary:
+    """The loop's result: the per-round table (also in rounds.md / rounds.parquet) of its workdir."""
+
+    workdir: str
+    table: pl.DataFrame
+
+    def lines(self) -> list[str]:
+        w = Path(self.workdir)
+        with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160):
+            shown = str(self.table)
+        return ["", f"rounds finished: {self.table.height}; summary in {w / 'rounds.md'} and {w / 'rounds.png'}", shown]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"workdir": self.workdir, "rounds": self.table.to_dicts()}
+
+
 @captured("iterate")
-def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = say) -> pl.DataFrame:
+def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = say) -> IterateSummary:
     """Run (or resume) the loop; returns the per-round summary table."""
     from prefdata import iterate_eval as ie
     from prefdata.backends.vllm_engine import build_llm, shutdown_llm, start_engine
@@ -265,6 +295,13 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                 rank_fields["judge_model"] = judge_path
             rs = rank_run(run, cfg.stage_config("rank", **rank_fields), llm=judge_llm)
             log(f"round {t}: rank: {_brief(rs)}")
+            retry = rs.get("failed_calls", 0) - rs.get("too_long", 0)
+            if retry > 0:  # the round would train on rankings that rest on failed calls: stop, a rerun retries them
+                raise RoundNotFinal(
+                    f"round {t}: {retry} judge calls failed, so the rankings of {rs.get('prompts_not_final')} prompts "
+                    "are not final; the round stops before export and training; run the same command again to "
+                    "retry those calls and go on"
+                )
             if t >= 1:
                 ie.judge(workdir, cfg, t - 1, start_path, judge_llm, eval_judge_model, progress, log)
             # -- export best vs worst
@@ -299,7 +336,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
     finally:
         shutdown_llm(shared["llm"])
         shutdown_llm(judge_llm)
-    return write_round_table(workdir)
+    return IterateSummary(str(workdir), write_round_table(workdir))
 
 
 def reload_weights(llm: Any, path: str) -> None:

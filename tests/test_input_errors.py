@@ -124,6 +124,8 @@ def test_read_only_run_location(tmp_path, capsys):
         (["--set", "export.out=x"], "out is set by the loop itself"),
         (["--set", "train.learning_rate=abc"], "--set train.learning_rate: config field 'learning_rate' must be float"),
         (["--set", "train.nosuch=1"], "unknown field(s) nosuch for AIPOConfig"),
+        (["--set", "train.loss_type=bogus"], "--set train: loss_type 'bogus' is not one of"),  # a bad value, not only a bad name (issue 11.4)
+        (["--set", "train.learning_rate=-1"], "--set train: learning_rate must be a positive number"),
         (["-n", "0"], "-n must be in [1, inf), got 0"),
     ],
 )

@@ -18,12 +18,15 @@ def command() -> Any:
 
 
 def _rank(cfg: Any, *, run: Path) -> None:
-    from prefdata.rank import EXIT_FAILURES, rank_run
+    from prefdata.rank import EXIT_FAILURES, JudgeUnreachable, rank_run
     from prefdata.store import RunDir, check_writable
 
     if RunDir(run).exists():
         check_writable(run, "--run")  # judgments and rankings are written there
-    s = rank_run(RunDir(run), cfg)
+    try:
+        s = rank_run(RunDir(run), cfg)
+    except JudgeUnreachable as e:
+        raise JudgeUnreachable(f"{e}: {rerun_command()}") from None
     cons = "n/a" if s["consistency"] is None else f"{s['consistency']:.1%}"
     typer.echo(
         f"ranked {s['prompts']} prompts ({s['candidates']} candidates) with {s['strategy']}, judge {s['judge_hash']}: "
