@@ -25,12 +25,12 @@ from typing import Any
 
 import polars as pl
 
-from prefdata.console import say
 from prefdata.errors import PrefdataError
 from prefdata.options import opt
 from prefdata.records import candidate_id, stable_hash
 from prefdata.stats import length_controlled_win_rate, mean_interval, wilson
 from prefdata.store import RunDir, atomic_write_bytes
+from prefdata.summary import RecordSummary
 
 DEMO_ALIASES = ("demo", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
 
@@ -316,20 +316,39 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def eval_run(run: RunDir, cfg: EvalConfig, *, llm: Any = None, baseline_llm: Any = None, judge_llm: Any = None,
-             judge: Any = None, baseline_from: RunDir | None = None, progress: bool = True) -> dict[str, Any]:
+             judge: Any = None, baseline_from: RunDir | None = None, progress: bool = True) -> EvalSummary:
     """Generate both sides, judge, write eval.json / eval.md; returns the summary. Rerun to resume."""
     sides = eval_generate(run, cfg, llm=llm, baseline_llm=baseline_llm, baseline_from=baseline_from, progress=progress)
     rs = eval_judge(run, cfg, judge_llm=judge_llm, judge=judge, progress=progress)
     return finish(run, cfg, sides, rs)
 
 
-def finish(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: dict[str, Any]) -> dict[str, Any]:
+def finish(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: dict[str, Any]) -> EvalSummary:
     summary = summarize(run, cfg, sides, rank_summary)
     atomic_write_bytes(run.path / "eval.json", (json.dumps(summary, indent=2) + "\n").encode())
     atomic_write_bytes(run.path / "eval.md", ("\n".join(markdown(summary)) + "\n").encode())
     run.record_stage("eval", stable_hash([sides.model_hash, sides.baseline_hash, summary["judge_hash"]], 12),
                      {"config": dataclasses.asdict(cfg), "summary": summary})
-    return summary
+    return EvalSummary(summary, str(run.path))
+
+
+@dataclass(eq=False)
+class EvalSummary(RecordSummary):
+    """eval.json's record (its measures depend on the judge) and the run directory that holds it."""
+
+    run: str
+
+    def lines(self) -> list[str]:
+        s = self.record
+        rows = [("", "model", "baseline"), *table_rows(s)]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        out = [f"eval: {s['model']} vs {s['baseline']}, judge {s['judge']} ({s['compared']} of {s['prompts']} prompts compared)"]
+        out += [f"  {a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows]
+        if s.get("prompts_without_reference"):
+            out.append(f"  skipped {s['prompts_without_reference']} prompts without a reference answer")
+        run = Path(self.run)
+        return [*out, f"summary: {run / 'eval.json'}, {run / 'eval.md'}"]
 
 
 def _ci(s: dict[str, Any], key: str) -> str:
@@ -379,20 +398,4 @@ def markdown(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def terminal_lines(s: dict[str, Any]) -> list[str]:
-    rows = [("", "model", "baseline"), *table_rows(s)]
-    w0 = max(len(r[0]) for r in rows)
-    w1 = max(len(r[1]) for r in rows)
-    out = [f"eval: {s['model']} vs {s['baseline']}, judge {s['judge']} ({s['compared']} of {s['prompts']} prompts compared)"]
-    out += [f"  {a:<{w0}}  {b:<{w1}}  {c}".rstrip() for a, b, c in rows]
-    if s.get("prompts_without_reference"):
-        out.append(f"  skipped {s['prompts_without_reference']} prompts without a reference answer")
-    return out
-
-
-def report(summary: dict[str, Any]) -> None:
-    for line in terminal_lines(summary):
-        say(line)
-
-
-__all__ = ["EvalConfig", "Sides", "eval_generate", "eval_judge", "eval_run", "finish", "summarize", "terminal_lines"]
+__all__ = ["EvalConfig", "EvalSummary", "Sides", "eval_generate", "eval_judge", "eval_run", "finish", "summarize"]

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +62,8 @@ class GenerateConfig:
     max_model_len: int | None = opt(None, "vLLM context length; none: the model's.")
     dtype: str = opt("auto", "vLLM / transformers weight dtype.")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallel GPUs.", flag=("--tensor-parallel-size", "--tp"))
+    data_parallel_size: int = opt(1, "vLLM engines, one per GPU group: `prefdata generate` starts one --shard process "
+                                  "per group (command line only).", flag=("--data-parallel-size", "--dp"))
     gpu_memory_utilization: float = opt(0.9, "vLLM share of GPU memory.")
     batch_size: int = opt(64, "Prompts per shard: the most a crash can lose.")
     hf_batch_size: int = opt(8, "Prompts per transformers generate call (--backend hf).")
@@ -87,6 +87,7 @@ class GenerateConfig:
         for flag, value in (("-n", self.n), ("--max-tokens", self.max_tokens), ("--limit", self.limit),
                             ("--second-n", self.second_n), ("--max-model-len", self.max_model_len),
                             ("--tensor-parallel-size", self.tensor_parallel_size), ("--batch-size", self.batch_size),
+                            ("--data-parallel-size", self.data_parallel_size),
                             ("hf_batch_size", self.hf_batch_size), ("--concurrency", self.concurrency)):
             check_range(flag, value, 1)
         check_range("--temperature", self.temperature, 0)
@@ -185,6 +186,9 @@ class GenerateSummary:
             f"wall time: {self.wall_s:.1f} s (with model loading); sampling {self.tokens_per_s:.1f} tokens/s",
         ]
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
 
 def _versions() -> dict[str, str]:
     from importlib import metadata
@@ -233,6 +237,9 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
     """Sample candidates for every prompt not yet done under this sampler config. `llm`: reuse an engine.
     One process per run (per shard with --shard): a second identical one stops with a line naming the first."""
     t0 = time.time()
+    if cfg.data_parallel_size > 1:
+        raise PrefdataError("--data-parallel-size starts one process per GPU group from the command line; here, run "
+                            "one generate_run per --shard instead")
     # the input is read and the location checked before the lock creates anything in the run directory
     pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
     check_writable(run.path, "--run")
@@ -422,17 +429,3 @@ def _public_config(cfg: GenerateConfig) -> dict[str, Any]:
 def _short_cfg(c: dict[str, Any]) -> str:
     keys = ("model", "backend", "n", "temperature", "max_tokens")
     return ", ".join(f"{k}={c.get(k)}" for k in keys if k in c) or "unknown config"
-
-
-def launch_data_parallel(argv: list[str], dp: int, tp: int) -> int:
-    """Data parallel inside a node: one `prefdata generate --shard i/dp` process per GPU group.
-
-    Each process sees `tp` GPUs (CUDA_VISIBLE_DEVICES) and writes into the same run directory.
-    """
-    procs = []
-    for i in range(dp):
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(str(i * tp + k) for k in range(tp)))
-        cmd = [sys.executable, "-m", "prefdata.cli", "generate", *argv, "--shard", f"{i}/{dp}", "--data-parallel-size", "1"]
-        procs.append(subprocess.Popen(cmd, env=env))
-    codes = [p.wait() for p in procs]
-    return max(codes)

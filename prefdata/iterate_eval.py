@@ -15,6 +15,7 @@ after the round's ranking. The last checkpoint is evaluated when the loop ends. 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,7 @@ def judge(workdir: Path, cfg: Any, t: int, start: str, judge_llm: Any, judge_mod
         log(f"round {t}: eval vs {s['baseline']}: {brief(s)}")
 
 
-def brief(s: dict[str, Any]) -> str:
+def brief(s: Mapping[str, Any]) -> str:
     parts = []
     if s.get("accuracy") is not None:
         parts.append(f"accuracy {s['accuracy']:.3f} [{s['accuracy_low']:.3f}, {s['accuracy_high']:.3f}] "

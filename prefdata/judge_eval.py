@@ -23,6 +23,7 @@ from prefdata.errors import PrefdataError
 from prefdata.judges.verdict import Candidate, PairJudge, PairRequest, PointwiseJudge, ScoreRequest
 from prefdata.options import opt
 from prefdata.ranking import combine
+from prefdata.summary import RecordSummary
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
@@ -89,7 +90,15 @@ def read_labeled_pairs(path: str, limit: int | None) -> list[tuple[tuple[tuple[s
     return rows
 
 
-def evaluate(cfg: JudgeEvalConfig, llm: Any = None, judge: PairJudge | PointwiseJudge | None = None) -> dict[str, Any]:
+@dataclass(eq=False)
+class JudgeEvalSummary(RecordSummary):
+    """The agreement record (call-level measures only for a pairwise judge), printed as the JSON it is."""
+
+    def lines(self) -> list[str]:
+        return json.dumps(self.record, indent=2).splitlines()
+
+
+def evaluate(cfg: JudgeEvalConfig, llm: Any = None, judge: PairJudge | PointwiseJudge | None = None) -> JudgeEvalSummary:
     from prefdata.console import progress
     from prefdata.rank import RankConfig, build_judge
 
@@ -153,4 +162,4 @@ def evaluate(cfg: JudgeEvalConfig, llm: Any = None, judge: PairJudge | Pointwise
         out.parent.mkdir(parents=True, exist_ok=True)
         df.write_parquet(out.with_suffix(".parquet"))
         out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    return JudgeEvalSummary(summary)

@@ -189,8 +189,20 @@ def verb_option(name: str, annotation: Any, *decls: str, default: Any = None, he
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
-def run_option(help: str = "Run directory.") -> inspect.Parameter:
-    return verb_option("run", Path, "--run", default=..., help=help)
+# The options below belong to the verb, not to its config: the folder or file a stage works on (`run` in
+# `verb(run, Config)`) changes from one call to the next while one YAML config serves them all, and --config,
+# --quiet and --set say how to read the config and how to report. Commands take them from here.
+
+
+def run_option(help: str = "Run directory.", name: str = "run", flags: tuple[str, ...] = ("--run",)) -> inspect.Parameter:
+    """The run directory the stage reads and writes (iterate's is its workdir)."""
+    return verb_option(name, Path, *flags, default=..., help=help)
+
+
+def input_argument(name: str, annotation: Any, help: str) -> inspect.Parameter:
+    """The stage's input as a positional argument (train's dataset, push's export folder): like --run, what the
+    stage works on, not a setting a config file would fix."""
+    return verb_option(name, annotation, default=..., argument=True, help=help)
 
 
 def config_option() -> inspect.Parameter:

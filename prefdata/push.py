@@ -8,6 +8,7 @@ huggingface_hub finds (HF_TOKEN or the saved login) unless one is passed; it is 
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import re
 from dataclasses import dataclass, field
@@ -57,6 +58,17 @@ class PushResult:
         if self.commit_url:
             out.append(f"commit: {self.commit_url}")
         return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def push(folder: str | Path, cfg: PushConfig, *, token: str | None = None) -> PushResult:
+    """`prefdata push`: the export folder to the repo of `cfg` (see `push_export`)."""
+    if not cfg.repo_id:
+        raise PrefdataError("--repo-id ORG/NAME is required")
+    return push_export(folder, cfg.repo_id, private=cfg.private, dry_run=cfg.dry_run, token=token, endpoint=cfg.endpoint,
+                       revision=cfg.revision, commit_message=cfg.commit_message)  # fmt: skip
 
 
 def export_files(folder: Path) -> list[tuple[str, int]]:

@@ -44,11 +44,11 @@ def _cfg(tiny_llama_dir, tiny_rm_dir, rounds: int) -> IterateConfig:
 def test_iterate_two_rounds_and_resume(tmp_path, tiny_llama_dir, tiny_rm_dir):
     work = tmp_path / "loop"
     logs: list[str] = []
-    table = iterate(work, _cfg(tiny_llama_dir, tiny_rm_dir, rounds=1), progress=False, log=logs.append)
+    table = iterate(work, _cfg(tiny_llama_dir, tiny_rm_dir, rounds=1), progress=False, log=logs.append).table
     assert table.height == 1
     assert (work / "round-0" / "train" / "prefdata_train.json").is_file()
     # Extending the loop resumes: round 0 is not redone, round 1 samples from round 0's checkpoint.
-    table = iterate(work, _cfg(tiny_llama_dir, tiny_rm_dir, rounds=2), progress=False, log=logs.append)
+    table = iterate(work, _cfg(tiny_llama_dir, tiny_rm_dir, rounds=2), progress=False, log=logs.append).table
     assert table.height == 2 and table["round"].to_list() == [0, 1]
     assert "round 0: done" in logs
     r1 = RunDir(work / "round-1").read_meta()["stages"]["generate"]

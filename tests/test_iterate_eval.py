@@ -40,7 +40,7 @@ def _cfg(tiny_llama_dir, judge: str, rounds: int) -> IterateConfig:
 def test_iterate_evaluates_every_round_on_a_held_out_slice_and_resumes(tmp_path, tiny_llama_dir, parity_judge):
     work = tmp_path / "loop"
     logs: list[str] = []
-    table = iterate(work, _cfg(tiny_llama_dir, parity_judge, rounds=1), progress=False, log=logs.append)
+    table = iterate(work, _cfg(tiny_llama_dir, parity_judge, rounds=1), progress=False, log=logs.append).table
     held = {json.dumps(json.loads(x)["messages"]) for x in (work / "eval_prompts.jsonl").read_text().splitlines()}
     assert len(held) == 6
     e0 = json.loads((work / "round-0" / "eval" / "eval.json").read_text())
@@ -55,7 +55,7 @@ def test_iterate_evaluates_every_round_on_a_held_out_slice_and_resumes(tmp_path,
     # round 1 resumes: round 0 and its eval are kept, round 0's checkpoint is the baseline of eval-previous
     e0_text = (work / "round-0" / "eval" / "eval.json").read_text()
     n_eval0 = RunDir(work / "round-0" / "eval").read_candidates().height
-    table = iterate(work, _cfg(tiny_llama_dir, parity_judge, rounds=2), progress=False, log=logs.append)
+    table = iterate(work, _cfg(tiny_llama_dir, parity_judge, rounds=2), progress=False, log=logs.append).table
     assert table.height == 2 and table["eval_accuracy"].null_count() == 0
     assert (work / "round-0" / "eval" / "eval.json").read_text() == e0_text
     assert RunDir(work / "round-0" / "eval").read_candidates().height == n_eval0
@@ -79,7 +79,7 @@ def test_iterate_evaluates_every_round_on_a_held_out_slice_and_resumes(tmp_path,
     assert pl.read_parquet(work / "rounds.parquet").equals(table)
     # a full rerun changes nothing
     logs.clear()
-    again = iterate(work, _cfg(tiny_llama_dir, parity_judge, rounds=2), progress=False, log=logs.append)
+    again = iterate(work, _cfg(tiny_llama_dir, parity_judge, rounds=2), progress=False, log=logs.append).table
     assert logs == ["round 0: done", "round 1: done"] and again.equals(table)
 
 
@@ -87,6 +87,6 @@ def test_eval_off_keeps_the_old_table(tmp_path, tiny_llama_dir, parity_judge):
     cfg = _cfg(tiny_llama_dir, parity_judge, rounds=1)
     cfg.eval_size = 0
     cfg.eval_previous = False
-    table = iterate(tmp_path / "loop", cfg, progress=False, log=lambda s: None)
+    table = iterate(tmp_path / "loop", cfg, progress=False, log=lambda s: None).table
     assert table["eval_accuracy"].null_count() == 1 and not (tmp_path / "loop" / "eval_prompts.jsonl").exists()
     assert "eval_" not in (tmp_path / "loop" / "rounds.md").read_text()

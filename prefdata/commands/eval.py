@@ -22,13 +22,11 @@ def command() -> Any:
 
 
 def _eval(cfg: Any, *, run: Path, set_: list[str], quiet: bool) -> None:
-    from prefdata.eval import eval_run, terminal_lines
+    from prefdata.eval import eval_run
     from prefdata.options import parse_sets
     from prefdata.store import RunDir
 
     for stage, fields in parse_sets(set_, STAGES).items():
         getattr(cfg, stage).update(fields)
-    summary = eval_run(RunDir(run), cfg, progress=not quiet)
-    for line in terminal_lines(summary):
+    for line in eval_run(RunDir(run), cfg, progress=not quiet).lines():
         typer.echo(line)
-    typer.echo(f"summary: {run / 'eval.json'}, {run / 'eval.md'}")

@@ -13,9 +13,9 @@ STAGES = ("generate", "rank", "export", "train")
 
 def command() -> Any:
     from prefdata.iterate import LOOP_DEFAULTS, LOOP_FLAGS, STAGE_CLASSES
-    from prefdata.options import config_option, quiet_option, set_option, stage_parameters, verb_command, verb_option
+    from prefdata.options import config_option, quiet_option, run_option, set_option, stage_parameters, verb_command
 
-    workdir = verb_option("workdir", Path, "--workdir", "--run", default=..., help="Folder for all rounds (rerun to resume).")
+    workdir = run_option("Folder for all rounds (rerun to resume).", name="workdir", flags=("--workdir", "--run"))
     stage_flags = stage_parameters(LOOP_FLAGS, STAGE_CLASSES, LOOP_DEFAULTS)
     return verb_command("prefdata.iterate:IterateConfig", _iterate, doc=HELP, before=("workdir",),
                         options=[workdir, *stage_flags, set_option(STAGES), config_option(), quiet_option()])  # fmt: skip
@@ -33,13 +33,5 @@ def _iterate(cfg: Any, *, workdir: Path, set_: list[str], quiet: bool, **stage_f
         getattr(cfg, stage).update(fields)
     cfg.check_stages()  # before anything is written in the workdir
     check_writable(workdir, "--workdir")
-    table = iterate(workdir, cfg, progress=not quiet)
-    typer.echo(f"\nrounds finished: {table.height}; summary in {workdir / 'rounds.md'} and {workdir / 'rounds.png'}")
-    with pl_config():
-        typer.echo(str(table))
-
-
-def pl_config():
-    import polars as pl
-
-    return pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160)
+    for line in iterate(workdir, cfg, progress=not quiet).lines():
+        typer.echo(line)

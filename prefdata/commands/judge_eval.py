@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
@@ -19,4 +18,5 @@ def command() -> Any:
 def _judge_eval(cfg: Any) -> None:
     from prefdata.judge_eval import evaluate
 
-    typer.echo(json.dumps(evaluate(cfg), indent=2))
+    for line in evaluate(cfg).lines():
+        typer.echo(line)
