@@ -266,13 +266,13 @@ def test_a_model_object_gets_adapters_too(tmp_path, tiny_llama_dir):
     assert trainable and all("lora_" in n for n in trainable)
 
 
-@pytest.mark.slow
-def test_vllm_loads_the_merged_model(tmp_path, tiny_llama_dir):
-    """The merged bf16 output is an ordinary model folder for vLLM. Slow: one engine start."""
+def test_vllm_loads_the_merged_model(tmp_path, tiny_llama_dir, vllm_llm):
+    """The merged bf16 output is an ordinary model folder for vLLM: loaded into the session's engine in place (as
+    iterate loads each round's checkpoint), its prompt log-probs equal transformers'. Slow: the shared engine."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from vllm import SamplingParams
 
-    from prefdata.backends.vllm_engine import shutdown_llm, start_engine
+    from prefdata.iterate import reload_weights
     from prefdata.train import train
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
@@ -284,10 +284,11 @@ def test_vllm_loads_the_merged_model(tmp_path, tiny_llama_dir):
     with torch.no_grad():
         logits = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(torch.tensor([ids])).logits[0, :-1]
     want = logits.log_softmax(-1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).sum().item()
-    llm = start_engine(str(out), max_model_len=1024, dtype="bfloat16")
     try:
-        o = llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)[0]
+        reload_weights(vllm_llm, str(out))
+        o = vllm_llm.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=1, prompt_logprobs=0),
+                              use_tqdm=False)[0]
         got = sum(d[t].logprob for t, d in zip(ids[1:], o.prompt_logprobs[1:], strict=True))
         assert got == pytest.approx(want, rel=0.02, abs=0.5)
     finally:
-        shutdown_llm(llm)
+        reload_weights(vllm_llm, str(tiny_llama_dir))  # the session engine is shared: put its weights back
