@@ -352,8 +352,18 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
     per_prompt = sum(s.n for s in plan)
     bar = console_progress(len(todo) * per_prompt, "generate", "completion", disable=not progress)
 
+    live = {"t": time.time(), "tokens": 0.0, "shown": 0.0}  # the shard in flight: its start, tokens so far
+
     def on_done(completions: int, tokens: int) -> None:
-        bar.update(completions)  # tokens/s is shown per shard: in flight, only finished requests are counted
+        """A request finished while the rest of the shard still runs: move the bar and refresh tokens/s."""
+        bar.update(completions)
+        live["tokens"] += tokens
+        now = time.time()
+        if now - live["shown"] >= 1.0:
+            live["shown"] = now
+            el = stats["sample_s"] + now - live["t"]
+            bar.set_postfix_str(f"{(stats['tokens'] + live['tokens']) / el if el else 0:.0f} tok/s, "
+                                f"skipped {stats['skipped']:.0f}")
 
     try:
         for start in range(0, len(todo), cfg.batch_size):
@@ -369,7 +379,8 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
                 keep.append(r)
             rows: list[dict[str, Any]] = []
             if keep:
-                t_batch = time.time()
+                t_batch = live["t"] = time.time()
+                live["tokens"] = 0.0
                 outs = sampler.sample([r["messages"] for r in keep], plan, on_done=on_done if progress else None)
                 stats["sample_s"] += time.time() - t_batch
                 for r, per_prompt_out in zip(keep, outs, strict=True):
