@@ -126,6 +126,18 @@ class AIPOConfig(TrainingArguments):
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 base (CUDA + bitsandbytes)."})
 
+    # What `prefdata train` trains and how it treats an output folder that already holds a run; they change no
+    # trained weight, so the run identity leaves them out (the model counts by the hash of its files).
+    model: str | None = field(default=None, metadata={"help": "Model folder or hub name to train (default: the demo model)."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint folder to resume from, or 'latest' (a rerun resumes by itself).",
+                  "flag": ("--resume", "--resume-from-checkpoint")},
+    )  # fmt: skip
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete the checkpoints and summary of a previous run in --output-dir; start over."}
+    )
+
     # TrainingArguments defaults changed to the paper's.
     learning_rate: float = field(default=5e-7, metadata={"help": "AdamW learning rate (paper: 5e-7).", "flag": ("--learning-rate", "--lr")})
     per_device_train_batch_size: int = field(

@@ -29,7 +29,7 @@ SAVING = ".prefdata-saving"  # created before a save starts, removed after the m
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 # Settings that do not change the trained weights: logging, saving, paths, evaluation and memory knobs.
 _NOT_RESULTS = {
-    "output_dir", "logging_dir", "overwrite_output_dir", "disable_tqdm", "report_to", "run_name", "project",
+    "output_dir", "logging_dir", "overwrite_output_dir", "overwrite", "disable_tqdm", "report_to", "run_name", "project",
     "push_to_hub", "resume_from_checkpoint", "local_rank", "ref_batch_size", "ref_cache_dir", "logps_chunk_tokens",
     "gradient_checkpointing", "gradient_checkpointing_kwargs", "skip_memory_metrics", "debug", "do_train",
     "do_eval", "do_predict", "ddp_timeout", "per_device_eval_batch_size", "prediction_loss_only",

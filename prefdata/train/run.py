@@ -6,12 +6,14 @@ import dataclasses
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
 from prefdata.records import TRAIN_SUMMARY
 from prefdata.store import stage_lock
+from prefdata.summary import RecordSummary
 from prefdata.train.resume import (
     checkpoints,
     clear_run,
@@ -26,6 +28,25 @@ from prefdata.train.resume import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
+class TrainSummary(RecordSummary):
+    """prefdata_train.json's record (its metric keys depend on the loss and the dataset); the terminal gets one
+    JSON line of the numbers a user checks first."""
+
+    def lines(self) -> list[str]:
+        s, last = self.record, self.record["last_logged"]
+        brief = {
+            "output_dir": s["output_dir"],
+            "global_step": s["global_step"],
+            "train_loss": round(s["train_loss"], 4),
+            "accuracy": last.get("rewards/accuracies"),
+            "margin": last.get("rewards/margins"),
+            **{k: v for k, v in s.items() if k.startswith("truncated/")},
+            **({"already_finished": True} if s.get("already_finished") else {}),
+        }
+        return [json.dumps(brief)]
+
+
 
 def train(
     dataset: str | Path,
@@ -36,7 +57,7 @@ def train(
     resume_from_checkpoint: str | bool | None = None,
     overwrite: bool = False,
     **overrides: Any,
-) -> dict[str, Any]:
+) -> TrainSummary:
     """Train `model` (default: the demo model) on `dataset` and save a bf16 checkpoint into `output_dir`.
 
     Rerunning the same call resumes: an `output_dir` that holds complete checkpoints of the same run (same
@@ -45,19 +66,21 @@ def train(
 
     Args:
         dataset: an export folder, a .parquet/.jsonl file or a saved `datasets` folder of pairs.
-        model: a model folder or hub name; None trains the demo model. It is also the reference unless
-            `ref_models` says otherwise.
+        model: a model folder or hub name; None: `config.model`, else the demo model. It is also the reference
+            unless `ref_models` says otherwise.
         output_dir: where checkpoints and the final model go (overrides `config.output_dir`).
         config: an `AIPOConfig`; None builds one from the defaults.
-        resume_from_checkpoint: a checkpoint folder, or True for the latest in `output_dir` (the latest complete
-            checkpoint is used anyway; with none, training starts at step 0).
-        overwrite: remove the checkpoints and summary a previous run left in `output_dir` and start over.
+        resume_from_checkpoint: a checkpoint folder, or True (or "latest") for the latest in `output_dir` (the
+            latest complete checkpoint is used anyway; with none, training starts at step 0); None:
+            `config.resume_from_checkpoint`.
+        overwrite: remove the checkpoints and summary a previous run left in `output_dir` and start over (also
+            when `config.overwrite` is set).
         **overrides: `AIPOConfig` fields (loss_type="dpo", beta=0.5, max_steps=10, ref_models=[...], ...).
 
     Returns:
-        A summary: output_dir, global_step, train_loss, the last logged train metrics, eval metrics if the dataset
-        has a test split, truncation counts, the reference cache files and the run fingerprint. Also written to
-        `output_dir/prefdata_train.json`.
+        A `TrainSummary`, read like the dict it holds: output_dir, global_step, train_loss, the last logged train
+        metrics, eval metrics if the dataset has a test split, truncation counts, the reference cache files and the
+        run fingerprint. Also written to `output_dir/prefdata_train.json`.
     """
     from prefdata.models import resolve_model
     from prefdata.train import lora
@@ -75,6 +98,10 @@ def train(
             cfg = dataclasses.replace(config, **overrides) if overrides else config
     except (TypeError, ValueError) as e:
         raise PrefdataError(f"invalid training config: {e}") from e
+    model = cfg.model if model is None else model
+    overwrite = overwrite or cfg.overwrite
+    resume = cfg.resume_from_checkpoint if resume_from_checkpoint is None else resume_from_checkpoint
+    resume = True if resume == "latest" else resume
     if cfg.load_in_4bit:
         lora.check_4bit_available()
     train_ds, eval_ds = load_pairs(dataset)  # before any model is loaded: a bad dataset fails fast
@@ -86,9 +113,9 @@ def train(
 
     out = Path(cfg.output_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # under several processes, the main one holds the folder's lock
-        return _train_in(out, cfg, model_path, train_ds, eval_ds, resume_from_checkpoint, overwrite)
+        return TrainSummary(_train_in(out, cfg, model_path, train_ds, eval_ds, resume, overwrite))
     with stage_lock(out, "train"):  # two trains into one folder would mix their checkpoints
-        return _train_in(out, cfg, model_path, train_ds, eval_ds, resume_from_checkpoint, overwrite)
+        return TrainSummary(_train_in(out, cfg, model_path, train_ds, eval_ds, resume, overwrite))
 
 
 def _train_in(out: Path, cfg: Any, model_path: str, train_ds: Any, eval_ds: Any, resume_from_checkpoint: str | bool | None,
