@@ -25,8 +25,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -58,7 +62,7 @@ from prefdata.ranking import (
     identical_outcome,
     rank_by_scores,
 )
-from prefdata.records import KIND_ORDER, stable_hash
+from prefdata.records import KIND_ORDER, RANKING_SCHEMA, stable_hash
 from prefdata.store import RunDir
 
 # `prefdata rank` exits with this when judge calls failed (or the endpoint went away): the rankings of some
@@ -104,6 +108,8 @@ class RankConfig:
     timeout_s: float = opt(120.0, "OpenAI: seconds per request.")
     unreachable_after: int = opt(8, "OpenAI: stop the run after this many connection failures in a row.")
     batch_size: int = opt(64, "Judge calls per round and per judgments shard (the most a crash can lose).")
+    group_size: int = opt(4096, "Prompts read, judged and written together, then dropped: memory follows this, not the "
+                          "size of the run.")
     rm_batch_size: int = opt(16, "Reward-model forward batch (halved on out-of-memory).")
     rm_max_length: int | None = opt(None, "Reward-model input limit; longer inputs are cut and flagged.")
     rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "
@@ -116,8 +122,8 @@ class RankConfig:
             raise ValueError(f"position_bias must be one of {', '.join(POLICIES)}, got {self.position_bias!r}")
         if self.strategy is not None and self.strategy not in (*STRATEGIES, "scores"):
             raise ValueError(f"strategy must be iterative, round-robin or scores, got {self.strategy!r}")
-        if self.batch_size < 1 or self.concurrency < 1 or self.rm_batch_size < 1:
-            raise ValueError("batch_size, concurrency and rm_batch_size must be at least 1")
+        if self.batch_size < 1 or self.concurrency < 1 or self.rm_batch_size < 1 or self.group_size < 1:
+            raise ValueError("batch_size, concurrency, rm_batch_size and group_size must be at least 1")
         if not 0.0 <= self.tie_band < 0.5:
             raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
         if self.rm_backend not in ("auto", "hf", "vllm"):
@@ -240,41 +246,226 @@ def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy:
     }
 
 
-def prompts_with_candidates(run: RunDir, kinds: list[str]) -> list[_Prompt]:
-    """Prompts with their candidates in a fixed order (kind, index, id); join and counts checked."""
-    prompts = run.read_prompts()
-    cands = run.read_candidates(unique=True)
-    if cands is None or cands.height == 0:
-        raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
-    need = {"prompt_id", "candidate_id", "text", "kind", "index"}
-    missing_cols = need - set(cands.columns)
-    if missing_cols:
-        raise PrefdataError(f"candidates in {run.path} lack column(s) {', '.join(sorted(missing_cols))}")
-    if kinds:
-        cands = cands.filter(pl.col("kind").is_in(kinds))
+# -- reading the run in groups of prompts ---------------------------------------------------------
+class _Groups:
+    """The prompts that have candidates, in prompts.parquet order, cut into groups of `size` prompts.
+
+    Built from ids alone (prompt_id, candidate_id, kind, index of every candidate: no text is read), with the checks
+    of the whole run done up front: missing columns, one id with two texts, kinds, orphan prompt ids. `load(g)`
+    reads one group's prompts and candidate texts (a lazy scan of the shards that hold them, filtered by id).
+    """
+
+    def __init__(self, run: RunDir, kinds: list[str], size: int):
+        self.run, self.size = run, size
+        if not run.prompts_file.is_file():
+            run.read_prompts()  # raises the one-line error
+        head = pl.read_parquet_schema(run.prompts_file)
+        self.has_ref = "reference" in head
+        no_ref = pl.col("reference").is_null() if self.has_ref else pl.lit(True)
+        prompts = pl.scan_parquet(run.prompts_file).select("prompt_id", no_ref.alias("_no_ref")).with_row_index("_row").collect()
+        self.n_prompts_file = prompts.height
+        if not run.candidate_shards():
+            raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
+        need = {"prompt_id", "candidate_id", "text", "kind", "index"}
+        missing_cols = need - run.candidate_column_names()
+        if missing_cols:
+            raise PrefdataError(f"candidates in {run.path} lack column(s) {', '.join(sorted(missing_cols))}")
+        scan = run.scan_candidate_shards(["prompt_id", "candidate_id", "kind", "index"])
+        assert scan is not None
+        cands = scan.collect()
+        run.check_candidate_texts(cands)
+        cands = cands.unique(subset=["candidate_id"], keep="first", maintain_order=True)
         if cands.height == 0:
-            raise PrefdataError(f"no candidates of kind {', '.join(kinds)} in {run.path}")
-    known = set(prompts["prompt_id"].to_list())
-    orphans = set(cands["prompt_id"].to_list()) - known
-    if orphans:
-        raise PrefdataError(
-            f"{len(orphans)} prompt id(s) in candidates are not in prompts.parquet (e.g. {sorted(orphans)[0]}); "
-            "the run directory is inconsistent"
+            raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
+        if kinds:
+            cands = cands.filter(pl.col("kind").is_in(kinds))
+            if cands.height == 0:
+                raise PrefdataError(f"no candidates of kind {', '.join(kinds)} in {run.path}")
+        with_cands = cands.select("prompt_id").unique()
+        orphans = with_cands.join(prompts.select("prompt_id"), on="prompt_id", how="anti")["prompt_id"]
+        if orphans.len():
+            raise PrefdataError(
+                f"{orphans.len()} prompt id(s) in candidates are not in prompts.parquet (e.g. {orphans.min()}); "
+                "the run directory is inconsistent"
+            )
+        self.prompts = (
+            prompts.filter(pl.col("prompt_id").is_in(with_cands["prompt_id"].implode()))
+            .unique(subset=["prompt_id"], keep="first", maintain_order=True)
+            .with_row_index("_pos")
         )
-    by_prompt: dict[str, list[dict[str, Any]]] = {}
-    for row in cands.select(["prompt_id", "candidate_id", "text", "kind", "index"]).iter_rows(named=True):
-        by_prompt.setdefault(row["prompt_id"], []).append(row)
-    has_ref = "reference" in prompts.columns
-    out: list[_Prompt] = []
-    for row in prompts.iter_rows(named=True):
-        rows = by_prompt.get(row["prompt_id"])
-        if not rows:
-            continue
-        rows.sort(key=lambda r: (KIND_ORDER.get(r["kind"], 9), r["kind"], r["index"], r["candidate_id"]))
-        msgs = tuple((m["role"], m["content"]) for m in row["messages"])
-        out.append(_Prompt(row["prompt_id"], msgs, row["reference"] if has_ref else None,
-                           [Candidate(r["candidate_id"], r["text"] or "") for r in rows]))
-    return out
+        self.cands = cands.join(self.prompts.select("prompt_id", "_pos"), on="prompt_id").sort("_pos", maintain_order=True)
+        self.n_prompts = self.prompts.height
+        self.n_candidates = self.cands.height
+        self.n_groups = -(-self.n_prompts // size)
+        self.without_reference = int(self.prompts["_no_ref"].sum())
+
+    def bound(self, strategy: str, policy: str) -> int:
+        """The most judge calls the run can take (the progress bar's total)."""
+        sizes = self.cands.group_by("_pos").len()["len"].value_counts()
+        return sum(comparison_bound(strategy, n, policy) * k for n, k in sizes.iter_rows())
+
+    def _span(self, g: int) -> tuple[int, int]:
+        return g * self.size, min((g + 1) * self.size, self.n_prompts)
+
+    def load(self, g: int) -> list[_Prompt]:
+        """Group g's prompts with their candidates in a fixed order (kind, index, id)."""
+        lo, hi = self._span(g)
+        pos = self.cands["_pos"]
+        a, b = int(pos.search_sorted(lo, "left")), int(pos.search_sorted(hi, "left"))
+        cands = self.cands.slice(a, b - a)
+        scan = self.run.scan_candidate_shards(["candidate_id", "text"], cands["_shard"].unique().to_list())
+        assert scan is not None
+        texts = scan.filter(pl.col("candidate_id").is_in(cands["candidate_id"].implode())).collect()
+        text_of = dict(zip(texts["candidate_id"].to_list(), texts["text"].to_list(), strict=True))
+        by_prompt: dict[str, list[tuple[int, str, int, str]]] = {}
+        for pid, cid, kind, index in cands.select("prompt_id", "candidate_id", "kind", "index").iter_rows():
+            by_prompt.setdefault(pid, []).append((KIND_ORDER.get(kind, 9), kind, index, cid))
+        rows = self.prompts["_row"].slice(lo, hi - lo)
+        first, last = int(rows.min()), int(rows.max())  # type: ignore[arg-type]
+        cols = ["prompt_id", "messages", *(["reference"] if self.has_ref else [])]
+        prompts = (
+            pl.scan_parquet(self.run.prompts_file).with_row_index("_row").slice(first, last - first + 1)
+            .filter(pl.col("_row").is_in(rows.implode())).select(cols).collect()
+        )
+        out: list[_Prompt] = []
+        for row in prompts.iter_rows(named=True):
+            order = sorted(by_prompt[row["prompt_id"]])
+            msgs = tuple((m["role"], m["content"]) for m in row["messages"])
+            out.append(_Prompt(row["prompt_id"], msgs, row["reference"] if self.has_ref else None,
+                               [Candidate(cid, text_of[cid] or "") for _, _, _, cid in order]))
+        return out
+
+    def split(self, old: pl.DataFrame | None) -> Callable[[int], pl.DataFrame | None]:
+        """Judgment rows (of prompts in the run) by group, each group's in `created` order."""
+        if old is None or old.height == 0:
+            return lambda g: None
+        df = (
+            old.join(self.prompts.select("prompt_id", "_pos"), on="prompt_id")
+            .with_columns((pl.col("_pos") // self.size).alias("_g"))
+            .sort(["_g", "created"], maintain_order=True)
+        )
+        gs = df["_g"]
+
+        def part(g: int) -> pl.DataFrame | None:
+            a, b = int(gs.search_sorted(g, "left")), int(gs.search_sorted(g + 1, "left"))
+            return df.slice(a, b - a) if b > a else None
+
+        return part
+
+
+def prompts_with_candidates(run: RunDir, kinds: list[str]) -> list[_Prompt]:
+    """Every prompt with its candidates in a fixed order (kind, index, id); join and counts checked. Holds the whole
+    run in memory: `rank` itself reads it group by group."""
+    groups = _Groups(run, kinds, sys.maxsize)
+    return [p for g in range(groups.n_groups) for p in groups.load(g)]
+
+
+_JSON = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(..., ensure_ascii=False) builds on every call
+
+
+class _Keys:
+    """`content_key` for the calls of one prompt: the prompt's part of the JSON is hashed once and each text is
+    JSON-encoded once. The bytes hashed are exactly content_key's (`[jh, msgs, ref, first, second]` dumped with
+    the default ", " separator), so the keys equal those already on disk."""
+
+    __slots__ = ("_enc", "_head", "texts")
+
+    def __init__(self, jh: str, p: _Prompt):
+        head = _JSON.encode([jh, [[r, c] for r, c in p.messages], p.reference])
+        self._head = hashlib.sha256((head[:-1] + ", ").encode())
+        self._enc: dict[str, bytes] = {}
+        self.texts = {c.id: c.text for c in p.cands}
+
+    def _text(self, cid: str) -> bytes:
+        enc = self._enc.get(cid)
+        if enc is None:
+            enc = self._enc[cid] = _JSON.encode(self.texts[cid]).encode()
+        return enc
+
+    def pair(self, first: str, second: str) -> str:
+        h = self._head.copy()
+        h.update(self._text(first) + b", " + self._text(second) + b"]")
+        return h.hexdigest()[:32]
+
+    def score(self, cid: str) -> str:
+        h = self._head.copy()
+        h.update(self._text(cid) + b", null]")
+        return h.hexdigest()[:32]
+
+
+class _Out:
+    """The ranking rows of the current group, column by column (the three list columns flat, one value per
+    candidate), and the run's totals for the summary. `flush` writes the group's rows as one part (hidden until the
+    run ends) and drops them."""
+
+    LISTS = ("candidate_ids", "ranks", "scores")
+
+    def __init__(self, run: RunDir, jh: str, strategy: str):
+        self.run, self.jh, self.strategy = run, jh, strategy
+        self.cols: dict[str, list[Any]] = {c: [] for c in RANKING_SCHEMA}
+        self.lens: list[int] = []  # each row's number of list values
+        self.parts: list[Path] = []
+        self.prompts = self.candidates = self.comparisons = self.ties = self.failures = self.inconsistent = 0
+        self.with_best_and_worst = self.not_final = 0
+
+    def add(self, pid: str, r: Ranking, n: int, calls: int, ties: int, failures: int, inconsistent: int,
+            consistency: float | None, too_long: int) -> None:  # fmt: skip
+        margin = None
+        if r.best_id is not None and r.worst_id is not None:
+            s = dict(zip(r.candidate_ids, r.scores, strict=True))
+            if s.get(r.best_id) is not None and s.get(r.worst_id) is not None:
+                margin = float(s[r.best_id]) - float(s[r.worst_id])  # type: ignore[arg-type]
+        c = self.cols
+        c["prompt_id"].append(pid)
+        c["candidate_ids"].extend(r.candidate_ids)
+        c["ranks"].extend(r.ranks)
+        c["scores"].extend(r.scores)
+        self.lens.append(len(r.candidate_ids))
+        for name, value in (
+            ("best_id", r.best_id), ("worst_id", r.worst_id), ("complete", r.complete), ("n_candidates", n),
+            ("comparisons", calls), ("ties", ties), ("failures", failures), ("inconsistent", inconsistent),
+            ("consistency", consistency), ("margin", margin), ("too_long", too_long),
+        ):  # fmt: skip
+            c[name].append(value)
+        self.prompts += 1
+        self.candidates += n
+        self.comparisons += calls
+        self.ties += ties
+        self.failures += failures
+        self.inconsistent += inconsistent
+        self.with_best_and_worst += r.best_id is not None
+        self.not_final += failures > 0
+
+    def flush(self) -> None:
+        c = self.cols
+        n = len(c["prompt_id"])
+        if not n:
+            return
+        lens = self.lens
+        lists = (
+            pl.DataFrame(
+                {"_row": [i for i, k in enumerate(lens) for _ in range(k)], **{name: c[name] for name in self.LISTS}},
+                schema={"_row": pl.Int64, **{name: RANKING_SCHEMA[name].inner for name in self.LISTS}},  # type: ignore[union-attr]
+            )
+            .group_by("_row", maintain_order=True)
+            .agg(*self.LISTS)
+        )
+        if lists.height != n:  # a ranking without candidates (never written by a strategy): build the lists row by row
+            lists = pl.DataFrame({name: pl.Series(name, self._rows(name, lens), dtype=RANKING_SCHEMA[name]) for name in self.LISTS})
+        c["judge_hash"] = [self.jh] * n
+        c["strategy"] = [self.strategy] * n
+        scalars = pl.DataFrame({k: v for k, v in c.items() if k not in self.LISTS},
+                               schema={k: t for k, t in RANKING_SCHEMA.items() if k not in self.LISTS})  # fmt: skip
+        self.parts.append(self.run.write_ranking_part(self.jh, pl.concat([scalars, lists.select(self.LISTS)], how="horizontal")))
+        self.cols = {c: [] for c in RANKING_SCHEMA}
+        self.lens = []
+
+    def _rows(self, name: str, lens: list[int]) -> list[list[Any]]:
+        flat, out, at = self.cols[name], [], 0
+        for k in lens:
+            out.append(flat[at : at + k])
+            at += k
+        return out
 
 
 @captured("rank")
@@ -290,9 +481,9 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
 
 
 def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | PointwiseJudge | None) -> dict[str, Any]:
-    prompts = prompts_with_candidates(run, cfg.kinds)
+    groups = _Groups(run, cfg.kinds, cfg.group_size)
     if judge is None:
-        judge = build_judge(cfg, llm, n_items=sum(len(p.cands) for p in prompts))
+        judge = build_judge(cfg, llm, n_items=groups.n_candidates)
     pointwise = isinstance(judge, PointwiseJudge) and not isinstance(judge, PairJudge)
     strategy = cfg.strategy or ("scores" if pointwise else "iterative")
     if pointwise != (strategy == "scores"):
@@ -303,17 +494,26 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
     identity = judge_identity(cfg, judge, strategy)
     jh = stable_hash(identity)
     t0 = time.monotonic()
-    old = run.read_judgments(jh)
-    if pointwise:
-        rows, stats = _run_scores(run, cfg, judge, jh, prompts, old)  # type: ignore[arg-type]
-    else:
-        rows, stats = _run_pairwise(run, cfg, judge, jh, strategy, prompts, old)  # type: ignore[arg-type]
-    run.write_rankings(jh, rows)
+    cols = (["prompt_id", "a_id", "verdict", "score", "n_tokens", "truncated", "created", "content_key"] if pointwise
+            else ["prompt_id", "a_id", "b_id", "verdict", "winner_id", "score", "error", "latency_s", "created", "content_key"])
+    old = run.read_judgments(jh, columns=cols)
+    if old is not None:  # the rows a rerun may reuse: answered, with a content key (raw output is never read)
+        old = old.filter((pl.col("verdict") != "fail") & pl.col("content_key").is_not_null())
+    out = _Out(run, jh, strategy)
+    run.drop_ranking_parts(jh)  # left by a run that was killed
+    try:
+        if pointwise:
+            stats = _run_scores(run, cfg, judge, jh, groups, groups.split(old), out)  # type: ignore[arg-type]
+        else:
+            stats = _run_pairwise(run, cfg, judge, jh, strategy, groups, groups.split(old), out)  # type: ignore[arg-type]
+        run.replace_rankings(jh, out.parts)
+    finally:
+        run.drop_ranking_parts(jh)
     elapsed = time.monotonic() - t0
-    summary = _summarize(rows, stats, jh, strategy, elapsed)
-    summary["prompts_without_candidates"] = run.read_prompts().height - len(prompts)
+    summary = _summarize(out, stats, jh, strategy, elapsed)
+    summary["prompts_without_candidates"] = groups.n_prompts_file - groups.n_prompts
     if getattr(judge, "needs_reference", False):
-        summary["prompts_without_reference"] = sum(p.reference is None for p in prompts)
+        summary["prompts_without_reference"] = groups.without_reference
     template = getattr(judge, "template", None)
     run.record_stage("rank", jh, {
         "judge_hash": jh,
@@ -329,235 +529,303 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
 
 
 # -- pairwise -------------------------------------------------------------------------------------
-@dataclass
+Key = tuple[str, str, str]  # (prompt_id, id shown first, id shown second)
+
+
+@dataclass(eq=False)
 class _State:
     p: _Prompt
     gen: Any
     index: dict[str, int]
-    text: dict[str, str]
-    needs: list[Pair] = field(default_factory=list)
+    keys: _Keys
+    needs: list[tuple[Pair, list[Key]]] = field(default_factory=list)  # the pairs asked for, with their calls
     outcomes: dict[Pair, PairOutcome] = field(default_factory=dict)
-    calls: set[tuple[str, str, str]] = field(default_factory=set)
+    calls: set[Key] = field(default_factory=set)
     result: Ranking | None = None
 
 
-def _run_pairwise(
-    run: RunDir, cfg: RankConfig, judge: PairJudge, jh: str, strategy: str, prompts: list[_Prompt], old: pl.DataFrame | None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    resolved: dict[tuple[str, str, str], Verdict] = {}
-    by_pid = {p.pid: p for p in prompts}
-    texts = {(p.pid, c.id): c.text for p in prompts for c in p.cands}
+class _Pairwise:
+    """Runs the strategy of every prompt of a group in lockstep (see the module docstring); counters span groups."""
 
-    def ckey(k: tuple[str, str, str]) -> str:
-        p = by_pid[k[0]]
-        return content_key(jh, p.messages, p.reference, texts[(k[0], k[1])], texts[(k[0], k[2])])
+    def __init__(self, run: RunDir, cfg: RankConfig, judge: PairJudge, jh: str, strategy: str, bar: Any):
+        self.run, self.cfg, self.judge, self.jh, self.strategy, self.bar = run, cfg, judge, jh, strategy, bar
+        self.new_calls = self.failures = self.answered = self.cached = 0
+        self.failed_calls = self.too_long = self.cycles = self.agreed = 0
 
-    if old is not None and old.height and "content_key" in old.columns:
-        ok = old.filter((pl.col("verdict") != "fail") & pl.col("content_key").is_not_null()).sort("created")
-        for r in ok.iter_rows(named=True):
-            k = (r["prompt_id"], r["a_id"], r["b_id"])
-            if (k[0], k[1]) not in texts or (k[0], k[2]) not in texts or r["content_key"] != ckey(k):
-                continue  # judged on other texts (or candidates no longer ranked): not this question
-            resolved[k] = Verdict(
-                r["a_id"], r["b_id"], r["verdict"], r["winner_id"], r["score"], r["raw"] or "", r["error"], r["latency_s"] or 0.0
-            )
-    cached_at_start = len(resolved)
-    states = []
-    for p in prompts:
-        ids = [c.id for c in p.cands]
-        st = _State(p, STRATEGIES[strategy](ids), {c: i for i, c in enumerate(ids)}, {c.id: c.text for c in p.cands})
-        try:
-            st.needs = next(st.gen)
-        except StopIteration as stop:
-            st.result = stop.value
-        states.append(st)
+    def _set_needs(self, st: _State, pairs: list[Pair]) -> None:
+        out = []
+        for pair in pairs:
+            if st.keys.texts[pair[0]] == st.keys.texts[pair[1]]:
+                out.append((pair, []))
+            else:
+                out.append((pair, [(st.p.pid, a, b) for a, b in call_orders(pair, self.cfg.position_bias, self.cfg.seed, st.p.pid)]))
+        st.needs = out
 
-    def keys_for(st: _State, pair: Pair) -> list[tuple[str, str, str]]:
-        if st.text[pair[0]] == st.text[pair[1]]:
-            return []
-        return [(st.p.pid, a, b) for a, b in call_orders(pair, cfg.position_bias, cfg.seed, st.p.pid)]
-
-    def advance(st: _State) -> int:
+    def _advance(self, st: _State, resolved: dict[Key, Verdict]) -> int:
         used = 0
         while st.result is None:
-            if any(k not in resolved for pair in st.needs for k in keys_for(st, pair)):
-                return used
+            for _, ks in st.needs:
+                for k in ks:
+                    if k not in resolved:
+                        return used
             got: dict[Pair, PairOutcome] = {}
-            for pair in st.needs:
-                ks = keys_for(st, pair)
+            for pair, ks in st.needs:
                 got[pair] = combine(pair, [resolved[k] for k in ks]) if ks else identical_outcome(pair)
                 st.calls.update(ks)
                 used += len(ks)
             st.outcomes.update(got)
             try:
-                st.needs = st.gen.send(got)
+                self._set_needs(st, st.gen.send(got))
             except StopIteration as stop:
                 st.result = stop.value
         return used
 
-    index_of = {st.p.pid: st.index for st in states}
-    total = sum(comparison_bound(strategy, len(p.cands), cfg.position_bias) for p in prompts)
-    bar = _progress(cfg, total)
-    new_calls = failures = 0
-    try:
+    def group(self, prompts: list[_Prompt], old: pl.DataFrame | None, out: _Out) -> None:
+        resolved: dict[Key, Verdict] = {}
+        keys = {p.pid: _Keys(self.jh, p) for p in prompts}
+        if old is not None:
+            sel = old.select("prompt_id", "a_id", "b_id", "verdict", "winner_id", "score", "error", "latency_s", "content_key")
+            for pid, a, b, verdict, winner, score, error, latency, ck in sel.iter_rows():
+                km = keys.get(pid)
+                if km is None or a not in km.texts or b not in km.texts or ck != km.pair(a, b):
+                    continue  # judged on other texts (or candidates no longer ranked): not this question
+                resolved[(pid, a, b)] = Verdict(a, b, verdict, winner, score, "", error, latency or 0.0)
+        self.cached += len(resolved)
+        states = []
+        for p in prompts:
+            ids = [c.id for c in p.cands]
+            st = _State(p, STRATEGIES[self.strategy](ids), {c: i for i, c in enumerate(ids)}, keys[p.pid])
+            try:
+                self._set_needs(st, next(st.gen))
+            except StopIteration as stop:
+                st.result = stop.value
+            states.append(st)
         for st in states:
-            bar.update(advance(st))
-        while True:
-            active = [st for st in states if st.result is None]
-            if not active:
-                break
-            batch: list[tuple[tuple[str, str, str], PairRequest]] = []
-            seen: set[tuple[str, str, str]] = set()
+            self.bar.update(self._advance(st, resolved))
+        # Each round asks the calls of the first unfinished prompts (in order) until the batch is full; only those
+        # prompts can move on after it, so only they are advanced, and finished ones leave the list.
+        active = [st for st in states if st.result is None]
+        while active:
+            batch: list[tuple[Key, PairRequest]] = []
+            seen: set[Key] = set()
+            visited = 0
             for st in active:
-                for pair in st.needs:
-                    for k in keys_for(st, pair):
+                visited += 1
+                for _, ks in st.needs:
+                    for k in ks:
                         if k in resolved or k in seen:
                             continue
                         seen.add(k)
-                        req = PairRequest(st.p.pid, st.p.messages, Candidate(k[1], st.text[k[1]]), Candidate(k[2], st.text[k[2]]),
-                                          st.p.reference)
-                        batch.append((k, req))
-                if len(batch) >= cfg.batch_size:
+                        t = st.keys.texts
+                        batch.append((k, PairRequest(st.p.pid, st.p.messages, Candidate(k[1], t[k[1]]), Candidate(k[2], t[k[2]]),
+                                                     st.p.reference)))
+                if len(batch) >= self.cfg.batch_size:
                     break
-            verdicts = judge.judge([r for _, r in batch])
-            if len(verdicts) != len(batch):
-                raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(batch)} requests")
-            now = time.time()
-            shard = []
-            for (k, req), v in zip(batch, verdicts, strict=True):
-                if (v.a_id, v.b_id) != (req.first.id, req.second.id) or v.winner_id not in (None, v.a_id, v.b_id):
-                    raise RuntimeError(f"judge returned a verdict for the wrong pair: {v.a_id}/{v.b_id}")
-                order = 0 if index_of[k[0]][k[1]] < index_of[k[0]][k[2]] else 1
-                shard.append({
-                    "prompt_id": k[0], "a_id": k[1], "b_id": k[2], "order": order, "verdict": v.verdict, "winner_id": v.winner_id,
-                    "score": v.score, "raw": v.raw, "error": v.error, "latency_s": v.latency_s, "attempts": v.attempts,
-                    "repaired": v.repaired, "n_tokens": None, "truncated": None, "judge_hash": jh, "created": now,
-                    "content_key": ckey(k),
-                })
-                resolved[k] = v
-                failures += v.verdict == "fail"
-            run.write_judgments(jh, shard)
-            new_calls += len(batch)
-            down = getattr(judge, "unavailable", None)
-            if down:
-                answered = sum(v.verdict != "fail" for v in resolved.values()) - cached_at_start
-                raise JudgeUnreachable(
-                    f"stopped early: {down}; the {answered} judgments answered in this run are kept, start the server "
-                    "and run the same command again to continue"
-                )
-            bar.set_postfix(failures=failures, cached=cached_at_start, refresh=False)
-            for st in active:
-                bar.update(advance(st))
+            self._ask(batch, states_by_pid={st.p.pid: st for st in active[:visited]}, resolved=resolved)
+            head = active[:visited]
+            for st in head:
+                self.bar.update(self._advance(st, resolved))
+            active[:visited] = [st for st in head if st.result is None]
+        for st in states:
+            assert st.result is not None
+            c = count(st.outcomes)
+            failed = [resolved[k] for k in st.calls if resolved[k].verdict == "fail"]
+            long_ = sum(is_too_long(v.error) for v in failed)
+            self.failed_calls += len(failed)
+            self.too_long += long_
+            self.cycles += st.result.cycles
+            self.agreed += c.agreed
+            out.add(st.p.pid, st.result, len(st.p.cands), len(st.calls), c.ties, c.failures, c.inconsistent, c.consistency, long_)
+
+    def _ask(self, batch: list[tuple[Key, PairRequest]], states_by_pid: dict[str, _State], resolved: dict[Key, Verdict]) -> None:
+        verdicts = self.judge.judge([r for _, r in batch])
+        if len(verdicts) != len(batch):
+            raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(batch)} requests")
+        now = time.time()
+        for (_, req), v in zip(batch, verdicts, strict=True):
+            if (v.a_id, v.b_id) != (req.first.id, req.second.id) or v.winner_id not in (None, v.a_id, v.b_id):
+                raise RuntimeError(f"judge returned a verdict for the wrong pair: {v.a_id}/{v.b_id}")
+        n = len(batch)
+        ks = [k for k, _ in batch]
+        sts = [states_by_pid[k[0]] for k in ks]
+        self.run.write_judgment_columns(self.jh, {
+            "prompt_id": [k[0] for k in ks], "a_id": [k[1] for k in ks], "b_id": [k[2] for k in ks],
+            "order": [0 if st.index[k[1]] < st.index[k[2]] else 1 for k, st in zip(ks, sts, strict=True)],
+            "verdict": [v.verdict for v in verdicts], "winner_id": [v.winner_id for v in verdicts],
+            "score": [v.score for v in verdicts], "raw": [v.raw for v in verdicts], "error": [v.error for v in verdicts],
+            "latency_s": [v.latency_s for v in verdicts], "attempts": [v.attempts for v in verdicts],
+            "repaired": [v.repaired for v in verdicts], "n_tokens": [None] * n, "truncated": [None] * n,
+            "judge_hash": [self.jh] * n, "created": [now] * n,
+            "content_key": [st.keys.pair(k[1], k[2]) for k, st in zip(ks, sts, strict=True)],
+        })
+        for k, v in zip(ks, verdicts, strict=True):
+            resolved[k] = v
+            fail = v.verdict == "fail"
+            self.failures += fail
+            self.answered += not fail
+        self.new_calls += n
+        down = getattr(self.judge, "unavailable", None)
+        if down:
+            raise JudgeUnreachable(
+                f"stopped early: {down}; the {self.answered} judgments answered in this run are kept, start the server "
+                "and run the same command again to continue"
+            )
+        self.bar.set_postfix(failures=self.failures, cached=self.cached, refresh=False)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "judge_calls_new": self.new_calls, "judge_calls_cached": self.cached, "call_failures_new": self.failures,
+            "failed_calls": self.failed_calls, "too_long": self.too_long, "cycles": self.cycles, "agreed_pairs": self.agreed,
+        }
+
+
+def _run_pairwise(
+    run: RunDir, cfg: RankConfig, judge: PairJudge, jh: str, strategy: str, groups: _Groups,
+    old: Callable[[int], pl.DataFrame | None], out: _Out,
+) -> dict[str, Any]:  # fmt: skip
+    bar = _progress(cfg, groups.bound(strategy, cfg.position_bias))
+    pw = _Pairwise(run, cfg, judge, jh, strategy, bar)
+    try:
+        for g in range(groups.n_groups):
+            pw.group(groups.load(g), old(g), out)
+            out.flush()
     finally:
         bar.close()
-    rows = []
-    failed_calls = too_long = 0
-    for st in states:
-        assert st.result is not None
-        c = count(st.outcomes)
-        failed = [resolved[k] for k in st.calls if resolved[k].verdict == "fail"]
-        long_ = sum(is_too_long(v.error) for v in failed)
-        failed_calls += len(failed)
-        too_long += long_
-        rows.append(_row(st.p.pid, jh, strategy, st.result, len(st.p.cands), len(st.calls), c.ties, c.failures,
-                         c.inconsistent, c.consistency, long_))
-    stats = {
-        "judge_calls_new": new_calls, "judge_calls_cached": cached_at_start, "call_failures_new": failures,
-        "failed_calls": failed_calls, "too_long": too_long,
-        "cycles": sum(st.result.cycles for st in states if st.result), "agreed_pairs": 0,
-    }
-    agreed = sum(count(st.outcomes).agreed for st in states)
-    stats["agreed_pairs"] = agreed
-    return rows, stats
+    return pw.stats()
 
 
 # -- pointwise (reward model) ---------------------------------------------------------------------
+@dataclass(eq=False)
+class _ScoreGroup:
+    ranked: list[_Prompt]  # the group's prompts that get a ranking
+    done: dict[tuple[str, str], ScoreResult]  # cached and new scores, by (prompt_id, candidate_id)
+    rep: dict[tuple[str, str], str]  # each candidate's representative: the first one with its text in the prompt
+    todo: list[tuple[_Prompt, Candidate]]
+    outstanding: int = 0
+
+
+class _Scores:
+    """Scores the candidates group by group. Requests wait in one queue and go to the judge in chunks of
+    max(batch_size, rm_batch_size), across group borders, as they would for the whole run at once; a group is
+    ranked (and dropped) once all its requests are answered."""
+
+    def __init__(self, run: RunDir, cfg: RankConfig, judge: PointwiseJudge, jh: str):
+        self.run, self.cfg, self.judge, self.jh = run, cfg, judge, jh
+        self.bar: Any = None
+        self.chunk = max(cfg.batch_size, cfg.rm_batch_size)
+        self.pending: list[tuple[ScoreRequest, str, _ScoreGroup]] = []
+        self.waiting: deque[_ScoreGroup] = deque()
+        self.new = self.cached = self.failures = self.truncated = self.failed_calls = self.truncated_total = 0
+
+    def prepare(self, prompts: list[_Prompt], old: pl.DataFrame | None) -> tuple[_ScoreGroup, dict[str, _Keys]]:
+        keys = {p.pid: _Keys(self.jh, p) for p in prompts}
+        done: dict[tuple[str, str], ScoreResult] = {}
+        if old is not None:
+            sel = old.select("prompt_id", "a_id", "score", "n_tokens", "truncated", "content_key")
+            for pid, a, score, n_tokens, truncated, ck in sel.iter_rows():
+                km = keys.get(pid)
+                if km is not None and a in km.texts and ck == km.score(a):
+                    done[(pid, a)] = ScoreResult(a, score, n_tokens or 0, bool(truncated))
+        ranked = [p for p in prompts if p.reference is not None] if getattr(self.judge, "needs_reference", False) else prompts
+        rep: dict[tuple[str, str], str] = {}
+        todo = []
+        for p in ranked:  # identical texts in a prompt are scored once and share the score
+            first_of: dict[str, str] = {}
+            for c in p.cands:
+                r = first_of.setdefault(c.text, c.id)
+                rep[(p.pid, c.id)] = r
+                if r == c.id and (p.pid, c.id) not in done:
+                    todo.append((p, c))
+        return _ScoreGroup(ranked, done, rep, todo), keys
+
+    def add(self, prompts: list[_Prompt], old: pl.DataFrame | None, out: _Out) -> None:
+        sg, keys = self.prepare(prompts, old)
+        self.cached += len(sg.done)
+        for p, c in sg.todo:
+            self.pending.append((ScoreRequest(p.pid, p.messages, c, p.reference), keys[p.pid].score(c.id), sg))
+        sg.outstanding = len(sg.todo)
+        sg.todo = []
+        self.waiting.append(sg)
+        while len(self.pending) >= self.chunk:
+            self._score()
+        self._finish(out)
+
+    def close(self, out: _Out) -> None:
+        while self.pending:
+            self._score()
+        self._finish(out)
+
+    def _score(self) -> None:
+        batch, self.pending = self.pending[: self.chunk], self.pending[self.chunk :]
+        res = self.judge.score([q for q, _, _ in batch])
+        now = time.time()
+        oks = []
+        for (q, _, sg), r in zip(batch, res, strict=True):
+            ok = r.score is not None and r.error is None
+            oks.append(ok)
+            sg.done[(q.prompt_id, q.candidate.id)] = r
+            sg.outstanding -= 1
+            self.failures += not ok
+            self.truncated += r.truncated
+        n = len(batch)
+        self.run.write_judgment_columns(self.jh, {
+            "prompt_id": [q.prompt_id for q, _, _ in batch], "a_id": [q.candidate.id for q, _, _ in batch], "b_id": [None] * n,
+            "order": [0] * n, "verdict": ["score" if ok else "fail" for ok in oks], "winner_id": [None] * n,
+            "score": [r.score for r in res], "raw": [""] * n, "error": [r.error for r in res],
+            "latency_s": [r.latency_s for r in res], "attempts": [1] * n, "repaired": [False] * n,
+            "n_tokens": [r.n_tokens for r in res], "truncated": [r.truncated for r in res], "judge_hash": [self.jh] * n,
+            "created": [now] * n, "content_key": [key for _, key, _ in batch],
+        })
+        self.new += n
+        self.bar.update(n)
+        self.bar.set_postfix(failures=self.failures, truncated=self.truncated, refresh=False)
+
+    def _finish(self, out: _Out) -> None:
+        while self.waiting and self.waiting[0].outstanding == 0:
+            sg = self.waiting.popleft()
+            for p in sg.ranked:
+                ids = [c.id for c in p.cands]
+                scores: dict[str, float | None] = {}
+                for cid in ids:
+                    r = sg.done.get((p.pid, sg.rep[(p.pid, cid)]))
+                    scores[cid] = r.score if r is not None and r.error is None else None
+                ranking = rank_by_scores(ids, scores, self.cfg.min_margin)
+                group = [r for r in ranking.ranks if r is not None]
+                ties = sum(a == b for i, a in enumerate(group) for b in group[i + 1 :])  # pairs sharing a tie group
+                reps = {sg.rep[(p.pid, c)] for c in ids}
+                self.failed_calls += sum(1 for c in reps if (p.pid, c) not in sg.done or sg.done[(p.pid, c)].error is not None)
+                out.add(p.pid, ranking, len(ids), len(reps), ties, sum(v is None for v in scores.values()), 0, None, 0)
+            self.truncated_total += sum(1 for r in sg.done.values() if r.truncated)
+            out.flush()
+
+    def stats(self) -> dict[str, Any]:
+        return {"judge_calls_new": self.new, "judge_calls_cached": self.cached, "call_failures_new": self.failures,
+                "failed_calls": self.failed_calls, "too_long": 0, "truncated_inputs": self.truncated_total}
+
+
 def _run_scores(
-    run: RunDir, cfg: RankConfig, judge: PointwiseJudge, jh: str, prompts: list[_Prompt], old: pl.DataFrame | None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    done: dict[tuple[str, str], ScoreResult] = {}
-    keys = {(p.pid, c.id): content_key(jh, p.messages, p.reference, c.text, None) for p in prompts for c in p.cands}
-    if old is not None and old.height and "content_key" in old.columns:
-        for r in old.filter(pl.col("verdict") != "fail").sort("created").iter_rows(named=True):
-            if r["content_key"] is not None and r["content_key"] == keys.get((r["prompt_id"], r["a_id"])):
-                done[(r["prompt_id"], r["a_id"])] = ScoreResult(r["a_id"], r["score"], r["n_tokens"] or 0, bool(r["truncated"]))
-    cached = len(done)
-    # identical texts in a prompt are scored once and share the score
-    rep: dict[tuple[str, str], str] = {}
-    todo: list[ScoreRequest] = []
-    if getattr(judge, "needs_reference", False):
-        prompts = [p for p in prompts if p.reference is not None]  # counted in the summary, never scored
-    for p in prompts:
-        first_of: dict[str, str] = {}
-        for c in p.cands:
-            r = first_of.setdefault(c.text, c.id)
-            rep[(p.pid, c.id)] = r
-            if r == c.id and (p.pid, c.id) not in done:
-                todo.append(ScoreRequest(p.pid, p.messages, c, p.reference))
-    bar = _progress(cfg, len(todo))
-    failures = truncated = 0
-    chunk = max(cfg.batch_size, cfg.rm_batch_size)
+    run: RunDir, cfg: RankConfig, judge: PointwiseJudge, jh: str, groups: _Groups,
+    old: Callable[[int], pl.DataFrame | None], out: _Out,
+) -> dict[str, Any]:  # fmt: skip
+    sc = _Scores(run, cfg, judge, jh)
+    # The bar counts the calls to make, so they are counted first: one pass over the groups without scoring (the
+    # only group of a small run is kept for the second pass rather than read again).
+    only = groups.load(0) if groups.n_groups == 1 else None
+    total = sum(len(sc.prepare(only if only is not None else groups.load(g), old(g))[0].todo) for g in range(groups.n_groups))
+    sc.bar = _progress(cfg, total)
     try:
-        for s in range(0, len(todo), chunk):
-            reqs = todo[s : s + chunk]
-            res = judge.score(reqs)
-            now = time.time()
-            shard = []
-            for q, r in zip(reqs, res, strict=True):
-                ok = r.score is not None and r.error is None
-                shard.append({
-                    "prompt_id": q.prompt_id, "a_id": q.candidate.id, "b_id": None, "order": 0, "verdict": "score" if ok else "fail",
-                    "winner_id": None, "score": r.score, "raw": "", "error": r.error, "latency_s": r.latency_s, "attempts": 1,
-                    "repaired": False, "n_tokens": r.n_tokens, "truncated": r.truncated, "judge_hash": jh, "created": now,
-                    "content_key": keys[(q.prompt_id, q.candidate.id)],
-                })
-                done[(q.prompt_id, q.candidate.id)] = r
-                failures += not ok
-                truncated += r.truncated
-            run.write_judgments(jh, shard)
-            bar.update(len(reqs))
-            bar.set_postfix(failures=failures, truncated=truncated, refresh=False)
+        for g in range(groups.n_groups):
+            sc.add(only if only is not None else groups.load(g), old(g), out)
+        sc.close(out)
     finally:
-        bar.close()
-    rows = []
-    failed_calls = 0
-    for p in prompts:
-        ids = [c.id for c in p.cands]
-        scores: dict[str, float | None] = {}
-        for cid in ids:
-            r = done.get((p.pid, rep[(p.pid, cid)]))
-            scores[cid] = r.score if r is not None and r.error is None else None
-        ranking = rank_by_scores(ids, scores, cfg.min_margin)
-        group = [r for r in ranking.ranks if r is not None]
-        ties = sum(a == b for i, a in enumerate(group) for b in group[i + 1 :])  # pairs sharing a tie group
-        reps = {rep[(p.pid, c)] for c in ids}
-        failed_calls += sum(1 for c in reps if (p.pid, c) not in done or done[(p.pid, c)].error is not None)
-        rows.append(_row(p.pid, jh, "scores", ranking, len(ids), len(reps), ties, sum(v is None for v in scores.values()), 0,
-                         None, 0))
-    truncated_total = sum(1 for r in done.values() if r.truncated)
-    return rows, {"judge_calls_new": len(todo), "judge_calls_cached": cached, "call_failures_new": failures,
-                  "failed_calls": failed_calls, "too_long": 0, "truncated_inputs": truncated_total}
+        sc.bar.close()
+    return sc.stats()
 
 
 # -- output ---------------------------------------------------------------------------------------
 def is_too_long(error: str | None) -> bool:
     """A call refused because the judge prompt does not fit the judge's context (it fails again on a rerun)."""
     return bool(error) and str(error).removeprefix("repair: ").startswith("too_long")
-
-
-def _row(pid: str, jh: str, strategy: str, r: Ranking, n: int, calls: int, ties: int, failures: int, inconsistent: int,
-         consistency: float | None, too_long: int) -> dict[str, Any]:
-    margin = None
-    if r.best_id is not None and r.worst_id is not None:
-        s = dict(zip(r.candidate_ids, r.scores, strict=True))
-        if s.get(r.best_id) is not None and s.get(r.worst_id) is not None:
-            margin = float(s[r.best_id]) - float(s[r.worst_id])  # type: ignore[arg-type]
-    return {
-        "prompt_id": pid, "judge_hash": jh, "strategy": strategy, "candidate_ids": r.candidate_ids, "ranks": r.ranks,
-        "scores": r.scores, "best_id": r.best_id, "worst_id": r.worst_id, "complete": r.complete, "n_candidates": n,
-        "comparisons": calls, "ties": ties, "failures": failures, "inconsistent": inconsistent, "consistency": consistency,
-        "margin": margin, "too_long": too_long,
-    }
 
 
 def read_rankings(run: RunDir, judge_hash: str) -> pl.DataFrame | None:
@@ -570,28 +838,26 @@ def read_judgments(run: RunDir, judge_hash: str) -> pl.DataFrame | None:
     return run.read_judgments(judge_hash)
 
 
-def _summarize(rows: list[dict[str, Any]], stats: dict[str, Any], jh: str, strategy: str, elapsed: float) -> dict[str, Any]:
-    n = len(rows)
-    comparisons = sum(r["comparisons"] for r in rows)
-    inconsistent = sum(r["inconsistent"] for r in rows)
+def _summarize(out: _Out, stats: dict[str, Any], jh: str, strategy: str, elapsed: float) -> dict[str, Any]:
+    n = out.prompts
     agreed = stats.pop("agreed_pairs", None)
     consistency = None
-    if agreed is not None and agreed + inconsistent:
-        consistency = agreed / (agreed + inconsistent)
+    if agreed is not None and agreed + out.inconsistent:
+        consistency = agreed / (agreed + out.inconsistent)
     return {
         "judge_hash": jh,
         "strategy": strategy,
         "prompts": n,
-        "candidates": sum(r["n_candidates"] for r in rows),
-        "comparisons": comparisons,
-        "comparisons_per_prompt": comparisons / n if n else 0.0,
-        "ties": sum(r["ties"] for r in rows),
-        "failures": sum(r["failures"] for r in rows),
-        "inconsistent": inconsistent,
+        "candidates": out.candidates,
+        "comparisons": out.comparisons,
+        "comparisons_per_prompt": out.comparisons / n if n else 0.0,
+        "ties": out.ties,
+        "failures": out.failures,
+        "inconsistent": out.inconsistent,
         "consistency": consistency,
-        "with_best_and_worst": sum(r["best_id"] is not None for r in rows),
-        "without_preference": sum(r["best_id"] is None for r in rows),
-        "prompts_not_final": sum(r["failures"] > 0 for r in rows),
+        "with_best_and_worst": out.with_best_and_worst,
+        "without_preference": n - out.with_best_and_worst,
+        "prompts_not_final": out.not_final,
         "elapsed_s": round(elapsed, 3),
         "calls_per_s": round(stats.get("judge_calls_new", 0) / elapsed, 3) if elapsed > 0 else None,
         **stats,

@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -343,6 +344,91 @@ class RunDir:
             return None
         df = pl.concat([pl.read_parquet(p) for p in reversed(files)], how="diagonal_relaxed")
         return df.unique(subset=["prompt_id"], keep="first", maintain_order=True)
+
+    # -- streaming access (rank reads one group of prompts at a time) -----------------------------------
+    def candidate_shards(self) -> list[Path]:
+        """The finished candidate shards in write order (the order `read_candidates` concatenates them in)."""
+        return _shards(self.candidates_dir)
+
+    def candidate_column_names(self) -> set[str]:
+        """The columns of any candidate shard (read from the files' footers, no rows)."""
+        return {c for p in self.candidate_shards() for c in pl.read_parquet_schema(p)}
+
+    def scan_candidate_shards(self, columns: list[str], shards: list[int] | None = None) -> pl.LazyFrame | None:
+        """The candidate rows of the given shards (indexes into `candidate_shards()`; default all) as one lazy frame
+        in write order: `columns` (null where a shard lacks one) plus `_shard`, the shard's index. Nothing is read
+        until it is collected, so filter by prompt or candidate ids first. No de-duplication (see read_candidates)."""
+        files = self.candidate_shards()
+        pick = range(len(files)) if shards is None else sorted(set(shards))
+        scans = []
+        for i in pick:
+            have = pl.read_parquet_schema(files[i])
+            lf = pl.scan_parquet(files[i]).select([c for c in columns if c in have])
+            missing = [pl.lit(None, dtype=CANDIDATE_SCHEMA.get(c, pl.String)).alias(c) for c in columns if c not in have]
+            scans.append(lf.with_columns([*missing, pl.lit(i, dtype=pl.Int32).alias("_shard")]).select([*columns, "_shard"]))
+        return pl.concat(scans, how="diagonal_relaxed") if scans else None
+
+    def check_candidate_texts(self, ids: pl.DataFrame) -> None:
+        """The id check of `read_candidates` without reading every text: `ids` holds candidate_id and `_shard` of
+        every candidate row (scan_candidate_shards order); only the texts of ids that occur twice are read. Raises
+        the same error as read_candidates when one id has two different texts."""
+        dup = ids.filter(pl.col("candidate_id").is_duplicated())
+        if dup.height == 0:
+            return
+        lf = self.scan_candidate_shards(["candidate_id", "text"], dup["_shard"].unique().to_list())
+        assert lf is not None
+        names = [p.name for p in self.candidate_shards()]
+        clash = (
+            lf.filter(pl.col("candidate_id").is_in(dup["candidate_id"].unique().implode()))
+            .group_by("candidate_id", maintain_order=True)
+            .agg(pl.col("text").n_unique().alias("n"), pl.col("_shard").unique(maintain_order=True).alias("shards"))
+            .filter(pl.col("n") > 1)
+            .collect()
+        )
+        if clash.height:
+            first = clash.row(0, named=True)
+            where = " and ".join(str(self.candidates_dir / names[i]) for i in first["shards"])
+            raise PrefdataError(
+                f"candidate id {first['candidate_id']} has different texts in {where} ({clash.height} id(s) in all): "
+                "the run mixes two generations under the same ids; move the shard you do not want out of "
+                f"{self.candidates_dir} and run again"
+            )
+
+    def write_judgment_columns(self, judge_hash: str, columns: dict[str, list[Any]]) -> Path:
+        """`write_judgments` for rows given column by column (JUDGMENT_SCHEMA names; no per-row dicts)."""
+        return self.write_shard(self.judgments_dir(judge_hash), pl.DataFrame(columns, schema=JUDGMENT_SCHEMA))
+
+    def ranking_parts_dir(self, judge_hash: str) -> Path:
+        """Where a running `rank` keeps the ranking rows of the prompt groups it has finished; hidden from every
+        reader until `replace_rankings` makes them the rankings (a stale folder left by a kill is removed)."""
+        return self.path / f".rank-parts-{judge_hash}"
+
+    def write_ranking_part(self, judge_hash: str, df: pl.DataFrame) -> Path:
+        """One group's ranking rows (the columns of RANKING_SCHEMA) into ranking_parts_dir."""
+        return self.write_shard(self.ranking_parts_dir(judge_hash), df.select(list(RANKING_SCHEMA)).cast(RANKING_SCHEMA))
+
+    def drop_ranking_parts(self, judge_hash: str) -> None:
+        shutil.rmtree(self.ranking_parts_dir(judge_hash), ignore_errors=True)
+
+    def replace_rankings(self, judge_hash: str, parts: list[Path]) -> Path:
+        """`write_rankings` for rows written in parts: one new shard with the parts' rows in order (streamed, never
+        all in memory), then the older shards removed, as write_rankings does."""
+        folder = self.rankings_dir(judge_hash)
+        with self.lock():
+            olds = sorted(folder.glob("shard-*.parquet")) if folder.is_dir() else []
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+            tmp = folder / f".tmp-{uuid.uuid4().hex}-{name}"
+            if parts:
+                pl.scan_parquet(parts).sink_parquet(tmp)
+            else:
+                pl.DataFrame(schema=RANKING_SCHEMA).write_parquet(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, folder / name)
+            for p in olds:
+                p.unlink(missing_ok=True)
+            return folder / name
 
 
 def _shards(folder: Path) -> list[Path]:
