@@ -307,12 +307,29 @@ class _Groups:
     def _span(self, g: int) -> tuple[int, int]:
         return g * self.size, min((g + 1) * self.size, self.n_prompts)
 
-    def load(self, g: int) -> list[_Prompt]:
-        """Group g's prompts with their candidates in a fixed order (kind, index, id)."""
+    def _cands(self, g: int) -> pl.DataFrame:
         lo, hi = self._span(g)
         pos = self.cands["_pos"]
         a, b = int(pos.search_sorted(lo, "left")), int(pos.search_sorted(hi, "left"))
-        cands = self.cands.slice(a, b - a)
+        return self.cands.slice(a, b - a)
+
+    def distinct_texts(self, g: int, with_reference_only: bool) -> int:
+        """The number of distinct texts in each of group g's prompts, summed, counted in polars (no Python strings):
+        what a scores run asks when nothing is cached. `with_reference_only`: count only prompts with a reference."""
+        cands = self._cands(g)
+        if with_reference_only:
+            cands = cands.join(self.prompts.filter(~pl.col("_no_ref")).select("_pos"), on="_pos", how="semi")
+        if cands.height == 0:
+            return 0
+        scan = self.run.scan_candidate_shards(["prompt_id", "candidate_id", "text"], cands["_shard"].unique().to_list())
+        assert scan is not None
+        texts = scan.filter(pl.col("candidate_id").is_in(cands["candidate_id"].implode()))
+        return int(texts.select(pl.struct("prompt_id", pl.col("text").fill_null("")).n_unique()).collect().item())
+
+    def load(self, g: int) -> list[_Prompt]:
+        """Group g's prompts with their candidates in a fixed order (kind, index, id)."""
+        lo, hi = self._span(g)
+        cands = self._cands(g)
         scan = self.run.scan_candidate_shards(["candidate_id", "text"], cands["_shard"].unique().to_list())
         assert scan is not None
         texts = scan.filter(pl.col("candidate_id").is_in(cands["candidate_id"].implode())).collect()
@@ -368,12 +385,13 @@ class _Keys:
     JSON-encoded once. The bytes hashed are exactly content_key's (`[jh, msgs, ref, first, second]` dumped with
     the default ", " separator), so the keys equal those already on disk."""
 
-    __slots__ = ("_enc", "_head", "texts")
+    __slots__ = ("_enc", "_firsts", "_head", "texts")
 
     def __init__(self, jh: str, p: _Prompt):
         head = _JSON.encode([jh, [[r, c] for r, c in p.messages], p.reference])
         self._head = hashlib.sha256((head[:-1] + ", ").encode())
         self._enc: dict[str, bytes] = {}
+        self._firsts: dict[str, Any] = {}  # the hash state after `..., first, ` per first text: hashed once
         self.texts = {c.id: c.text for c in p.cands}
 
     def _text(self, cid: str) -> bytes:
@@ -383,8 +401,12 @@ class _Keys:
         return enc
 
     def pair(self, first: str, second: str) -> str:
-        h = self._head.copy()
-        h.update(self._text(first) + b", " + self._text(second) + b"]")
+        state = self._firsts.get(first)
+        if state is None:
+            state = self._firsts[first] = self._head.copy()
+            state.update(self._text(first) + b", ")
+        h = state.copy()
+        h.update(self._text(second) + b"]")
         return h.hexdigest()[:32]
 
     def score(self, cid: str) -> str:
@@ -808,10 +830,16 @@ def _run_scores(
     old: Callable[[int], pl.DataFrame | None], out: _Out,
 ) -> dict[str, Any]:  # fmt: skip
     sc = _Scores(run, cfg, judge, jh)
-    # The bar counts the calls to make, so they are counted first: one pass over the groups without scoring (the
-    # only group of a small run is kept for the second pass rather than read again).
+    # The bar counts the calls to make, so they are counted first, group by group: the distinct texts of each prompt
+    # (in polars) where nothing is cached, else the real plan (the only group of a small run is kept, not read again).
     only = groups.load(0) if groups.n_groups == 1 else None
-    total = sum(len(sc.prepare(only if only is not None else groups.load(g), old(g))[0].todo) for g in range(groups.n_groups))
+    with_reference_only = bool(getattr(judge, "needs_reference", False))
+    total = 0
+    for g in range(groups.n_groups):
+        if only is not None or old(g) is not None:
+            total += len(sc.prepare(only if only is not None else groups.load(g), old(g))[0].todo)
+        else:
+            total += groups.distinct_texts(g, with_reference_only)
     sc.bar = _progress(cfg, total)
     try:
         for g in range(groups.n_groups):
