@@ -1,11 +1,16 @@
 """The `rank` stage: judge the candidates of every prompt and write judgments and one ranking per prompt.
 
-Flow: read prompts and candidates (joined by prompt_id, counts checked), build the judge, compute the judge
-hash, load the judgments already in `judgments/<judge_hash>/`, then run the strategy of every prompt in
-lockstep: each round collects the judge calls that prompts still need (up to `batch_size`), asks the judge,
-and appends them as one shard before anything else happens. A crash or Ctrl-C therefore loses at most
-the round in flight; a rerun reuses every answered call and asks again only what is missing or failed.
-Rankings are derived from judgments, so they are rebuilt and written (one shard, old ones removed) at the end.
+Flow: read the ids of prompts and candidates (joined by prompt_id, counts checked; no text yet), build the
+judge, compute the judge hash, load the answered judgments already in `judgments/<judge_hash>/` (without their
+raw output), then work through the prompts in groups of `group_size`, in prompts.parquet order: read the
+group's texts (a lazy scan of the candidate shards that hold them, filtered by id), run the strategy of every
+prompt of the group in lockstep: each round collects the judge calls that prompts still need (up to
+`batch_size`), asks the judge, and appends them as one shard before anything else happens. Then the group's
+rankings are written as a hidden part and the group is dropped, so memory follows the group size, not the run.
+A crash or Ctrl-C therefore loses at most the round in flight; a rerun reuses every answered call and asks
+again only what is missing or failed. Rankings are derived from judgments, so they are rebuilt on every run
+and become visible at the end (the parts in one shard, old ones removed). A reward model's requests queue across
+groups, so its batches are those of the whole run at once.
 
 Judgment rows (one per judge call): a_id is the candidate shown first; `order` is 0 when a_id comes first in
 the prompt's candidate order (kind, index, id) and 1 when the call swapped them; verdict a|b|tie|fail is
@@ -735,7 +740,7 @@ class _Scores:
         self.run, self.cfg, self.judge, self.jh = run, cfg, judge, jh
         self.bar: Any = None
         self.chunk = max(cfg.batch_size, cfg.rm_batch_size)
-        self.pending: list[tuple[ScoreRequest, str, _ScoreGroup]] = []
+        self.pending: deque[tuple[ScoreRequest, str, _ScoreGroup]] = deque()
         self.waiting: deque[_ScoreGroup] = deque()
         self.new = self.cached = self.failures = self.truncated = self.failed_calls = self.truncated_total = 0
 
@@ -778,7 +783,7 @@ class _Scores:
         self._finish(out)
 
     def _score(self) -> None:
-        batch, self.pending = self.pending[: self.chunk], self.pending[self.chunk :]
+        batch = [self.pending.popleft() for _ in range(min(self.chunk, len(self.pending)))]
         res = self.judge.score([q for q, _, _ in batch])
         now = time.time()
         oks = []
