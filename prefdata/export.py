@@ -20,24 +20,21 @@ from typing import Any
 import polars as pl
 
 from prefdata.card import build_card, plot_lengths
+from prefdata.console import progress, terminal
 from prefdata.errors import PrefdataError
 from prefdata.export_folder import check_out, clean_stale, swap_into_place, temp_folder, write_manifest
+from prefdata.export_tables import CAND_FIELDS, GroupInput, build_group, merge_events
 from prefdata.options import opt
-from prefdata.pairs import (
-    DROP_REASONS,
-    NEEDS_FULL_ORDER,
-    PAIR_STRATEGIES,
-    RankedCandidate,
-    direct_verdicts,
-    pair_drop_reason,
-    pair_margin,
-    ranking_pairs,
-)
+from prefdata.pairs import DROP_REASONS, NEEDS_FULL_ORDER, PAIR_STRATEGIES, RankedCandidate
 from prefdata.records import MESSAGES
 from prefdata.store import RunDir, check_writable, command_line
 
 SHAPES = ("conversational", "string", "ranking", "kto")
 FORMATS = ("parquet", "jsonl", "datasets")
+# Ranked prompts read, joined and paired at a time: export's peak memory follows this, not the run's size.
+GROUP_PROMPTS = 20_000
+# Output rows given their texts at a time (a group's `all` pairs can be many more than its candidates).
+CHUNK_ROWS = 50_000
 
 
 @dataclass
@@ -123,131 +120,121 @@ class ExportSummary:
 
 
 def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
-    """Write one judge's rankings of `run` as a dataset folder with its card; return what was written."""
+    """Write one judge's rankings of `run` as a dataset folder with its card; return what was written.
+
+    Works in groups of GROUP_PROMPTS ranked prompts (in prompts.parquet order): each group's prompts, candidates
+    and judge calls are read lazily (`scan_parquet`, filtered to the group), its pair table is built with polars
+    (prefdata.export_tables) and its rows are appended to the data files, so memory follows the group, not the
+    run. The rows, files, counts and card are the ones the one-frame export wrote (tests/legacy_export.py)."""
     run.require()
     meta = run.read_meta()
     judge_hash = pick_judge(run, cfg.judge_hash)
     rankings = run.read_rankings(judge_hash)
     if rankings is None or rankings.height == 0:
         raise PrefdataError(f"{run.rankings_dir(judge_hash)} has no finished shards; let `prefdata rank` finish first")
-    prompts = run.read_prompts()
-    candidates = run.read_candidates(unique=True)
-    if candidates is None:
+    if not run.prompts_file.is_file():
+        run.read_prompts()  # raises the one-line error
+    prompts = pl.scan_parquet(run.prompts_file)
+    cand_scan = run.scan_candidates()
+    if cand_scan is None:
         raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
+    cand_scan = _checked_candidates(run, cand_scan)
 
     _check_full_order(_final(rankings), cfg.pairs, cfg.shape, judge_hash)
-    prompt_msgs = _prompt_messages(prompts, rankings)
-    cands = _candidates_by_id(candidates, rankings)
-    verdicts = {} if cfg.keep_inconsistent else _load_verdicts(run, judge_hash, prompts, cands)
-    cut_all = truncated_inputs(run, judge_hash)
-    cut_inputs = set() if cfg.keep_truncated else cut_all
-
-    order = {pid: i for i, pid in enumerate(prompts["prompt_id"].to_list())}
-    rows_in = sorted(rankings.iter_rows(named=True), key=lambda r: order[r["prompt_id"]])
-    drops: Counter[str] = Counter()
-    rows: list[dict[str, Any]] = []
-    kept_pairs: list[tuple[RankedCandidate, RankedCandidate]] = []
-    n_considered = 0
-    for rk in rows_in:
-        pid = rk["prompt_id"]
-        if (rk.get("failures") or 0) > 0:  # not final: a failed call decided part of it (rank retries it)
-            drops["judge_failed"] += 1
-            n_considered += cfg.shape != "ranking"
-            continue
-        ranked = _ranked_candidates(rk, cands, cut_inputs)
-        if cfg.shape == "ranking":
-            row, dropped = _ranking_row(rk, ranked, prompt_msgs[pid], cfg)
-            drops.update(dropped)
-            if row is not None:
-                rows.append(row)
-                ordered = sorted((c for c in ranked.values() if c.rank is not None), key=lambda c: c.rank or 0)
-                kept_pairs.append((ordered[0], ordered[-1]))
-            continue
-        id_pairs, skipped = ranking_pairs(rk, cfg.pairs)
-        drops.update(skipped)
-        n_considered += len(id_pairs) + sum(skipped.values())
-        prompt_pairs: list[tuple[RankedCandidate, RankedCandidate]] = []
-        for cid, rid in id_pairs:
-            c, r = ranked[cid], ranked[rid]
-            reason = pair_drop_reason(
-                c,
-                r,
-                verdicts=verdicts.get((pid, frozenset((cid, rid)))),
-                min_margin=cfg.min_margin,
-                keep_truncated=cfg.keep_truncated,
-                keep_inconsistent=cfg.keep_inconsistent,
-            )
-            if reason:
-                drops[reason] += 1
-            else:
-                prompt_pairs.append((c, r))
-        if cfg.shape == "kto":
-            kto_rows, ambiguous = _kto_rows(rk, prompt_msgs[pid], prompt_pairs)
-            drops["ambiguous_label"] += ambiguous
-            rows += kto_rows
-            kept_pairs += prompt_pairs
-        else:
-            for c, r in prompt_pairs:
-                rows.append(_pair_row(rk, prompt_msgs[pid], c, r, cfg))
-            kept_pairs += prompt_pairs
-    drops = Counter({k: v for k, v in drops.items() if v})
-
-    if not rows:
-        raise PrefdataError(
-            f"nothing to export: every pair was filtered out ({_drops_text(drops) or 'no pairs'}); " + _relax_hint(drops)
-        )
-    if cfg.shape == "string":
-        _check_single_turn(rows)
-
-    df = pl.DataFrame(rows, schema=_schema(cfg.shape), orient="row")
-    splits = _split(df, cfg.test_size, cfg.seed)
-    lengths = length_stats(kept_pairs)
-    warnings = []
-    share = lengths.get("chosen_longer_share")
-    if share is not None and share > cfg.length_bias_threshold:
-        warnings.append(
-            f"chosen is longer than rejected in {share:.0%} of pairs ({lengths['measure']}): the judge may "
-            "favour length; consider a length-controlled judge, --min-margin or length-normalised training"
-        )
-    if drops.get("judge_failed"):
-        warnings.append(
-            f"{drops['judge_failed']} prompts skipped: their rankings rest on failed judge calls; run the same "
-            "`prefdata rank` command again to retry those calls, then export again"
-        )
-    if cfg.test_size > 0 and "test" not in splits:
-        warnings.append("too few prompts for a test split (each prompt's side is fixed by its hash); everything is in train")
+    ordered = _in_prompt_order(_normalized(rankings), prompts)
+    _check_ranked_candidates(ordered, cand_scan)
+    cut_all = _cut_inputs(run, judge_hash)
+    cut = cut_all.head(0) if cfg.keep_truncated else cut_all
+    judgments = None if cfg.keep_inconsistent else run.scan_judgments(judge_hash)
 
     name = cfg.name or (f"{judge_hash}-{cfg.pairs}" + ("" if cfg.shape == "conversational" else f"-{cfg.shape}"))
     out = Path(cfg.out) if cfg.out else run.exports_dir(name)
-    check_writable(run.path, "--run")  # run.json records the export
-    check_writable(out.parent, "--out")
-    clean_stale(out.parent)
-    check_out(out, cfg.overwrite)
+    setup_error: PrefdataError | None = None  # raised after the export's own errors, as when it wrote at the end
+    try:
+        check_writable(run.path, "--run")  # run.json records the export
+        check_writable(out.parent, "--out")
+        clean_stale(out.parent)
+        check_out(out, cfg.overwrite)
+    except PrefdataError as e:
+        setup_error = e
+    made_parent = not out.parent.exists()
     tmp = temp_folder(out)
     try:
-        files = _write_data(tmp, splits, cfg)
+        writer = _DataWriter(None if setup_error else tmp, cfg)
+        events: dict[str, tuple[int, tuple[int, int]]] = {}
+        n_considered = n_rows = n_multi = 0
+        samplers: set[str] = set()
+        lengths_parts: list[pl.DataFrame] = []
+        bar = progress(None, "export", "row", disable=not terminal().isatty())
+        for start in range(0, ordered.height, GROUP_PROMPTS):
+            group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut)
+            test_ids = split_prompt_ids(group.rankings["prompt_id"].to_list(), cfg.test_size, cfg.seed)
+            tables = build_group(group, pairs=cfg.pairs, shape=cfg.shape, min_margin=cfg.min_margin,
+                                 keep_truncated=cfg.keep_truncated, keep_inconsistent=cfg.keep_inconsistent,
+                                 test_ids=test_ids, judge_hash=judge_hash, chunk_rows=CHUNK_ROWS)  # fmt: skip
+            for chunk in tables.chunks:
+                writer.write(chunk)
+                bar.update(chunk.height)
+            merge_events(events, tables.events)
+            n_considered += tables.n_considered
+            n_rows += tables.n_rows
+            n_multi += tables.n_multi_turn
+            samplers |= tables.samplers
+            lengths_parts.append(tables.lengths)
+            del group, tables
+        bar.close()
+        drops = Counter({k: n for k, (n, _) in sorted(events.items(), key=lambda kv: kv[1][1]) if n})
+        if not n_rows:
+            raise PrefdataError(
+                f"nothing to export: every pair was filtered out ({_drops_text(drops) or 'no pairs'}); " + _relax_hint(drops)
+            )
+        if cfg.shape == "string" and n_multi:
+            raise PrefdataError(
+                f"--shape string needs single-message prompts, but {n_multi} exported rows have a system message or "
+                "several turns; use --shape conversational"
+            )
+        if setup_error is not None:
+            raise setup_error
+        splits, files = writer.finish()
+        lengths = _length_summary(pl.concat(lengths_parts, how="vertical_relaxed"))
+        del lengths_parts
+        warnings = []
+        share = lengths.get("chosen_longer_share")
+        if share is not None and share > cfg.length_bias_threshold:
+            warnings.append(
+                f"chosen is longer than rejected in {share:.0%} of pairs ({lengths['measure']}): the judge may "
+                "favour length; consider a length-controlled judge, --min-margin or length-normalised training"
+            )
+        if drops.get("judge_failed"):
+            warnings.append(
+                f"{drops['judge_failed']} prompts skipped: their rankings rest on failed judge calls; run the same "
+                "`prefdata rank` command again to retry those calls, then export again"
+            )
+        if cfg.test_size > 0 and "test" not in splits:
+            warnings.append("too few prompts for a test split (each prompt's side is fixed by its hash); everything is in train")
+
         judge_stats = ranking_stats(rankings)
-        judge_stats["truncated_inputs"] = len(cut_all)
+        judge_stats["truncated_inputs"] = cut_all.height
         summary = ExportSummary(
             out=str(out),
             judge_hash=judge_hash,
             pairs=cfg.pairs,
             shape=cfg.shape,
             format=cfg.format,
-            n_prompts=prompts.height,
+            n_prompts=prompts.select(pl.len()).collect().item(),
             n_ranked=rankings.height,
             n_considered=n_considered,
-            n_rows=df.height,
-            splits={k: v.height for k, v in splits.items()},
+            n_rows=n_rows,
+            splits=splits,
             drops=dict(drops),
             warnings=warnings,
             lengths=lengths,
             judge_stats=judge_stats,
             files=[],
-            sampler_hashes=_row_samplers(rows),
+            sampler_hashes=sorted(samplers),
         )
         plot_name = None
-        if cfg.plot and kept_pairs:
+        if cfg.plot and lengths["n_pairs"]:
             plot_name = "lengths.png"
             plot_lengths(tmp / plot_name, lengths["chosen_values"], lengths["rejected_values"], lengths["measure"])
             files.append(plot_name)
@@ -267,6 +254,8 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent and out.parent.is_dir() and not any(out.parent.iterdir()):
+            out.parent.rmdir()
 
     record = dataclasses.asdict(summary)
     record["lengths"] = {k: v for k, v in lengths.items() if not k.endswith("_values")}
@@ -314,55 +303,6 @@ def _check_full_order(rankings: pl.DataFrame, pairs: str, shape: str, judge_hash
         )
 
 
-def _prompt_messages(prompts: pl.DataFrame, rankings: pl.DataFrame) -> dict[str, list[dict[str, str]]]:
-    msgs = {
-        pid: [{"role": m["role"], "content": m["content"]} for m in (messages or [])]
-        for pid, messages in zip(prompts["prompt_id"].to_list(), prompts["messages"].to_list(), strict=True)
-    }
-    missing = [p for p in rankings["prompt_id"].to_list() if p not in msgs]
-    if missing:
-        raise PrefdataError(
-            f"{len(missing)} ranked prompt(s) are not in prompts.parquet (e.g. {missing[0]}); "
-            "the run directory is inconsistent, re-run `prefdata generate` on it"
-        )
-    return msgs
-
-
-def _candidates_by_id(candidates: pl.DataFrame, rankings: pl.DataFrame) -> dict[str, dict[str, Any]]:
-    cands = {r["candidate_id"]: r for r in candidates.iter_rows(named=True)}
-    missing = {c for ids in rankings["candidate_ids"].to_list() for c in (ids or []) if c not in cands}
-    if missing:
-        raise PrefdataError(
-            f"{len(missing)} ranked candidate id(s) are not in candidates/ (e.g. {sorted(missing)[0]}); "
-            "the rankings do not belong to this run's candidates"
-        )
-    return cands
-
-
-def _ranked_candidates(
-    rk: dict[str, Any], cands: dict[str, dict[str, Any]], cut_inputs: set[tuple[str, str]] | None = None
-) -> dict[str, RankedCandidate]:
-    ids = list(rk.get("candidate_ids") or [])
-    ranks = list(rk.get("ranks") or [None] * len(ids))
-    scores = list(rk.get("scores") or [None] * len(ids))
-    out = {}
-    for cid, rank, score in zip(ids, ranks, scores, strict=True):
-        c = cands[cid]
-        out[cid] = RankedCandidate(
-            candidate_id=cid,
-            text=c.get("text") or "",
-            finish_reason=c.get("finish_reason"),
-            n_tokens=c.get("n_tokens"),
-            sampler_hash=c.get("sampler_hash"),
-            kind=c.get("kind"),
-            model=c.get("model"),
-            rank=rank,
-            score=score,
-            input_truncated=(rk["prompt_id"], cid) in (cut_inputs or set()),
-        )
-    return out
-
-
 def truncated_inputs(run: RunDir, judge_hash: str) -> set[tuple[str, str]]:
     """(prompt_id, candidate_id) of every completion a reward model scored from an input cut to its max length
     (pointwise judgments flagged `truncated`): the score did not see the whole prompt, so pairs resting on it
@@ -374,155 +314,7 @@ def truncated_inputs(run: RunDir, judge_hash: str) -> set[tuple[str, str]]:
     return set(zip(df["prompt_id"].to_list(), df["a_id"].to_list(), strict=True))
 
 
-def _load_verdicts(
-    run: RunDir, judge_hash: str, prompts: pl.DataFrame, cands: dict[str, dict[str, Any]]
-) -> dict[tuple[str, frozenset[str]], list[str | None]]:
-    """Direct judge calls per candidate pair; only the few columns needed are read (raw output can be big).
-    A call whose content key shows it judged other texts than the candidates have now is left out."""
-    df = run.read_judgments(judge_hash, columns=["prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_key"])
-    if df is None:
-        return {}
-    rows = list(df.iter_rows(named=True))
-    if df["content_key"].null_count() < df.height:
-        from prefdata.rank import content_key
-
-        has_ref = "reference" in prompts.columns
-        context = {
-            r["prompt_id"]: (r["messages"] or [], r["reference"] if has_ref else None) for r in prompts.iter_rows(named=True)
-        }
-
-        def current(r: dict[str, Any]) -> bool:
-            if r["content_key"] is None or r["prompt_id"] not in context:
-                return True
-            a, b = cands.get(r["a_id"]), cands.get(r["b_id"] or "")
-            if a is None or b is None:
-                return False
-            msgs, ref = context[r["prompt_id"]]
-            return r["content_key"] == content_key(judge_hash, msgs, ref, a.get("text") or "", b.get("text") or "")
-
-        rows = [r for r in rows if not r.get("b_id") or current(r)]
-    return direct_verdicts(rows)
-
-
 # -- rows -------------------------------------------------------------------------------------------
-
-
-def _assistant(text: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}]
-
-
-def _pair_row(rk: dict[str, Any], prompt: list[dict[str, str]], c: RankedCandidate, r: RankedCandidate, cfg: ExportConfig) -> dict[str, Any]:
-    string = cfg.shape == "string"
-    return {
-        "prompt_id": rk["prompt_id"],
-        "prompt": (prompt[0]["content"] if len(prompt) == 1 else None) if string else prompt,
-        "chosen": c.text if string else _assistant(c.text),
-        "rejected": r.text if string else _assistant(r.text),
-        "chosen_id": c.candidate_id,
-        "rejected_id": r.candidate_id,
-        "chosen_score": c.score,
-        "rejected_score": r.score,
-        "margin": pair_margin(c, r),
-        "chosen_rank": c.rank,
-        "rejected_rank": r.rank,
-        "judge_hash": rk.get("judge_hash"),
-        "strategy": rk.get("strategy"),
-        "pair_strategy": cfg.pairs,
-        "sampler_hash": c.sampler_hash,
-        "rejected_sampler_hash": r.sampler_hash,
-        "chosen_model": c.model,
-        "rejected_model": r.model,
-        "chosen_kind": c.kind,
-        "rejected_kind": r.kind,
-        "chosen_tokens": c.n_tokens,
-        "rejected_tokens": r.n_tokens,
-        "chosen_finish_reason": c.finish_reason,
-        "rejected_finish_reason": r.finish_reason,
-        "_n_turns": len(prompt),
-    }
-
-
-def _row_samplers(rows: list[dict[str, Any]]) -> list[str]:
-    """Every sampler hash behind the exported rows (pairs, KTO rows or ranking rows)."""
-    found: set[str] = set()
-    for r in rows:
-        for key in ("sampler_hash", "rejected_sampler_hash"):
-            if r.get(key):
-                found.add(r[key])
-        found.update(h for h in r.get("sampler_hashes") or [] if h)
-    return sorted(found)
-
-
-def _kto_rows(
-    rk: dict[str, Any], prompt: list[dict[str, str]], pairs: list[tuple[RankedCandidate, RankedCandidate]]
-) -> tuple[list[dict[str, Any]], int]:
-    """Unpaired rows: a kept pair's chosen is desirable, its rejected undesirable; both at once is ambiguous."""
-    label: dict[str, bool | None] = {}
-    by_id: dict[str, RankedCandidate] = {}
-    for c, r in pairs:
-        for cand, good in ((c, True), (r, False)):
-            by_id[cand.candidate_id] = cand
-            prev = label.get(cand.candidate_id, good)
-            label[cand.candidate_id] = good if prev == good else None
-    rows = []
-    for cid, good in label.items():
-        if good is None:
-            continue
-        cand = by_id[cid]
-        rows.append(
-            {
-                "prompt_id": rk["prompt_id"],
-                "prompt": prompt,
-                "completion": _assistant(cand.text),
-                "label": good,
-                "completion_id": cid,
-                "score": cand.score,
-                "rank": cand.rank,
-                "judge_hash": rk.get("judge_hash"),
-                "strategy": rk.get("strategy"),
-                "sampler_hash": cand.sampler_hash,
-                "model": cand.model,
-                "kind": cand.kind,
-                "n_tokens": cand.n_tokens,
-                "finish_reason": cand.finish_reason,
-            }
-        )
-    return rows, sum(1 for v in label.values() if v is None)
-
-
-def _ranking_row(
-    rk: dict[str, Any], ranked: dict[str, RankedCandidate], prompt: list[dict[str, str]], cfg: ExportConfig
-) -> tuple[dict[str, Any] | None, Counter[str]]:
-    drops: Counter[str] = Counter()
-    keep = []
-    for c in ranked.values():
-        if c.finish_reason == "length" and not cfg.keep_truncated:
-            drops["truncated"] += 1
-        elif c.input_truncated and not cfg.keep_truncated:
-            drops["judge_input_truncated"] += 1
-        else:
-            keep.append(c)
-    keep.sort(key=lambda c: c.rank if c.rank is not None else 1 << 30)
-    distinct = {c.text.strip() for c in keep}
-    if len(keep) < 2 or len(distinct) < 2 or len({c.rank for c in keep}) < 2:
-        drops["too_few_candidates"] += 1
-        return None, drops
-    row = {
-        "prompt_id": rk["prompt_id"],
-        "prompt": prompt,
-        "completions": [c.text for c in keep],
-        "candidate_ids": [c.candidate_id for c in keep],
-        "ranks": [c.rank for c in keep],
-        "scores": [c.score for c in keep],
-        "finish_reasons": [c.finish_reason for c in keep],
-        "n_tokens": [c.n_tokens for c in keep],
-        "kinds": [c.kind for c in keep],
-        "sampler_hashes": [c.sampler_hash for c in keep],
-        "judge_hash": rk.get("judge_hash"),
-        "strategy": rk.get("strategy"),
-        "complete": rk.get("complete"),
-    }
-    return row, drops
 
 
 def _schema(shape: str) -> dict[str, pl.DataType]:
@@ -590,15 +382,6 @@ def _schema(shape: str) -> dict[str, pl.DataType]:
     return schema
 
 
-def _check_single_turn(rows: list[dict[str, Any]]) -> None:
-    multi = sum(1 for r in rows if r["_n_turns"] != 1)
-    if multi:
-        raise PrefdataError(
-            f"--shape string needs single-message prompts, but {multi} exported rows have a system message or "
-            "several turns; use --shape conversational"
-        )
-
-
 # -- split and write --------------------------------------------------------------------------------
 
 
@@ -617,16 +400,6 @@ def split_point(prompt_id: str, seed: int) -> float:
     return int(hashlib.sha256(f"{seed}:{prompt_id}".encode()).hexdigest()[:16], 16) / 2**64
 
 
-def _split(df: pl.DataFrame, test_size: float, seed: int) -> dict[str, pl.DataFrame]:
-    df = df.drop("_n_turns") if "_n_turns" in df.columns else df
-    ids = df["prompt_id"].to_list()
-    test_ids = split_prompt_ids(ids, test_size, seed)
-    if not test_ids or test_ids == set(ids):  # no train split is no dataset: a tiny set stays in train
-        return {"train": df}
-    is_test = pl.col("prompt_id").is_in(sorted(test_ids))
-    return {"train": df.filter(~is_test), "test": df.filter(is_test)}
-
-
 def _data_file_patterns(fmt: str, splits: list[str]) -> dict[str, str]:
     if fmt == "datasets":
         return {s: f"{s}/data-*.arrow" for s in splits}
@@ -634,27 +407,295 @@ def _data_file_patterns(fmt: str, splits: list[str]) -> dict[str, str]:
     return {s: f"data/{s}-*.{ext}" for s in splits}
 
 
-def _write_data(folder: Path, splits: dict[str, pl.DataFrame], cfg: ExportConfig) -> list[str]:
-    folder.mkdir(parents=True)
-    if cfg.format == "datasets":
-        import datasets
+class _SplitFiles:
+    """One split's data files, appended to a chunk at a time: `max_rows_per_file` rows each, as when the whole
+    split was sliced at once; named `<split>-<i>-of-<n>` once n is known."""
 
-        dd = datasets.DatasetDict({s: datasets.Dataset(df.to_arrow()) for s, df in splits.items()})
-        dd.save_to_disk(str(folder))
-        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
-    files = []
-    (folder / "data").mkdir()
-    for split, df in splits.items():
-        n_files = max(1, -(-df.height // cfg.max_rows_per_file))
-        for i in range(n_files):
-            part = df.slice(i * cfg.max_rows_per_file, cfg.max_rows_per_file)
-            rel = f"data/{split}-{i:05d}-of-{n_files:05d}.{'parquet' if cfg.format == 'parquet' else 'jsonl'}"
-            if cfg.format == "parquet":
-                part.write_parquet(folder / rel)
+    def __init__(self, folder: Path, split: str, fmt: str, max_rows: int) -> None:
+        self.folder, self.split, self.fmt, self.max_rows = folder, split, fmt, max_rows
+        self.parts: list[Path] = []
+        self.rows = 0
+        self._in_file = 0
+        self._out: Any = None
+
+    def write(self, df: pl.DataFrame) -> None:
+        while df.height:
+            if self._out is None:
+                self._open()
+            take = df.height if self.fmt == "datasets" else min(self.max_rows - self._in_file, df.height)
+            part = df.slice(0, take)
+            if self.fmt == "parquet":
+                table = part.to_arrow()
+                if self._out.schema is not None and table.schema != self._out.schema:
+                    table = table.cast(self._out.schema)
+                self._out.write_table(table)
+            elif self.fmt == "jsonl":
+                part.write_ndjson(self._out.fh)
             else:
-                part.write_ndjson(folder / rel)
-            files.append(rel)
-    return files
+                self._out.write_table(part.to_arrow())
+            self._in_file += take
+            self.rows += take
+            df = df.slice(take)
+            if self.fmt != "datasets" and self._in_file == self.max_rows:
+                self._close()
+
+    def _open(self) -> None:
+        path = self.folder / f".{self.split}-{len(self.parts):05d}.part"
+        self.parts.append(path)
+        self._in_file = 0
+        self._path = path
+        self._out = _Opened(path, self.fmt)
+
+    def _close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def finish(self, name: str) -> list[str]:
+        """Close the last file and give the files their final names (`name`: the split they end up in)."""
+        self._close()
+        if self.fmt == "datasets":
+            return []
+        ext = "parquet" if self.fmt == "parquet" else "jsonl"
+        n = len(self.parts)
+        rels = [f"data/{name}-{i:05d}-of-{n:05d}.{ext}" for i in range(n)]
+        for part, rel in zip(self.parts, rels, strict=True):
+            part.rename(self.folder.parent / rel)
+        return rels
+
+
+class _Opened:
+    """An open data file: a parquet writer (zstd, like polars' default), a jsonl file, or an Arrow IPC file (the
+    datasets format's staging)."""
+
+    def __init__(self, path: Path, fmt: str) -> None:
+        self.path, self.fmt = path, fmt
+        self.schema: Any = None
+        self._w: Any = None
+        self.fh: Any = open(path, "wb") if fmt == "jsonl" else None  # noqa: SIM115 - closed in close()
+
+    def write_table(self, table: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._w is None:
+            self.schema = table.schema
+            if self.fmt == "parquet":
+                self._w = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            else:
+                self._w = pa.ipc.new_file(str(self.path), table.schema)
+        self._w.write_table(table)
+
+    def close(self) -> None:
+        if self._w is not None:
+            self._w.close()
+        if self.fh is not None:
+            self.fh.close()
+
+
+class _DataWriter:
+    """The data files of an export, written a chunk of rows at a time into its temp folder (or nowhere, when
+    the folder cannot be written: the export then only counts, to raise its own errors first)."""
+
+    def __init__(self, folder: Path | None, cfg: ExportConfig) -> None:
+        self.folder, self.cfg = folder, cfg
+        self.schema = {k: v for k, v in _schema(cfg.shape).items() if k != "_n_turns"}
+        self.splits: dict[str, _SplitFiles] = {}
+        if folder is not None:
+            folder.mkdir(parents=True)
+            (folder / ("data" if cfg.format != "datasets" else ".staging")).mkdir()
+
+    def write(self, chunk: pl.DataFrame) -> None:
+        if self.folder is None or not chunk.height:
+            return
+        test = chunk["_test"]
+        rows = chunk.select([pl.col(k).cast(v) for k, v in self.schema.items()])
+        for split, mask in (("train", ~test), ("test", test)):
+            part = rows.filter(mask)
+            if part.height:
+                if split not in self.splits:
+                    sub = "data" if self.cfg.format != "datasets" else ".staging"
+                    self.splits[split] = _SplitFiles(self.folder / sub, split, self.cfg.format, self.cfg.max_rows_per_file)
+                self.splits[split].write(part)
+
+    def finish(self) -> tuple[dict[str, int], list[str]]:
+        """Close the files; every prompt in test is no dataset: then it all goes to train (as before)."""
+        assert self.folder is not None
+        names = {"train": "train", "test": "test"}
+        if "train" not in self.splits:
+            names["test"] = "train"
+        order = [s for s in ("train", "test") if s in self.splits]
+        counts = {names[s]: self.splits[s].rows for s in order}
+        files = [rel for s in order for rel in self.splits[s].finish(names[s])]
+        if self.cfg.format == "datasets":
+            import datasets
+            import pyarrow as pa
+
+            tables = {names[s]: pa.ipc.open_file(pa.memory_map(str(self.splits[s].parts[0]))).read_all() for s in order}
+            datasets.DatasetDict({s: datasets.Dataset(t) for s, t in tables.items()}).save_to_disk(str(self.folder))
+            del tables
+            shutil.rmtree(self.folder / ".staging")
+            files = sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob("*") if p.is_file())
+        return counts, files
+
+
+def _length_summary(df: pl.DataFrame) -> dict[str, Any]:
+    """`length_stats` over the kept pairs' lengths (tokens where every candidate has a count, else characters),
+    with `statistics.mean` and `median`'s exact results."""
+    n = df.height
+    if not n:
+        return {"n_pairs": 0, "measure": "characters", "chosen_longer_share": None, "chosen_values": [], "rejected_values": []}
+    tokens = df["c_tokens"].null_count() == 0 and df["r_tokens"].null_count() == 0
+    ch = (df["c_tokens"] if tokens else df["c_chars"]).cast(pl.Int64)
+    rj = (df["r_tokens"] if tokens else df["r_chars"]).cast(pl.Int64)
+    return {
+        "n_pairs": n,
+        "measure": "tokens" if tokens else "characters",
+        "chosen_mean": _mean(ch),
+        "chosen_median": _median(ch),
+        "rejected_mean": _mean(rj),
+        "rejected_median": _median(rj),
+        "chosen_longer_share": int((ch > rj).sum()) / n,
+        "chosen_shorter_share": int((ch < rj).sum()) / n,
+        "chosen_values": ch.to_list(),
+        "rejected_values": rj.to_list(),
+    }
+
+
+def _mean(s: pl.Series) -> int | float:
+    total, n = int(s.sum()), s.len()  # type: ignore[arg-type]
+    return total // n if total % n == 0 else total / n
+
+
+def _median(s: pl.Series) -> int | float:
+    v = s.sort()
+    n = v.len()
+    if n % 2:
+        return int(v[n // 2])
+    return (int(v[n // 2 - 1]) + int(v[n // 2])) / 2
+
+
+# -- groups -----------------------------------------------------------------------------------------
+
+
+_RANKING_COLS: dict[str, pl.DataType] = {
+    "judge_hash": pl.String(),
+    "strategy": pl.String(),
+    "candidate_ids": pl.List(pl.String),
+    "ranks": pl.List(pl.Int64),
+    "scores": pl.List(pl.Float64),
+    "best_id": pl.String(),
+    "worst_id": pl.String(),
+    "failures": pl.Int64(),
+    "complete": pl.Boolean(),
+}
+
+
+def _normalized(rankings: pl.DataFrame) -> pl.DataFrame:
+    """The ranking columns export reads, null where a shard had none (the rows' `.get` of before)."""
+    cols = [pl.col("prompt_id")] + [
+        (pl.col(c) if c in rankings.columns else pl.lit(None)).cast(t).alias(c) for c, t in _RANKING_COLS.items()
+    ]
+    df = rankings.select(cols)
+    return df.with_columns(pl.col("candidate_ids").fill_null(pl.lit([], dtype=pl.List(pl.String))))
+
+
+def _in_prompt_order(rankings: pl.DataFrame, prompts: pl.LazyFrame) -> pl.DataFrame:
+    """Rankings sorted as prompts.parquet lists the prompts, with that place as `_order`."""
+    order = (
+        prompts.select("prompt_id").with_row_index("_order").group_by("prompt_id").agg(pl.col("_order").max()).collect()
+    )
+    df = rankings.join(order, on="prompt_id", how="left", maintain_order="left")
+    missing = df.filter(pl.col("_order").is_null())["prompt_id"].to_list()
+    if missing:
+        raise PrefdataError(
+            f"{len(missing)} ranked prompt(s) are not in prompts.parquet (e.g. {missing[0]}); "
+            "the run directory is inconsistent, re-run `prefdata generate` on it"
+        )
+    return df.with_columns(pl.col("_order").cast(pl.Int64)).sort("_order", maintain_order=True)
+
+
+def _checked_candidates(run: RunDir, scan: pl.LazyFrame) -> pl.LazyFrame:
+    """The candidates scan with the columns export reads; the same id with two texts is the error of
+    `RunDir.read_candidates` (found from the ids first, so the texts of ids written once are never read)."""
+    have = scan.collect_schema().names()
+    if {"candidate_id", "text"} <= set(have):
+        dup = scan.group_by("candidate_id").len().filter(pl.col("len") > 1).select("candidate_id").collect()
+        if dup.height:
+            df = scan.filter(pl.col("candidate_id").is_in(dup["candidate_id"].implode())).select(
+                "candidate_id", "text", "_shard"
+            ).collect()
+            clash = (
+                df.group_by("candidate_id", maintain_order=True)
+                .agg(pl.col("text").n_unique().alias("n"), pl.col("_shard").unique(maintain_order=True).alias("shards"))
+                .filter(pl.col("n") > 1)
+            )
+            if clash.height:
+                first = clash.row(0, named=True)
+                where = " and ".join(str(run.candidates_dir / f) for f in first["shards"])
+                raise PrefdataError(
+                    f"candidate id {first['candidate_id']} has different texts in {where} ({clash.height} id(s) in all): "
+                    "the run mixes two generations under the same ids; move the shard you do not want out of "
+                    f"{run.candidates_dir} and run again"
+                )
+    cols = [pl.col("candidate_id")] + [
+        (pl.col(c) if c in have else pl.lit(None)).cast(t).alias(c) for c, t in CAND_FIELDS.items()
+    ]
+    return scan.select(cols)
+
+
+def _check_ranked_candidates(rankings: pl.DataFrame, cands: pl.LazyFrame) -> None:
+    ranked = rankings["candidate_ids"].explode().drop_nulls().unique()
+    found = cands.select("candidate_id").filter(pl.col("candidate_id").is_in(ranked.implode())).unique().collect()
+    missing = set(ranked.to_list()) - set(found["candidate_id"].to_list())
+    if missing:
+        raise PrefdataError(
+            f"{len(missing)} ranked candidate id(s) are not in candidates/ (e.g. {sorted(missing)[0]}); "
+            "the rankings do not belong to this run's candidates"
+        )
+
+
+def _cut_inputs(run: RunDir, judge_hash: str) -> pl.DataFrame:
+    """`truncated_inputs` as a frame (prompt_id, a_id), read lazily."""
+    scan = run.scan_judgments(judge_hash)
+    empty = pl.DataFrame(schema={"prompt_id": pl.String, "a_id": pl.String})
+    if scan is None or "truncated" not in scan.collect_schema().names():
+        return empty
+    df = scan.filter(pl.col("truncated").cast(pl.Boolean).fill_null(False)).select("prompt_id", "a_id").unique()
+    return df.collect().cast({"prompt_id": pl.String, "a_id": pl.String})
+
+
+_VERDICT_COLS = ("prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_key")
+
+
+def _read_group(
+    rankings: pl.DataFrame, prompts: pl.LazyFrame, cands: pl.LazyFrame, judgments: pl.LazyFrame | None, cut: pl.DataFrame
+) -> GroupInput:
+    """One group's prompts, candidates (one row per id, the first written) and direct judge calls."""
+    pids = rankings["prompt_id"]
+    have = prompts.collect_schema().names()
+    pr = prompts.filter(pl.col("prompt_id").is_in(pids.implode())).select(
+        "prompt_id", "messages", pl.col("reference") if "reference" in have else pl.lit(None, dtype=pl.String).alias("reference")
+    ).collect()
+    pr = pr.unique("prompt_id", keep="last", maintain_order=True)
+    if pr.schema["messages"] != MESSAGES:
+        fields = pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
+        pr = pr.with_columns(pl.col("messages").list.eval(fields).cast(MESSAGES))
+    ids = rankings["candidate_ids"].explode().drop_nulls().unique()
+    cd = cands.filter(pl.col("candidate_id").is_in(ids.implode())).collect()
+    cd = cd.unique("candidate_id", keep="first", maintain_order=True)
+    verdicts = None
+    if judgments is not None:
+        jcols = judgments.collect_schema().names()
+        if {"prompt_id", "a_id", "b_id", "verdict"} <= set(jcols):
+            sel = [pl.col(c) if c in jcols else pl.lit(None, dtype=pl.String).alias(c) for c in _VERDICT_COLS]
+            verdicts = (
+                judgments.filter(pl.col("prompt_id").is_in(pids.implode()) & pl.col("b_id").is_not_null())
+                .select(sel)
+                .collect()
+                .cast(dict.fromkeys(_VERDICT_COLS, pl.String))
+            )
+    return GroupInput(rankings, pr, cd, verdicts, cut.filter(pl.col("prompt_id").is_in(pids.implode())))
 
 
 # -- statistics -------------------------------------------------------------------------------------

@@ -307,6 +307,16 @@ class RunDir:
         df = df.drop("_shard")
         return df.unique(subset=["candidate_id"], keep="first", maintain_order=True) if unique else df
 
+    def scan_candidates(self) -> pl.LazyFrame | None:
+        """Every candidate shard as one lazy frame, in write order, with `_shard` (the shard's file name); nothing
+        is read until it is collected, so a stage can read one group of prompts (filter by their ids) or a few
+        columns at a time. No de-duplication: `read_candidates` says how (the first row of an id wins)."""
+        files = _shards(self.candidates_dir)
+        if not files:
+            return None
+        scans = [pl.scan_parquet(p).with_columns(pl.lit(p.name).alias("_shard")) for p in files]
+        return pl.concat(scans, how="diagonal_relaxed")
+
     # -- judgments and rankings, per judge hash -----------------------------------------------------
     def write_judgments(self, judge_hash: str, rows: list[dict[str, Any]]) -> Path:
         """Append one shard of judge calls (JUDGMENT_SCHEMA); judgments are never rewritten."""
@@ -327,6 +337,14 @@ class RunDir:
             return None
         df = pl.concat(frames, how="diagonal_relaxed")
         return df.with_columns([pl.lit(None).alias(c) for c in columns if c not in df.columns])
+
+    def scan_judgments(self, judge_hash: str) -> pl.LazyFrame | None:
+        """Every judge call of one judge as one lazy frame (None when there are none): select the columns and
+        filter the prompts needed before collecting (raw output can be big). A column no shard has is absent."""
+        files = _shards(self.judgments_dir(judge_hash))
+        if not files:
+            return None
+        return pl.concat([pl.scan_parquet(p) for p in files], how="diagonal_relaxed")
 
     def write_rankings(self, judge_hash: str, rows: list[dict[str, Any]]) -> None:
         """One row per prompt: write the new shard, then remove the older ones (derived data, rebuilt each run)."""
