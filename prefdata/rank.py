@@ -362,9 +362,12 @@ class _Groups:
         if old is None or old.height == 0:
             return lambda g: None
         df = (
-            old.join(self.prompts.select("prompt_id", "_pos"), on="prompt_id")
+            old.lazy()
+            .join(self.prompts.lazy().select("prompt_id", "_pos"), on="prompt_id")
             .with_columns((pl.col("_pos") // self.size).alias("_g"))
             .sort(["_g", "created"], maintain_order=True)
+            .drop("_pos", "created")
+            .collect()
         )
         gs = df["_g"]
 
@@ -522,17 +525,19 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
     jh = stable_hash(identity)
     t0 = time.monotonic()
     cols = (["prompt_id", "a_id", "verdict", "score", "n_tokens", "truncated", "created", "content_key"] if pointwise
-            else ["prompt_id", "a_id", "b_id", "verdict", "winner_id", "score", "error", "latency_s", "created", "content_key"])
+            else ["prompt_id", "a_id", "b_id", "verdict", "winner_id", "created", "content_key"])
     old = run.read_judgments(jh, columns=cols)
     if old is not None:  # the rows a rerun may reuse: answered, with a content key (raw output is never read)
         old = old.filter((pl.col("verdict") != "fail") & pl.col("content_key").is_not_null())
+    old_of = groups.split(old)
+    del old  # only the split copy stays
     out = _Out(run, jh, strategy)
     run.drop_ranking_parts(jh)  # left by a run that was killed
     try:
         if pointwise:
-            stats = _run_scores(run, cfg, judge, jh, groups, groups.split(old), out)  # type: ignore[arg-type]
+            stats = _run_scores(run, cfg, judge, jh, groups, old_of, out)  # type: ignore[arg-type]
         else:
-            stats = _run_pairwise(run, cfg, judge, jh, strategy, groups, groups.split(old), out)  # type: ignore[arg-type]
+            stats = _run_pairwise(run, cfg, judge, jh, strategy, groups, old_of, out)  # type: ignore[arg-type]
         run.replace_rankings(jh, out.parts)
     finally:
         run.drop_ranking_parts(jh)
@@ -611,12 +616,12 @@ class _Pairwise:
         resolved: dict[Key, Verdict] = {}
         keys = {p.pid: _Keys(self.jh, p) for p in prompts}
         if old is not None:
-            sel = old.select("prompt_id", "a_id", "b_id", "verdict", "winner_id", "score", "error", "latency_s", "content_key")
-            for pid, a, b, verdict, winner, score, error, latency, ck in sel.iter_rows():
+            sel = old.select("prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_key")
+            for pid, a, b, verdict, winner, ck in sel.iter_rows():
                 km = keys.get(pid)
                 if km is None or a not in km.texts or b not in km.texts or ck != km.pair(a, b):
                     continue  # judged on other texts (or candidates no longer ranked): not this question
-                resolved[(pid, a, b)] = Verdict(a, b, verdict, winner, score, "", error, latency or 0.0)
+                resolved[(pid, a, b)] = Verdict(a, b, verdict, winner)  # an answered call: only its winner counts
         self.cached += len(resolved)
         states = []
         for p in prompts:
