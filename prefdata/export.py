@@ -167,7 +167,8 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         lengths_parts: list[pl.DataFrame] = []
         bar = progress(None, "export", "row", disable=not terminal().isatty())
         for start in range(0, ordered.height, GROUP_PROMPTS):
-            group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut)
+            ends_only = cfg.pairs == "best-worst" and cfg.shape != "ranking"
+            group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut, ends_only)
             test_ids = split_prompt_ids(group.rankings["prompt_id"].to_list(), cfg.test_size, cfg.seed)
             tables = build_group(group, pairs=cfg.pairs, shape=cfg.shape, min_margin=cfg.min_margin,
                                  keep_truncated=cfg.keep_truncated, keep_inconsistent=cfg.keep_inconsistent,
@@ -257,8 +258,8 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         if made_parent and out.parent.is_dir() and not any(out.parent.iterdir()):
             out.parent.rmdir()
 
-    record = dataclasses.asdict(summary)
-    record["lengths"] = {k: v for k, v in lengths.items() if not k.endswith("_values")}
+    light = {k: v for k, v in lengths.items() if not k.endswith("_values")}
+    record = dataclasses.asdict(dataclasses.replace(summary, lengths=light))  # no deep copy of every length
     run.record_stage("export", name, {"config": dataclasses.asdict(cfg), "summary": record})
     return summary
 
@@ -669,7 +670,8 @@ _VERDICT_COLS = ("prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_k
 
 
 def _read_group(
-    rankings: pl.DataFrame, prompts: pl.LazyFrame, cands: pl.LazyFrame, judgments: pl.LazyFrame | None, cut: pl.DataFrame
+    rankings: pl.DataFrame, prompts: pl.LazyFrame, cands: pl.LazyFrame, judgments: pl.LazyFrame | None, cut: pl.DataFrame,
+    ends_only: bool = False,
 ) -> GroupInput:
     """One group's prompts, candidates (one row per id, the first written) and direct judge calls."""
     pids = rankings["prompt_id"]
@@ -681,7 +683,10 @@ def _read_group(
     if pr.schema["messages"] != MESSAGES:
         fields = pl.struct(pl.element().struct.field("role"), pl.element().struct.field("content"))
         pr = pr.with_columns(pl.col("messages").list.eval(fields).cast(MESSAGES))
-    ids = rankings["candidate_ids"].explode().drop_nulls().unique()
+    if ends_only:  # best-worst pairs read two texts per prompt, not every candidate's
+        ids = pl.concat([rankings["best_id"], rankings["worst_id"]]).drop_nulls().unique()
+    else:
+        ids = rankings["candidate_ids"].explode().drop_nulls().unique()
     cd = cands.filter(pl.col("candidate_id").is_in(ids.implode())).collect()
     cd = cd.unique("candidate_id", keep="first", maintain_order=True)
     verdicts = None

@@ -16,17 +16,18 @@ the merged counts list the reasons in the order the per-prompt loop met them (th
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import polars as pl
 
-from prefdata.rank import content_key
 from prefdata.records import MESSAGES
 
-# str.strip()'s whitespace (Python's, which polars' default strip does not match on a few control characters).
-SPACE = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+# str.strip()'s whitespace: every c with c.isspace() (polars' default strip differs on \x1c..\x1f); a test checks it.
+SPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 # Candidate columns export copies into rows, with the types they are written with.
 CAND_FIELDS: dict[str, pl.DataType] = {
     "text": pl.String(),
@@ -247,6 +248,8 @@ def _direct_verdicts(g: GroupInput, cands: pl.DataFrame, judge_hash: str) -> pl.
     v = v.join(ranked.rename({"cid": "b_id", "_ci": "_b", "text": "_bt"}), on=["prompt_id", "b_id"], maintain_order="left")
     keyed = v.filter(pl.col("content_key").is_not_null())
     if keyed.height:  # per call (the content key is a JSON dump and a hash: Python's)
+        from prefdata.rank import content_key
+
         ctx = {r["prompt_id"]: (r["messages"] or [], r.get("reference")) for r in g.prompts.iter_rows(named=True)}
         current = [
             key == content_key(judge_hash, ctx[pid][0], ctx[pid][1], at or "", bt or "")

@@ -203,3 +203,11 @@ def test_every_prompt_in_test_goes_to_train(tmp_path, monkeypatch):
                        plot=False, max_rows_per_file=2)  # fmt: skip
     _compare(run, cfg, tmp_path)
     assert list(export_run(run, ExportConfig(**{**cfg.__dict__, "overwrite": True})).splits) == ["train"]
+
+
+def test_identical_text_strips_what_python_strips():
+    import sys
+
+    from prefdata.export_tables import SPACE
+
+    assert SPACE == "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
