@@ -466,7 +466,7 @@ class _SplitFiles:
 
 
 class _Opened:
-    """An open data file: a parquet writer (zstd, like polars' default), a jsonl file, or an Arrow IPC file (the
+    """An open data file: a parquet writer (zstd level 3, like polars' default), a jsonl file, or an Arrow IPC file (the
     datasets format's staging)."""
 
     def __init__(self, path: Path, fmt: str) -> None:
@@ -482,7 +482,7 @@ class _Opened:
         if self._w is None:
             self.schema = table.schema
             if self.fmt == "parquet":
-                self._w = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+                self._w = pq.ParquetWriter(self.path, table.schema, compression="zstd", compression_level=3)
             else:
                 self._w = pa.ipc.new_file(str(self.path), table.schema)
         self._w.write_table(table)
@@ -646,12 +646,12 @@ def _checked_candidates(run: RunDir, scan: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _check_ranked_candidates(rankings: pl.DataFrame, cands: pl.LazyFrame) -> None:
-    ranked = rankings["candidate_ids"].explode().drop_nulls().unique()
-    found = cands.select("candidate_id").filter(pl.col("candidate_id").is_in(ranked.implode())).unique().collect()
-    missing = set(ranked.to_list()) - set(found["candidate_id"].to_list())
-    if missing:
+    ranked = rankings.select(pl.col("candidate_ids").explode().alias("candidate_id")).drop_nulls().unique()
+    found = cands.select("candidate_id").filter(pl.col("candidate_id").is_in(ranked["candidate_id"].implode()))
+    missing = ranked.join(found.unique().collect(), on="candidate_id", how="anti")["candidate_id"]
+    if missing.len():
         raise PrefdataError(
-            f"{len(missing)} ranked candidate id(s) are not in candidates/ (e.g. {sorted(missing)[0]}); "
+            f"{missing.len()} ranked candidate id(s) are not in candidates/ (e.g. {missing.min()}); "
             "the rankings do not belong to this run's candidates"
         )
 

@@ -78,7 +78,7 @@ def build_group(g: GroupInput, *, pairs: str, shape: str, min_margin: float, kee
     if n_failed:
         _event(events, "judge_failed", n_failed, (int(rk.filter(failed)["_order"].min()), 0))  # type: ignore[arg-type]
     ok = rk.filter(~failed)
-    cands = _candidate_table(ok, g, keep_truncated)
+    cands = _candidate_table(ok, g, keep_truncated, exact_tid=shape == "ranking")
     meta = _Meta(rk, msgs, is_test, cands, shape, pairs)
     if shape == "ranking":
         return _ranking_group(ok, cands, meta, events, keep_truncated, chunk_rows)
@@ -135,9 +135,10 @@ def _samplers(s: pl.Series) -> set[str]:
 # -- tables -----------------------------------------------------------------------------------------
 
 
-def _candidate_table(ok: pl.DataFrame, g: GroupInput, keep_truncated: bool) -> pl.DataFrame:
+def _candidate_table(ok: pl.DataFrame, g: GroupInput, keep_truncated: bool, exact_tid: bool) -> pl.DataFrame:
     """One row per ranked candidate of the group's final rankings: its rank and score from the ranking, its
-    fields from candidates/, `_cut` (reward-model input cut), `tid` (equal ids: equal stripped texts)."""
+    fields from candidates/, `_cut` (reward-model input cut), `tid`: the stripped text's id (`exact_tid`: equal
+    ids exactly when the stripped texts are equal; else its hash, and `_identical` checks equal hashes)."""
     c = (
         ok.select("_p", "_order", "prompt_id", "candidate_ids", "ranks", "scores")
         .with_columns(pl.int_ranges(0, pl.col("candidate_ids").list.len()).alias("pos"))
@@ -158,8 +159,9 @@ def _candidate_table(ok: pl.DataFrame, g: GroupInput, keep_truncated: bool) -> p
         c = c.with_columns(pl.col("_cut").fill_null(False))
     else:
         c = c.with_columns(pl.lit(False).alias("_cut"))
+    stripped = pl.col("text").str.strip_chars(SPACE)
     return c.with_columns(
-        pl.col("text").str.strip_chars(SPACE).rank("dense").alias("tid"),
+        (stripped.rank("dense").cast(pl.UInt64) if exact_tid else stripped.hash()).alias("tid"),
         pl.col("text").str.len_chars().cast(pl.Int64).alias("chars"),
     ).with_row_index("_ci")
 
@@ -229,7 +231,20 @@ def _with_sides(t: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
     c = side.gather(t["a"]).rename({k: f"c_{k}" for k in SIDE_COLS})
     r = side.gather(t["b"]).rename({k: f"r_{k}" for k in SIDE_COLS})
     pid = cands.select("prompt_id").gather(t["a"])
-    return pl.concat([t, pid, c, r], how="horizontal")
+    out = pl.concat([t, pid, c, r], how="horizontal")
+    return out.with_columns(_identical(out, cands))
+
+
+def _identical(t: pl.DataFrame, cands: pl.DataFrame) -> pl.Series:
+    """Whether chosen and rejected have the same stripped text: equal hashes, then the texts compared."""
+    same = (t["c_tid"] == t["r_tid"]).alias("_same")
+    idx = same.arg_true()
+    if idx.len():
+        text = cands["text"]
+        a = text.gather(t["a"].gather(idx)).str.strip_chars(SPACE)
+        b = text.gather(t["b"].gather(idx)).str.strip_chars(SPACE)
+        same = same.scatter(idx, a == b)
+    return same
 
 
 def _direct_verdicts(g: GroupInput, cands: pl.DataFrame, judge_hash: str) -> pl.DataFrame | None:
@@ -279,7 +294,7 @@ def _direct_verdicts(g: GroupInput, cands: pl.DataFrame, judge_hash: str) -> pl.
 def _reason(t: pl.DataFrame, verdicts: pl.DataFrame | None, min_margin: float, keep_truncated: bool) -> pl.Series:
     """`pair_drop_reason` for every pair at once (None: kept)."""
     df = t.select("prompt_id", "c_cid", "r_cid", "c_score", "r_score", "c_finish_reason", "r_finish_reason",
-                  "c__cut", "r__cut", "c_tid", "r_tid")  # fmt: skip
+                  "c__cut", "r__cut", "_same")  # fmt: skip
     inconsistent: pl.Expr = pl.lit(False)
     if verdicts is not None and verdicts.height:
         lo, hi = pl.min_horizontal("c_cid", "r_cid"), pl.max_horizontal("c_cid", "r_cid")
@@ -293,7 +308,7 @@ def _reason(t: pl.DataFrame, verdicts: pl.DataFrame | None, min_margin: float, k
         length = (pl.col("c_finish_reason") == "length").fill_null(False) | (pl.col("r_finish_reason") == "length").fill_null(False)
         expr = expr.when(length).then(pl.lit("truncated"))
         expr = expr.when(pl.col("c__cut") | pl.col("r__cut")).then(pl.lit("judge_input_truncated"))
-    expr = expr.when(pl.col("c_tid") == pl.col("r_tid")).then(pl.lit("identical_text"))
+    expr = expr.when(pl.col("_same")).then(pl.lit("identical_text"))
     if min_margin > 0:
         expr = expr.when(margin.is_null()).then(pl.lit("margin_unknown"))
         expr = expr.when(margin < min_margin).then(pl.lit("below_margin"))

@@ -121,7 +121,7 @@ def _read_split(folder: Path, split: str, fmt: str) -> tuple[pl.DataFrame | None
     return pl.concat(frames, how="vertical_relaxed"), [f.height for f in frames]
 
 
-def _compare(run: RunDir, cfg: ExportConfig, tmp: Path) -> None:
+def _compare(run: RunDir, cfg: ExportConfig, tmp: Path) -> str | None:
     try:
         old: LegacyExport | None = legacy_export(run, cfg)
         old_err = None
@@ -135,7 +135,7 @@ def _compare(run: RunDir, cfg: ExportConfig, tmp: Path) -> None:
     assert new_err == old_err
     if old is None or new is None:
         assert cfg.out is not None and not Path(cfg.out).exists()
-        return
+        return new_err
     assert list(new.drops.items()) == list(old.drops.items())  # the card lists them in this order
     assert new.n_considered == old.n_considered
     assert new.n_rows == old.n_rows
@@ -155,6 +155,7 @@ def _compare(run: RunDir, cfg: ExportConfig, tmp: Path) -> None:
         if cfg.format != "datasets":
             m = cfg.max_rows_per_file
             assert sizes == [min(m, want.height - i) for i in range(0, want.height, m)] or (want.height == 0 and sizes == [0])
+    return None
 
 
 @pytest.fixture(scope="module")
@@ -211,3 +212,31 @@ def test_identical_text_strips_what_python_strips():
     from prefdata.export_tables import SPACE
 
     assert SPACE == "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+
+
+def test_same_errors_for_broken_runs(tmp_path):
+    """A ranked prompt missing from prompts.parquet, ranked candidates missing from candidates/, and one candidate
+    id with two texts: the same one-line errors as before."""
+    run = build_run(tmp_path / "run", n_prompts=6, seed=3, single_turn=True)
+    rk = run.read_rankings(JUDGE)
+    assert rk is not None
+    cfg = ExportConfig(pairs="all", out=str(tmp_path / "o"), plot=False)
+    fake = rk.head(1).with_columns(pl.lit("nosuchprompt0000").alias("prompt_id"))
+    _replace_rankings(run, pl.concat([rk, fake]))
+    assert "1 ranked prompt(s) are not in prompts.parquet (e.g. nosuchprompt0000)" in str(_compare(run, cfg, tmp_path))
+    ids = pl.lit(["zz-missing", "aa-missing", "mm-missing"], dtype=pl.List(pl.String))
+    broken = rk.with_columns(pl.when(pl.int_range(pl.len()) == 2).then(ids).otherwise(pl.col("candidate_ids"))
+                             .alias("candidate_ids"))  # fmt: skip
+    _replace_rankings(run, broken)
+    assert "3 ranked candidate id(s) are not in candidates/ (e.g. aa-missing)" in str(_compare(run, cfg, tmp_path))
+    _replace_rankings(run, rk)
+    cands = run.read_candidates(unique=True)
+    assert cands is not None
+    run.write_shard(run.candidates_dir, cands.slice(3, 2).with_columns(pl.lit("another text").alias("text")))
+    assert "has different texts in" in str(_compare(run, cfg, tmp_path))
+
+
+def _replace_rankings(run: RunDir, df: pl.DataFrame) -> None:
+    for p in run.rankings_dir(JUDGE).glob("*.parquet"):
+        p.unlink()
+    run.write_shard(run.rankings_dir(JUDGE), df)
