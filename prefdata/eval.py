@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -194,13 +195,13 @@ def _tokenizer(cfg: EvalConfig) -> Any:
         return None
 
 
-def eval_judge(run: RunDir, cfg: EvalConfig, *, judge_llm: Any = None, judge: Any = None, progress: bool = True) -> dict[str, Any]:
+def eval_judge(run: RunDir, cfg: EvalConfig, *, judge_llm: Any = None, judge: Any = None, progress: bool = True) -> Mapping[str, Any]:
     from prefdata.rank import rank_run
 
     return rank_run(run, rank_config(cfg, progress), llm=judge_llm, judge=judge)
 
 
-def summarize(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: dict[str, Any]) -> dict[str, Any]:
+def summarize(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: Mapping[str, Any]) -> dict[str, Any]:
     """Every number of the report, from the run's candidates and judgments (nothing kept elsewhere)."""
     from prefdata.judges.verifier import is_verifier
     from prefdata.rank import read_judgments, read_rankings
@@ -323,7 +324,7 @@ def eval_run(run: RunDir, cfg: EvalConfig, *, llm: Any = None, baseline_llm: Any
     return finish(run, cfg, sides, rs)
 
 
-def finish(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: dict[str, Any]) -> EvalSummary:
+def finish(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: Mapping[str, Any]) -> EvalSummary:
     summary = summarize(run, cfg, sides, rank_summary)
     atomic_write_bytes(run.path / "eval.json", (json.dumps(summary, indent=2) + "\n").encode())
     atomic_write_bytes(run.path / "eval.md", ("\n".join(markdown(summary)) + "\n").encode())

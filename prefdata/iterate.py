@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -295,7 +296,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                 rank_fields["judge_model"] = judge_path
             rs = rank_run(run, cfg.stage_config("rank", **rank_fields), llm=judge_llm)
             log(f"round {t}: rank: {_brief(rs)}")
-            retry = rs.get("failed_calls", 0) - rs.get("too_long", 0)
+            retry = rs.calls_to_retry
             if retry > 0:  # the round would train on rankings that rest on failed calls: stop, a rerun retries them
                 raise RoundNotFinal(
                     f"round {t}: {retry} judge calls failed, so the rankings of {rs.get('prompts_not_final')} prompts "
@@ -360,7 +361,7 @@ def _low_memory() -> bool:
 
 
 def _brief(summary: Any) -> str:
-    if isinstance(summary, dict):
+    if isinstance(summary, Mapping):
         keys = ("prompts", "ranked", "comparisons", "ties", "failures", "inconsistent", "consistency")
         return ", ".join(f"{k} {summary[k]}" for k in keys if k in summary)
     return str(summary)

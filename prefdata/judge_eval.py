@@ -100,7 +100,8 @@ class JudgeEvalSummary(RecordSummary):
 
 def evaluate(cfg: JudgeEvalConfig, llm: Any = None, judge: PairJudge | PointwiseJudge | None = None) -> JudgeEvalSummary:
     from prefdata.console import progress
-    from prefdata.rank import RankConfig, build_judge
+    from prefdata.judges.build import build_judge
+    from prefdata.rank import RankConfig
 
     pairs = read_labeled_pairs(cfg.data, cfg.limit)
     if judge is None:

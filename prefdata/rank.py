@@ -44,6 +44,7 @@ from prefdata.config import check_env_name, check_range
 from prefdata.console import captured
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
+from prefdata.judges.build import build_judge
 from prefdata.judges.verdict import (
     Candidate,
     PairJudge,
@@ -69,6 +70,7 @@ from prefdata.ranking import (
 )
 from prefdata.records import KIND_ORDER, RANKING_SCHEMA, stable_hash
 from prefdata.store import RunDir
+from prefdata.summary import RecordSummary
 
 # `prefdata rank` exits with this when judge calls failed (or the endpoint went away): the rankings of some
 # prompts are not final; a rerun of the same command retries exactly those calls.
@@ -118,7 +120,7 @@ class RankConfig:
     rm_batch_size: int = opt(16, "Reward-model forward batch (halved on out-of-memory).")
     rm_max_length: int | None = opt(None, "Reward-model input limit; longer inputs are cut and flagged.")
     rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "
-                          "(transformers) | vllm (pooling runner); see rm_backend_for.")
+                          "(transformers) | vllm (pooling runner); see prefdata.judges.build.rm_backend_for.")
     max_model_len: int = opt(4096, "In-process vLLM judge context.")
     progress: bool = opt(True, "Show the progress bar.")
 
@@ -164,79 +166,6 @@ class _Prompt:
     messages: tuple[tuple[str, str], ...]
     reference: str | None
     cands: list[Candidate]
-
-
-# Measured (bench/RESULTS.md 3.4): vLLM's pooling runner scores about 7x faster than transformers' best batch once
-# started, but its engine start (about 3 minutes on the 2-core CPU) makes it slower below ~750 candidates.
-RM_VLLM_MIN_ITEMS = 2000
-
-
-def rm_backend_for(cfg: RankConfig, n_items: int | None) -> str:
-    """`auto`: vLLM when it is installed and there are enough candidates to pay for its engine start, else hf."""
-    if cfg.rm_backend != "auto":
-        return cfg.rm_backend
-    if n_items is None or n_items < RM_VLLM_MIN_ITEMS:
-        return "hf"
-    import importlib.util
-
-    return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
-
-
-def build_judge(cfg: RankConfig, llm: Any = None, n_items: int | None = None) -> PairJudge | PointwiseJudge:
-    """The judge named by the config: a verifier, a reward-model folder, or a template over OpenAI / in-process vLLM.
-
-    `n_items`: how many candidates will be scored (picks the reward-model backend under rm_backend auto)."""
-    from prefdata.judges.reward_model import RewardModelJudge, check_reward_model_dir, is_reward_model_dir
-    from prefdata.judges.verifier import build_verifier, is_verifier
-
-    if is_verifier(cfg.judge):
-        if cfg.base_url or cfg.logprobs:
-            raise PrefdataError(f"{cfg.judge} is a verifier, run in this process; drop --base-url/--logprobs")
-        return build_verifier(cfg.judge)
-    if is_reward_model_dir(cfg.judge):
-        check_reward_model_dir(cfg.judge)
-        if cfg.base_url or cfg.logprobs:
-            raise PrefdataError(f"{cfg.judge} is a reward-model folder, scored in this process; drop --base-url/--logprobs")
-        if rm_backend_for(cfg, n_items) == "vllm":
-            from prefdata.judges.reward_model_vllm import VLLMRewardModelJudge
-
-            try:
-                return VLLMRewardModelJudge(cfg.judge, max_length=cfg.rm_max_length, seed=cfg.seed, llm=llm)
-            except ImportError as e:
-                raise PrefdataError("--rm-backend vllm needs vLLM (pip install prefdata[cpu] or [gpu]); or use --rm-backend hf") from e
-        return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length)
-    from prefdata.judges.llm_judge import ChatBackend, LLMPairJudge
-    from prefdata.judges.templates import load_template
-
-    template = load_template(cfg.judge)
-    backend: ChatBackend
-    if cfg.base_url:
-        from prefdata.judges.openai_judge import OpenAIBackend
-
-        ob = OpenAIBackend(
-            list(cfg.base_url), cfg.judge_model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, requests_per_minute=cfg.requests_per_minute,
-            timeout_s=cfg.timeout_s, unreachable_after=cfg.unreachable_after,
-        )
-        ob.preflight()
-        backend = ob
-    else:
-        from prefdata.judges.vllm_judge import VLLMBackend
-
-        if llm is not None:
-            name = cfg.judge_model or str(getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "model", "llm"))
-            backend = VLLMBackend(llm, name)
-        else:
-            from prefdata.models import resolve_model
-
-            try:
-                backend = VLLMBackend.load(resolve_model(cfg.judge_model), seed=cfg.seed, max_model_len=cfg.max_model_len)
-            except ImportError as e:
-                raise PrefdataError("an in-process judge needs vLLM (pip install prefdata[cpu] or [gpu]), or pass --base-url") from e
-    return LLMPairJudge(
-        template, backend, temperature=cfg.temperature, max_tokens=cfg.max_tokens, logprobs=cfg.logprobs,
-        tie_band=cfg.tie_band,
-    )
 
 
 def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy: str) -> dict[str, Any]:
@@ -499,8 +428,8 @@ class _Out:
 
 
 @captured("rank")
-def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge | PointwiseJudge | None = None) -> dict[str, Any]:
-    """Rank every prompt of `run`; returns the summary that is also recorded in run.json.
+def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge | PointwiseJudge | None = None) -> RankSummary:
+    """Rank every prompt of `run`; returns the summary whose record is also written to run.json.
 
     `llm`: an existing in-process `vllm.LLM` to judge with. `judge`: a ready judge object (tests, the iterate
     loop); when given, the config's judge fields only label the run.
@@ -510,7 +439,7 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
         return _rank_run(run, cfg, llm, judge)
 
 
-def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | PointwiseJudge | None) -> dict[str, Any]:
+def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | PointwiseJudge | None) -> RankSummary:
     groups = _Groups(run, cfg.kinds, cfg.group_size)
     if judge is None:
         judge = build_judge(cfg, llm, n_items=groups.n_candidates)
@@ -557,7 +486,7 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
         "counts": summary,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
-    return summary
+    return RankSummary(summary, run=str(run.path))
 
 
 # -- pairwise -------------------------------------------------------------------------------------
@@ -874,6 +803,44 @@ def read_rankings(run: RunDir, judge_hash: str) -> pl.DataFrame | None:
 def read_judgments(run: RunDir, judge_hash: str) -> pl.DataFrame | None:
     """Every judge call of one judge (see `RunDir.read_judgments`)."""
     return run.read_judgments(judge_hash)
+
+
+@dataclass(eq=False)
+class RankSummary(RecordSummary):
+    """The counts rank records in run.json; `lines()` for the terminal, `problems()` for what needs a rerun."""
+
+    run: str = ""
+
+    @property
+    def calls_to_retry(self) -> int:
+        """Failed judge calls a rerun asks again (too_long ones would fail again the same way)."""
+        return self.record.get("failed_calls", 0) - self.record.get("too_long", 0)
+
+    def lines(self) -> list[str]:
+        s = self.record
+        cons = "n/a" if s["consistency"] is None else f"{s['consistency']:.1%}"
+        out = [
+            f"ranked {s['prompts']} prompts ({s['candidates']} candidates) with {s['strategy']}, judge {s['judge_hash']}: "
+            f"{s['comparisons']} comparisons ({s['judge_calls_new']} new, {s['comparisons_per_prompt']:.1f}/prompt), "
+            f"{s['ties']} ties, {s['failures']} failures, {s['inconsistent']} inconsistent (consistency {cons}); "
+            f"{s['with_best_and_worst']} prompts with best and worst, {s['without_preference']} without; "
+            f"{s['elapsed_s']:.1f}s"
+        ]
+        if s.get("prompts_without_reference"):
+            out.append(f"skipped {s['prompts_without_reference']} prompts without a reference answer (the verifier "
+                       "needs one; generate with --reference-field COLUMN)")
+        return [*out, f"rankings: {Path(self.run) / 'rankings' / s['judge_hash']}"]
+
+    def problems(self, rerun: str) -> list[str]:
+        """Lines for stderr: judge prompts that do not fit, and failed calls with the command that retries them."""
+        s, out = self.record, []
+        if s.get("too_long"):
+            out.append(f"{s['too_long']} judge prompts do not fit the judge's context (too_long); their prompts are left "
+                       "out of exports: use a judge with a longer context (--max-model-len for the in-process judge)")
+        if self.calls_to_retry > 0:
+            out.append(f"{self.calls_to_retry} judge calls failed: the rankings of {s['prompts_not_final']} prompts are "
+                       f"not final and exports skip them; run the same command again to retry those calls: {rerun}")
+        return out
 
 
 def _summarize(out: _Out, stats: dict[str, Any], jh: str, strategy: str, elapsed: float) -> dict[str, Any]:

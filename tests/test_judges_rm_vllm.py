@@ -127,7 +127,8 @@ def test_head_less_checkpoint_is_refused(tmp_path, demo_model_dir):
 
 
 def test_rm_backend_is_checked_and_auto_picks_by_size():
-    from prefdata.rank import RM_VLLM_MIN_ITEMS, RankConfig, rm_backend_for
+    from prefdata.judges.build import RM_VLLM_MIN_ITEMS, rm_backend_for
+    from prefdata.rank import RankConfig
 
     cfg = RankConfig()
     assert cfg.rm_backend == "auto"

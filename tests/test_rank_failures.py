@@ -12,8 +12,9 @@ import polars as pl
 import pytest
 
 from prefdata.export import ExportConfig, export_run
+from prefdata.judges.build import build_judge
 from prefdata.judges.verdict import PairRequest, Verdict
-from prefdata.rank import EXIT_FAILURES, JudgeUnreachable, RankConfig, build_judge, rank_run, read_judgments, read_rankings
+from prefdata.rank import EXIT_FAILURES, JudgeUnreachable, RankConfig, rank_run, read_judgments, read_rankings
 from tests.helpers import FaultServer, make_candidates_run, quality, quality_texts
 
 

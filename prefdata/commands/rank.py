@@ -27,29 +27,11 @@ def _rank(cfg: Any, *, run: Path) -> None:
         s = rank_run(RunDir(run), cfg)
     except JudgeUnreachable as e:
         raise JudgeUnreachable(f"{e}: {rerun_command()}") from None
-    cons = "n/a" if s["consistency"] is None else f"{s['consistency']:.1%}"
-    typer.echo(
-        f"ranked {s['prompts']} prompts ({s['candidates']} candidates) with {s['strategy']}, judge {s['judge_hash']}: "
-        f"{s['comparisons']} comparisons ({s['judge_calls_new']} new, {s['comparisons_per_prompt']:.1f}/prompt), "
-        f"{s['ties']} ties, {s['failures']} failures, {s['inconsistent']} inconsistent (consistency {cons}); "
-        f"{s['with_best_and_worst']} prompts with best and worst, {s['without_preference']} without; "
-        f"{s['elapsed_s']:.1f}s"
-    )
-    if s.get("prompts_without_reference"):
-        typer.echo(f"skipped {s['prompts_without_reference']} prompts without a reference answer (the verifier needs one; "
-                   "generate with --reference-field COLUMN)")
-    typer.echo(f"rankings: {Path(run) / 'rankings' / s['judge_hash']}")
-    if s.get("too_long"):
-        typer.echo(
-            f"{s['too_long']} judge prompts do not fit the judge's context (too_long); their prompts are left out of "
-            "exports: use a judge with a longer context (--max-model-len for the in-process judge)", err=True,
-        )
-    retry = s.get("failed_calls", 0) - s.get("too_long", 0)
-    if retry > 0:
-        typer.echo(
-            f"{retry} judge calls failed: the rankings of {s['prompts_not_final']} prompts are not final and exports "
-            f"skip them; run the same command again to retry those calls: {rerun_command()}", err=True,
-        )
+    for line in s.lines():
+        typer.echo(line)
+    for line in s.problems(rerun_command()):
+        typer.echo(line, err=True)
+    if s.calls_to_retry > 0:
         raise typer.Exit(EXIT_FAILURES)
 
 
