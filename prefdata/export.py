@@ -1,9 +1,11 @@
 """Export a ranked run as a preference dataset folder: data files + a dataset card, exactly what goes to the Hub.
 
 `export_run(run, cfg)` is the one entry point (the CLI and `iterate` call it). It joins rankings, candidates
-and prompts by id (never by text or row position, and every join is checked), forms pairs with
-`prefdata.pairs`, counts every dropped pair by reason, splits train/test by prompt_id, and writes the
-folder atomically (a temp folder, then rename), so a failed export never leaves half a dataset behind.
+and prompts by id (never by text or row position, and every join is checked), forms pairs by the rules of
+`prefdata.pairs` (as polars tables, `prefdata.export_tables`), counts every dropped pair by reason, splits
+train/test by prompt_id, and writes the folder atomically (a temp folder, then rename), so a failed export
+never leaves half a dataset behind. It streams: GROUP_PROMPTS ranked prompts at a time are read lazily, paired
+and appended to the data files, so its memory follows the group size, not the run's.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from prefdata.store import RunDir, check_writable, command_line
 SHAPES = ("conversational", "string", "ranking", "kto")
 FORMATS = ("parquet", "jsonl", "datasets")
 # Ranked prompts read, joined and paired at a time: export's peak memory follows this, not the run's size.
-GROUP_PROMPTS = 20_000
+GROUP_PROMPTS = 10_000
 # Output rows given their texts at a time (a group's `all` pairs can be many more than its candidates).
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 20_000
 
 
 @dataclass
