@@ -147,7 +147,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     _check_ranked_candidates(ordered, cand_scan)
     cut_all = _cut_inputs(run, judge_hash)
     cut = cut_all.head(0) if cfg.keep_truncated else cut_all
-    judgments = None if cfg.keep_inconsistent else run.scan_judgments(judge_hash)
+    judgments = None if cfg.keep_inconsistent else _pairwise_judgments(run, judge_hash)
 
     name = cfg.name or (f"{judge_hash}-{cfg.pairs}" + ("" if cfg.shape == "conversational" else f"-{cfg.shape}"))
     out = Path(cfg.out) if cfg.out else run.exports_dir(name)
@@ -669,6 +669,15 @@ def _cut_inputs(run: RunDir, judge_hash: str) -> pl.DataFrame:
 
 
 _VERDICT_COLS = ("prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_key")
+
+
+def _pairwise_judgments(run: RunDir, judge_hash: str) -> pl.LazyFrame | None:
+    """The judgments scan when some call compared two candidates (a pointwise judge's run has none: then no group
+    reads its judgments again)."""
+    scan = run.scan_judgments(judge_hash)
+    if scan is None or not {"prompt_id", "a_id", "b_id", "verdict"} <= set(scan.collect_schema().names()):
+        return None
+    return scan if scan.select(pl.col("b_id").is_not_null().any()).collect().item() else None
 
 
 def _read_group(
