@@ -183,14 +183,32 @@ class IterateSummary:
     workdir: str
     table: pl.DataFrame
 
+    # The terminal's columns (every column is in rounds.md / rounds.parquet): what a round did, and its eval.
+    SHOWN: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("round", "round"), ("pairs", "pairs"), ("chosen_len_mean", "chosen len"),
+        ("rejected_len_mean", "rejected len"), ("train_loss", "loss"), ("reward_margin", "margin"),
+        ("eval_accuracy", "eval acc"), ("eval_baseline_accuracy", "start acc"), ("eval_win_rate", "win rate"),
+        ("eval_lc_win_rate", "LC win"), ("eval_len_mean", "eval len"),
+    )
+
     def lines(self) -> list[str]:
         w = Path(self.workdir)
-        with pl.Config(tbl_rows=50, tbl_cols=20, tbl_width_chars=160):
-            shown = str(self.table)
-        return ["", f"rounds finished: {self.table.height}; summary in {w / 'rounds.md'} and {w / 'rounds.png'}", shown]
+        cols = [(c, h) for c, h in self.SHOWN if c in self.table.columns and self.table[c].null_count() < self.table.height]
+        rows = [[h for _, h in cols]]
+        for r in self.table.iter_rows(named=True):
+            rows.append([_cell(r[c]) for c, _ in cols])
+        widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+        shown = ["  ".join(v.rjust(n) for v, n in zip(row, widths, strict=True)) for row in rows]
+        return ["", f"rounds finished: {self.table.height}; summary in {w / 'rounds.md'} and {w / 'rounds.png'}", *shown]
 
     def to_dict(self) -> dict[str, Any]:
         return {"workdir": self.workdir, "rounds": self.table.to_dicts()}
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 @captured("iterate")
