@@ -167,25 +167,24 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         n_considered = n_rows = n_multi = 0
         samplers: set[str] = set()
         lengths_parts: list[pl.DataFrame] = []
-        bar = progress(None, "export", "row", disable=not terminal().isatty())
-        for start in range(0, ordered.height, GROUP_PROMPTS):
-            ends_only = cfg.pairs == "best-worst" and cfg.shape != "ranking"
-            group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut, ends_only)
-            test_ids = split_prompt_ids(group.rankings["prompt_id"].to_list(), cfg.test_size, cfg.seed)
-            tables = build_group(group, pairs=cfg.pairs, shape=cfg.shape, min_margin=cfg.min_margin,
-                                 keep_truncated=cfg.keep_truncated, keep_inconsistent=cfg.keep_inconsistent,
-                                 test_ids=test_ids, judge_hash=judge_hash, chunk_rows=CHUNK_ROWS)  # fmt: skip
-            for chunk in tables.chunks:
-                writer.write(chunk)
-                bar.update(chunk.height)
-            merge_events(events, tables.events)
-            n_considered += tables.n_considered
-            n_rows += tables.n_rows
-            n_multi += tables.n_multi_turn
-            samplers |= tables.samplers
-            lengths_parts.append(tables.lengths)
-            del group, tables
-        bar.close()
+        with progress(None, "export", "row", disable=not terminal().isatty()) as bar:
+            for start in range(0, ordered.height, GROUP_PROMPTS):
+                ends_only = cfg.pairs == "best-worst" and cfg.shape != "ranking"
+                group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut, ends_only)
+                test_ids = split_prompt_ids(group.rankings["prompt_id"].to_list(), cfg.test_size, cfg.seed)
+                tables = build_group(group, pairs=cfg.pairs, shape=cfg.shape, min_margin=cfg.min_margin,
+                                     keep_truncated=cfg.keep_truncated, keep_inconsistent=cfg.keep_inconsistent,
+                                     test_ids=test_ids, judge_hash=judge_hash, chunk_rows=CHUNK_ROWS)  # fmt: skip
+                for chunk in tables.chunks:
+                    writer.write(chunk)
+                    bar.update(chunk.height)
+                merge_events(events, tables.events)
+                n_considered += tables.n_considered
+                n_rows += tables.n_rows
+                n_multi += tables.n_multi_turn
+                samplers |= tables.samplers
+                lengths_parts.append(tables.lengths)
+                del group, tables
         drops = Counter({k: n for k, (n, _) in sorted(events.items(), key=lambda kv: kv[1][1]) if n})
         if not n_rows:
             raise PrefdataError(
