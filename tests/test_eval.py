@@ -147,3 +147,36 @@ def test_cli_eval_prints_table_and_one_error_line(tmp_path, tiny_llama_dir, arit
     assert e.value.code == 2
     err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
     assert len(err) == 1 and "nope.py" in err[0]
+
+
+def test_eval_with_a_reward_model_mean_scores_and_win_rate_by_score(tmp_path, tiny_llama_dir, demo_model_dir, arith_file):
+    """A reward model as the eval judge: each side's mean score and the win rate by score, checked against the same
+    model scoring each answer alone (batch size 1, a separate judge object)."""
+    from prefdata.judges.reward_model import RewardModelJudge
+    from prefdata.judges.verdict import Candidate, ScoreRequest
+    from tests.helpers import build_tiny_rm
+
+    rm = build_tiny_rm(tmp_path / "rm", demo_model_dir, seed=3)
+    cfg = EvalConfig(model=str(tiny_llama_dir), baseline="gold", prompts=str(arith_file), judge=str(rm),
+                     backend="hf", max_tokens=6)
+    run = RunDir(tmp_path / "ev")
+    s = eval_run(run, cfg, progress=False)
+    assert s["judge_kind"] == "reward-model" and s["compared"] == 7 and s.get("accuracy") is None
+
+    alone = RewardModelJudge(str(rm), batch_size=1)
+    msgs = dict(zip(*run.read_prompts().select(["prompt_id", "messages"]).to_dict(as_series=False).values(), strict=True))
+    cands = run.read_candidates(unique=True).filter(pl.col("kind") == "sample")
+    by_side: dict[str, dict[str, float]] = {"model": {}, "baseline": {}}
+    for r in cands.iter_rows(named=True):
+        side = "model" if r["sampler_hash"] == s["model_sampler"] else "baseline"
+        req = ScoreRequest(r["prompt_id"], tuple((m["role"], m["content"]) for m in msgs[r["prompt_id"]]),
+                           Candidate(r["candidate_id"], r["text"]))
+        by_side[side][r["prompt_id"]] = alone.score([req])[0].score
+    want_model = float(np.mean(list(by_side["model"].values())))
+    want_base = float(np.mean(list(by_side["baseline"].values())))
+    assert s["mean_score"] == pytest.approx(want_model, abs=1e-4)
+    assert s["baseline_mean_score"] == pytest.approx(want_base, abs=1e-4)
+    outcome = [1.0 if by_side["model"][p] > by_side["baseline"][p] else 0.0 if by_side["model"][p] < by_side["baseline"][p]
+               else 0.5 for p in by_side["model"]]
+    assert s["win_rate"] == pytest.approx(sum(outcome) / len(outcome))
+    assert (s["win_rate_low"], s["win_rate_high"]) == pytest.approx(_wilson_by_hand(s["win_rate"], 7))
