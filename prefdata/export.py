@@ -521,11 +521,15 @@ class _DataWriter:
                 self.splits[split].write(part)
 
     def finish(self) -> tuple[dict[str, int], list[str]]:
-        """Close the files; every prompt in test is no dataset: then it all goes to train (as before)."""
+        """Close the files. Every prompt in test is an error: moving them to train would put prompts that a later,
+        larger export keeps in test into this training set (a prompt's side is fixed by its hash)."""
         assert self.folder is not None
         names = {"train": "train", "test": "test"}
         if "train" not in self.splits:
-            names["test"] = "train"
+            raise PrefdataError(
+                f"every exported prompt falls in the test split (--test-size {self.cfg.test_size}, --seed "
+                f"{self.cfg.seed}), so there is no train split; lower --test-size or export more prompts"
+            )
         order = [s for s in ("train", "test") if s in self.splits]
         counts = {names[s]: self.splits[s].rows for s in order}
         files = [rel for s in order for rel in self.splits[s].finish(names[s])]

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from prefdata.errors import PrefdataError
-from prefdata.export import ExportConfig, export_run, split_prompt_ids
+from prefdata.export import ExportConfig, export_run, split_point, split_prompt_ids
 from prefdata.export_folder import MANIFEST
 from prefdata.store import RunDir
 from tests.helpers import JUDGE, cand, four, make_ranked_run
@@ -307,3 +307,19 @@ def test_stale_temp_folders_of_killed_exports_are_cleaned(tmp_path):
     assert not killed.exists() and live.is_dir()
     assert (exports / "c" / "README.md").read_text() == "previous export" and not old.exists()
     assert sorted(d.name for d in exports.iterdir()) == sorted(["a", "c", live.name])
+
+
+def test_a_first_export_whose_prompts_all_fall_in_test_is_refused(tmp_path):
+    """Issue 9.11: a tiny export whose every prompt hashed into test used to put them all in train, so prompts that a
+    later, larger export keeps in test were trained on. It is now one clear error, and nothing is written."""
+    run = make_ranked_run(tmp_path / "run", [("q", four())])
+    pid = run.read_prompts()["prompt_id"][0]
+    seed = next(s for s in range(1000) if split_point(pid, s) < 0.5)  # this prompt falls in a 50% test split
+    out = tmp_path / "out"
+    with pytest.raises(PrefdataError, match="every exported prompt falls in the test split"):
+        export_run(run, ExportConfig(out=str(out), test_size=0.5, seed=seed))
+    assert not out.exists()
+    train_seed = next(s for s in range(1000) if split_point(pid, s) >= 0.5)
+    s = export_run(run, ExportConfig(out=str(out), test_size=0.5, seed=train_seed))
+    assert s.splits == {"train": s.n_rows}  # in train by its hash: no test split, and that is said
+    assert any("too few prompts for a test split" in w for w in s.warnings)

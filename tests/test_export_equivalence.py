@@ -196,14 +196,16 @@ def test_same_rows_other_formats(runs, tmp_path, monkeypatch, fmt):
         _compare(runs["single"], cfg, tmp_path)
 
 
-def test_every_prompt_in_test_goes_to_train(tmp_path, monkeypatch):
-    """A tiny export whose every prompt hashes into test is written as train only (as before)."""
+def test_every_prompt_in_test_is_refused(tmp_path, monkeypatch):
+    """The one intended difference from the old export (issue 9.11): a tiny export whose every prompt hashes into
+    test was written as train only, which leaked test prompts into training; it is now an error."""
     monkeypatch.setattr(export_mod, "GROUP_PROMPTS", 1, raising=False)
     run = build_run(tmp_path / "run", n_prompts=3, seed=4, single_turn=True)
     cfg = ExportConfig(pairs="all", test_size=0.99, keep_truncated=True, keep_inconsistent=True, out=str(tmp_path / "o"),
                        plot=False, max_rows_per_file=2)  # fmt: skip
-    _compare(run, cfg, tmp_path)
-    assert list(export_run(run, ExportConfig(**{**cfg.__dict__, "overwrite": True})).splits) == ["train"]
+    with pytest.raises(PrefdataError, match="every exported prompt falls in the test split"):
+        export_run(run, cfg)
+    assert not (tmp_path / "o").exists()
 
 
 def test_identical_text_strips_what_python_strips():
