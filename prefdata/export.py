@@ -29,7 +29,7 @@ from prefdata.export_tables import CAND_FIELDS, GroupInput, build_group, merge_e
 from prefdata.options import opt
 from prefdata.pairs import DROP_REASONS, NEEDS_FULL_ORDER, PAIR_STRATEGIES, RankedCandidate
 from prefdata.records import MESSAGES
-from prefdata.store import RunDir, check_writable, command_line
+from prefdata.store import RunDir, check_one_text_per_id, check_writable, command_line
 
 SHAPES = ("conversational", "string", "ranking", "kto")
 FORMATS = ("parquet", "jsonl", "datasets")
@@ -631,19 +631,7 @@ def _checked_candidates(run: RunDir, scan: pl.LazyFrame) -> pl.LazyFrame:
             df = scan.filter(pl.col("candidate_id").is_in(dup["candidate_id"].implode())).select(
                 "candidate_id", "text", "_shard"
             ).collect()
-            clash = (
-                df.group_by("candidate_id", maintain_order=True)
-                .agg(pl.col("text").n_unique().alias("n"), pl.col("_shard").unique(maintain_order=True).alias("shards"))
-                .filter(pl.col("n") > 1)
-            )
-            if clash.height:
-                first = clash.row(0, named=True)
-                where = " and ".join(str(run.candidates_dir / f) for f in first["shards"])
-                raise PrefdataError(
-                    f"candidate id {first['candidate_id']} has different texts in {where} ({clash.height} id(s) in all): "
-                    "the run mixes two generations under the same ids; move the shard you do not want out of "
-                    f"{run.candidates_dir} and run again"
-                )
+            check_one_text_per_id(df, run.candidates_dir)
     cols = [pl.col("candidate_id")] + [
         (pl.col(c) if c in have else pl.lit(None)).cast(t).alias(c) for c, t in CAND_FIELDS.items()
     ]

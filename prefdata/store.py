@@ -291,19 +291,7 @@ class RunDir:
             return None
         df = pl.concat([pl.read_parquet(p).with_columns(pl.lit(p.name).alias("_shard")) for p in files], how="diagonal_relaxed")
         if {"candidate_id", "text"} <= set(df.columns):
-            clash = (
-                df.group_by("candidate_id", maintain_order=True)
-                .agg(pl.col("text").n_unique().alias("n"), pl.col("_shard").unique(maintain_order=True).alias("shards"))
-                .filter(pl.col("n") > 1)
-            )
-            if clash.height:
-                first = clash.row(0, named=True)
-                where = " and ".join(str(folder / f) for f in first["shards"])
-                raise PrefdataError(
-                    f"candidate id {first['candidate_id']} has different texts in {where} ({clash.height} id(s) in all): "
-                    "the run mixes two generations under the same ids; move the shard you do not want out of "
-                    f"{folder} and run again"
-                )
+            check_one_text_per_id(df, folder)
         df = df.drop("_shard")
         return df.unique(subset=["candidate_id"], keep="first", maintain_order=True) if unique else df
 
@@ -396,21 +384,9 @@ class RunDir:
         lf = self.scan_candidate_shards(["candidate_id", "text"], dup["_shard"].unique().to_list())
         assert lf is not None
         names = [p.name for p in self.candidate_shards()]
-        clash = (
-            lf.filter(pl.col("candidate_id").is_in(dup["candidate_id"].unique().implode()))
-            .group_by("candidate_id", maintain_order=True)
-            .agg(pl.col("text").n_unique().alias("n"), pl.col("_shard").unique(maintain_order=True).alias("shards"))
-            .filter(pl.col("n") > 1)
-            .collect()
-        )
-        if clash.height:
-            first = clash.row(0, named=True)
-            where = " and ".join(str(self.candidates_dir / names[i]) for i in first["shards"])
-            raise PrefdataError(
-                f"candidate id {first['candidate_id']} has different texts in {where} ({clash.height} id(s) in all): "
-                "the run mixes two generations under the same ids; move the shard you do not want out of "
-                f"{self.candidates_dir} and run again"
-            )
+        df = lf.filter(pl.col("candidate_id").is_in(dup["candidate_id"].unique().implode())).collect()
+        df = df.with_columns(pl.Series("_shard", [names[i] for i in df["_shard"].to_list()], dtype=pl.String))
+        check_one_text_per_id(df, self.candidates_dir)
 
     def write_judgment_columns(self, judge_hash: str, columns: dict[str, list[Any]]) -> Path:
         """`write_judgments` for rows given column by column (JUDGMENT_SCHEMA names; no per-row dicts)."""
@@ -447,6 +423,24 @@ class RunDir:
             for p in olds:
                 p.unlink(missing_ok=True)
             return folder / name
+
+
+def check_one_text_per_id(df: pl.DataFrame, folder: Path) -> None:
+    """The same candidate id with two texts (columns candidate_id, text, _shard) is an error naming the shards:
+    ranking one text and exporting the other would publish a pair nobody judged."""
+    clash = (
+        df.group_by("candidate_id", maintain_order=True)
+        .agg(pl.col("text").n_unique().alias("n"), pl.col("_shard").unique(maintain_order=True).alias("shards"))
+        .filter(pl.col("n") > 1)
+    )
+    if clash.height:
+        first = clash.row(0, named=True)
+        where = " and ".join(str(folder / f) for f in first["shards"])
+        raise PrefdataError(
+            f"candidate id {first['candidate_id']} has different texts in {where} ({clash.height} id(s) in all): "
+            f"the run mixes two generations under the same ids; move the shard you do not want out of {folder} and "
+            "run again"
+        )
 
 
 def _shards(folder: Path) -> list[Path]:
