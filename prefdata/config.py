@@ -70,6 +70,9 @@ def build_config(cls: type[T], config_file: str | Path | None = None, **flags: A
         raise PrefdataError(f"invalid {cls.__name__}: {e}") from e
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _coerce(name: str, value: Any, hint: Any) -> Any:
     """Light type checking for YAML values (ints given for floats, a string given for a list)."""
     if hint is None or value is None:
@@ -83,6 +86,8 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads `5e-7` (no dot) as a string; it is the float everyone means
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if origin is list and isinstance(value, str | int | float):

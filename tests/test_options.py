@@ -207,3 +207,21 @@ def test_iterate_stage_flags_are_the_stage_fields_and_the_loop_defaults_apply(tm
     assert stage_values(STAGE_CLASSES, {k: v for k, v in got[0].items() if "__" in k}) == {
         "generate": {"n": 2}, "rank": {"judge": "j", "base_url": ["http://a/v1"]}, "export": {"keep_truncated": False},
         "train": {"loss_type": "dpo"}}
+
+
+def test_exponent_floats_without_a_dot_are_floats_in_yaml_and_set(tmp_path):
+    """PyYAML (YAML 1.1) reads `5e-7` as a string; `learning_rate: 5e-7` and `--set train.learning_rate=5e-06`
+    were refused as "must be float". Numbers in that form are floats; words in a float field are still refused."""
+    from prefdata.config import stage_fields
+    from prefdata.errors import PrefdataError
+    from prefdata.generate import GenerateConfig
+    from prefdata.iterate import IterateConfig
+
+    assert yaml.safe_load("x: 5e-7")["x"] == "5e-7"  # the YAML quirk this is about
+    got = stage_fields(GenerateConfig, {"temperature": "7e-1", "min_p": "1E-2", "top_p": ".5"}, "--set generate")
+    assert got == {"temperature": 0.7, "min_p": 0.01, "top_p": 0.5}
+    with pytest.raises(PrefdataError, match="must be float"):
+        stage_fields(GenerateConfig, {"temperature": "warm"}, "--set generate")
+    cfg = IterateConfig(train={"learning_rate": "5e-06"})
+    cfg.check_stages()
+    assert cfg.train["learning_rate"] == 5e-06
