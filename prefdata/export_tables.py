@@ -159,11 +159,13 @@ def _candidate_table(ok: pl.DataFrame, g: GroupInput, keep_truncated: bool, exac
         c = c.with_columns(pl.col("_cut").fill_null(False))
     else:
         c = c.with_columns(pl.lit(False).alias("_cut"))
-    stripped = pl.col("text").str.strip_chars(SPACE)
-    return c.with_columns(
-        (stripped.rank("dense").cast(pl.UInt64) if exact_tid else stripped.hash()).alias("tid"),
-        pl.col("text").str.len_chars().cast(pl.Int64).alias("chars"),
-    ).with_row_index("_ci")
+    text = pl.col("text")
+    if exact_tid:
+        tid = text.str.strip_chars(SPACE).rank("dense").cast(pl.UInt64)
+    else:  # the stripped text's hash; only texts with a space at an end are stripped (a copy of each text else)
+        ends = text.str.head(1).is_in(list(SPACE)) | text.str.tail(1).is_in(list(SPACE))
+        tid = pl.coalesce(pl.when(ends).then(text).str.strip_chars(SPACE), text).hash()
+    return c.with_columns(tid.alias("tid"), text.str.len_chars().cast(pl.Int64).alias("chars")).with_row_index("_ci")
 
 
 def _pair_table(ok: pl.DataFrame, cands: pl.DataFrame, strategy: str) -> tuple[pl.DataFrame, int, int]:
