@@ -140,7 +140,9 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     cand_scan = run.scan_candidates()
     if cand_scan is None:
         raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
-    cand_scan = _checked_candidates(run, cand_scan)
+    cand_scan, repeated = _checked_candidates(run, cand_scan)
+    # Characters are the lengths' measure only when some candidate has no token count.
+    chars = bool(cand_scan.select(pl.col("n_tokens").is_null().any()).collect().item())
 
     _check_full_order(_final(rankings), cfg.pairs, cfg.shape, judge_hash)
     ordered = _in_prompt_order(_normalized(rankings), prompts)
@@ -170,11 +172,12 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         with progress(None, "export", "row", disable=not terminal().isatty()) as bar:
             for start in range(0, ordered.height, GROUP_PROMPTS):
                 ends_only = cfg.pairs == "best-worst" and cfg.shape != "ranking"
-                group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut, ends_only)
+                group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut, ends_only,
+                                    repeated)  # fmt: skip
                 test_ids = split_prompt_ids(group.rankings["prompt_id"].to_list(), cfg.test_size, cfg.seed)
                 tables = build_group(group, pairs=cfg.pairs, shape=cfg.shape, min_margin=cfg.min_margin,
                                      keep_truncated=cfg.keep_truncated, keep_inconsistent=cfg.keep_inconsistent,
-                                     test_ids=test_ids, judge_hash=judge_hash, chunk_rows=CHUNK_ROWS)  # fmt: skip
+                                     test_ids=test_ids, judge_hash=judge_hash, chunk_rows=CHUNK_ROWS, chars=chars)  # fmt: skip
                 for chunk in tables.chunks:
                     writer.write(chunk)
                     bar.update(chunk.height)
@@ -621,12 +624,15 @@ def _in_prompt_order(rankings: pl.DataFrame, prompts: pl.LazyFrame) -> pl.DataFr
     return df.with_columns(pl.col("_order").cast(pl.Int64)).sort("_order", maintain_order=True)
 
 
-def _checked_candidates(run: RunDir, scan: pl.LazyFrame) -> pl.LazyFrame:
-    """The candidates scan with the columns export reads; the same id with two texts is the error of
-    `RunDir.read_candidates` (found from the ids first, so the texts of ids written once are never read)."""
+def _checked_candidates(run: RunDir, scan: pl.LazyFrame) -> tuple[pl.LazyFrame, bool]:
+    """The candidates scan with the columns export reads, and whether some id is written more than once; the
+    same id with two texts is the error of `RunDir.read_candidates` (found from the ids first, so the texts of
+    ids written once are never read)."""
     have = scan.collect_schema().names()
+    repeated = True
     if {"candidate_id", "text"} <= set(have):
         dup = scan.group_by("candidate_id").len().filter(pl.col("len") > 1).select("candidate_id").collect()
+        repeated = dup.height > 0
         if dup.height:
             df = scan.filter(pl.col("candidate_id").is_in(dup["candidate_id"].implode())).select(
                 "candidate_id", "text", "_shard"
@@ -635,7 +641,7 @@ def _checked_candidates(run: RunDir, scan: pl.LazyFrame) -> pl.LazyFrame:
     cols = [pl.col("candidate_id")] + [
         (pl.col(c) if c in have else pl.lit(None)).cast(t).alias(c) for c, t in CAND_FIELDS.items()
     ]
-    return scan.select(cols)
+    return scan.select(cols), repeated
 
 
 def _check_ranked_candidates(rankings: pl.DataFrame, cands: pl.LazyFrame) -> None:
@@ -673,9 +679,10 @@ def _pairwise_judgments(run: RunDir, judge_hash: str) -> pl.LazyFrame | None:
 
 def _read_group(
     rankings: pl.DataFrame, prompts: pl.LazyFrame, cands: pl.LazyFrame, judgments: pl.LazyFrame | None, cut: pl.DataFrame,
-    ends_only: bool = False,
+    ends_only: bool = False, repeated: bool = True,
 ) -> GroupInput:
-    """One group's prompts, candidates (one row per id, the first written) and direct judge calls."""
+    """One group's prompts, candidates (one row per id, the first written; `repeated`: some id is written more
+    than once in the run) and direct judge calls."""
     pids = rankings["prompt_id"]
     have = prompts.collect_schema().names()
     pr = prompts.filter(pl.col("prompt_id").is_in(pids.implode())).select(
@@ -690,7 +697,8 @@ def _read_group(
     else:
         ids = rankings["candidate_ids"].explode().drop_nulls().unique()
     cd = cands.filter(pl.col("candidate_id").is_in(ids.implode())).collect()
-    cd = cd.unique("candidate_id", keep="first", maintain_order=True)
+    if repeated:
+        cd = cd.unique("candidate_id", keep="first", maintain_order=True)
     verdicts = None
     if judgments is not None:
         jcols = judgments.collect_schema().names()

@@ -66,8 +66,10 @@ class GroupTables:
 
 
 def build_group(g: GroupInput, *, pairs: str, shape: str, min_margin: float, keep_truncated: bool,
-                keep_inconsistent: bool, test_ids: set[str], judge_hash: str, chunk_rows: int) -> GroupTables:  # fmt: skip
-    """The rows and counts of one group (see the module docstring)."""
+                keep_inconsistent: bool, test_ids: set[str], judge_hash: str, chunk_rows: int,
+                chars: bool = True) -> GroupTables:  # fmt: skip
+    """The rows and counts of one group (see the module docstring). `chars`: count the texts' characters (the
+    lengths' fallback measure; not needed when every candidate of the run has a token count)."""
     rk = g.rankings.with_row_index("_p")
     prompt = rk.select("prompt_id").join(g.prompts, on="prompt_id", how="left", maintain_order="left")
     msgs = prompt["messages"].fill_null(pl.lit([], dtype=MESSAGES))
@@ -78,7 +80,7 @@ def build_group(g: GroupInput, *, pairs: str, shape: str, min_margin: float, kee
     if n_failed:
         _event(events, "judge_failed", n_failed, (int(rk.filter(failed)["_order"].min()), 0))  # type: ignore[arg-type]
     ok = rk.filter(~failed)
-    cands = _candidate_table(ok, g, keep_truncated, exact_tid=shape == "ranking")
+    cands = _candidate_table(ok, g, keep_truncated, exact_tid=shape == "ranking", chars=chars)
     meta = _Meta(rk, msgs, is_test, cands, shape, pairs)
     if shape == "ranking":
         return _ranking_group(ok, cands, meta, events, keep_truncated, chunk_rows)
@@ -135,10 +137,12 @@ def _samplers(s: pl.Series) -> set[str]:
 # -- tables -----------------------------------------------------------------------------------------
 
 
-def _candidate_table(ok: pl.DataFrame, g: GroupInput, keep_truncated: bool, exact_tid: bool) -> pl.DataFrame:
+def _candidate_table(ok: pl.DataFrame, g: GroupInput, keep_truncated: bool, exact_tid: bool,
+                     chars: bool = True) -> pl.DataFrame:  # fmt: skip
     """One row per ranked candidate of the group's final rankings: its rank and score from the ranking, its
-    fields from candidates/, `_cut` (reward-model input cut), `tid`: the stripped text's id (`exact_tid`: equal
-    ids exactly when the stripped texts are equal; else its hash, and `_identical` checks equal hashes)."""
+    fields from candidates/, `_cut` (reward-model input cut), `chars` (null unless `chars`), and with
+    `exact_tid`, `tid`: the stripped text's id (equal ids exactly when the stripped texts are equal); else
+    `_sp`: whether the text starts or ends with a space (`_identical` strips only those)."""
     c = (
         ok.select("_p", "_order", "prompt_id", "candidate_ids", "ranks", "scores")
         .with_columns(pl.int_ranges(0, pl.col("candidate_ids").list.len()).alias("pos"))
@@ -161,11 +165,11 @@ def _candidate_table(ok: pl.DataFrame, g: GroupInput, keep_truncated: bool, exac
         c = c.with_columns(pl.lit(False).alias("_cut"))
     text = pl.col("text")
     if exact_tid:
-        tid = text.str.strip_chars(SPACE).rank("dense").cast(pl.UInt64)
-    else:  # the stripped text's hash; only texts with a space at an end are stripped (a copy of each text else)
-        ends = text.str.head(1).is_in(list(SPACE)) | text.str.tail(1).is_in(list(SPACE))
-        tid = pl.coalesce(pl.when(ends).then(text).str.strip_chars(SPACE), text).hash()
-    return c.with_columns(tid.alias("tid"), text.str.len_chars().cast(pl.Int64).alias("chars")).with_row_index("_ci")
+        tid = text.str.strip_chars(SPACE).rank("dense").cast(pl.UInt64).alias("tid")
+    else:
+        tid = (text.str.head(1).is_in(list(SPACE)) | text.str.tail(1).is_in(list(SPACE))).alias("_sp")
+    n_chars = text.str.len_chars().cast(pl.Int64) if chars else pl.lit(None, dtype=pl.Int64)
+    return c.with_columns(tid, n_chars.alias("chars")).with_row_index("_ci")
 
 
 def _pair_table(ok: pl.DataFrame, cands: pl.DataFrame, strategy: str) -> tuple[pl.DataFrame, int, int]:
@@ -225,7 +229,7 @@ def _first_order(df: pl.DataFrame) -> int:
     return int(df["_order"].min()) if df.height else 0  # type: ignore[arg-type]
 
 
-SIDE_COLS = ("cid", "rank", "score", "finish_reason", "_cut", "tid", "n_tokens", "chars", "sampler_hash")
+SIDE_COLS = ("cid", "rank", "score", "finish_reason", "_cut", "_sp", "n_tokens", "chars", "sampler_hash")
 
 
 def _with_sides(t: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
@@ -238,11 +242,12 @@ def _with_sides(t: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
 
 
 def _identical(t: pl.DataFrame, cands: pl.DataFrame) -> pl.Series:
-    """Whether chosen and rejected have the same stripped text: equal hashes, then the texts compared."""
-    same = (t["c_tid"] == t["r_tid"]).alias("_same")
-    idx = same.arg_true()
+    """Whether chosen and rejected have the same stripped text: the texts compared as they are (mostly by their
+    lengths and first bytes alone), then stripped where either starts or ends with a space."""
+    text = cands["text"]
+    same = (text.gather(t["a"]) == text.gather(t["b"])).alias("_same")
+    idx = (~same & (t["c__sp"] | t["r__sp"])).arg_true()
     if idx.len():
-        text = cands["text"]
         a = text.gather(t["a"].gather(idx)).str.strip_chars(SPACE)
         b = text.gather(t["b"].gather(idx)).str.strip_chars(SPACE)
         same = same.scatter(idx, a == b)
