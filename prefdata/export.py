@@ -169,7 +169,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         n_considered = n_rows = n_multi = 0
         samplers: set[str] = set()
         lengths_parts: list[pl.DataFrame] = []
-        with progress(None, "export", "row", disable=not terminal().isatty()) as bar:
+        with progress(None, "export", "row") if terminal().isatty() else _NoBar() as bar:
             for start in range(0, ordered.height, GROUP_PROMPTS):
                 ends_only = cfg.pairs == "best-worst" and cfg.shape != "ranking"
                 group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut, ends_only,
@@ -266,6 +266,19 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     record = dataclasses.asdict(dataclasses.replace(summary, lengths=light))  # no deep copy of every length
     run.record_stage("export", name, {"config": dataclasses.asdict(cfg), "summary": record})
     return summary
+
+
+class _NoBar:
+    """The progress bar off a terminal: nothing drawn, and tqdm not imported."""
+
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
 
 
 # -- inputs -----------------------------------------------------------------------------------------

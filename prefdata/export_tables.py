@@ -176,8 +176,9 @@ def _pair_table(ok: pl.DataFrame, cands: pl.DataFrame, strategy: str) -> tuple[p
     """(chosen row `a`, rejected row `b`, tie) per pair the strategy forms, in the per-prompt loop's order;
     the prompts without a preference (their count and the first one's order)."""
     cols = ["_p", "_order", "_s1", "_s2", "a", "b", "tie"]
-    key = cands.select("_p", "cid", "_ci", "rank").unique(["_p", "cid"], keep="last", maintain_order=True)
+    side = cands.select("_p", "cid", "_ci", "rank")  # an id listed twice in a ranking: its last place counts
     if strategy == "best-worst":
+        key = side.unique(["_p", "cid"], keep="last", maintain_order=True)
         b = ok.select("_p", "_order", "best_id", "worst_id")
         strict = pl.col("best_id").is_not_null() & pl.col("worst_id").is_not_null() & (pl.col("best_id") != pl.col("worst_id"))
         nopref = b.filter(~strict)
@@ -191,10 +192,13 @@ def _pair_table(ok: pl.DataFrame, cands: pl.DataFrame, strategy: str) -> tuple[p
         )  # fmt: skip
         return t.select(cols), nopref.height, _first_order(nopref)
     order = cands.select("_p", "_order", "cid", "_ci", "rank", "pos").sort("_p", "rank", "pos")
-    order = order.with_columns(pl.int_range(pl.len()).over("_p").alias("_i"))
+    # place within the prompt: row number minus the prompt's first row (rows sorted by prompt; no window)
+    start = pl.col("_p").search_sorted(pl.col("_p"), side="left")
+    order = order.with_columns((pl.int_range(pl.len()) - start).cast(pl.Int64).alias("_i"))
     if strategy == "best-vs-each":
         best = ok.select("_p", "best_id")
-        bk = key.join(best, on="_p").filter(pl.col("cid") == pl.col("best_id"))
+        bk = side.join(best, on="_p", maintain_order="left").filter(pl.col("cid") == pl.col("best_id"))
+        bk = bk.unique(["_p", "cid"], keep="last", maintain_order=True)
         bk = bk.select("_p", "best_id", pl.col("_ci").alias("_bci"), pl.col("rank").alias("_br"))
         nopref = ok.join(bk, on="_p", how="anti", maintain_order="left")
         t = order.join(bk, on="_p", maintain_order="left").filter(pl.col("cid") != pl.col("best_id"))
