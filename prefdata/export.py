@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import mean, median
@@ -163,6 +163,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         setup_error = e
     made_parent = not out.parent.exists()
     tmp = temp_folder(out)
+    writer: _DataWriter | None = None
     try:
         writer = _DataWriter(None if setup_error else tmp, cfg)
         events: dict[str, tuple[int, tuple[int, int]]] = {}
@@ -257,6 +258,8 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         write_manifest(tmp, files)
         swap_into_place(tmp, out)
     finally:
+        if writer is not None:
+            writer.bg.close()  # no write still running into the folder removed below
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
         if made_parent and out.parent.is_dir() and not any(out.parent.iterdir()):
@@ -425,12 +428,39 @@ def _data_file_patterns(fmt: str, splits: list[str]) -> dict[str, str]:
     return {s: f"data/{s}-*.{ext}" for s in splits}
 
 
+class _Background:
+    """One worker thread that writes the data files in submission order while the next rows are built: pyarrow's
+    writer releases the GIL, so a second core compresses (wall time of a best-vs-each export at 1M candidates:
+    bench/RESULTS.md 6.1). At most `depth` chunks wait, so memory stays bounded; a write's error is raised here."""
+
+    def __init__(self, depth: int = 2) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefdata-export-write")
+        self._pending: deque[Any] = deque()
+        self.depth = depth
+
+    def run(self, fn: Any, *args: Any) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > self.depth:
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for what is queued (errors of a failed export are not raised again) and stop the thread."""
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
+
+
 class _SplitFiles:
     """One split's data files, appended to a chunk at a time: `max_rows_per_file` rows each, as when the whole
     split was sliced at once; named `<split>-<i>-of-<n>` once n is known."""
 
-    def __init__(self, folder: Path, split: str, fmt: str, max_rows: int) -> None:
-        self.folder, self.split, self.fmt, self.max_rows = folder, split, fmt, max_rows
+    def __init__(self, folder: Path, split: str, fmt: str, max_rows: int, bg: _Background) -> None:
+        self.folder, self.split, self.fmt, self.max_rows, self.bg = folder, split, fmt, max_rows, bg
         self.parts: list[Path] = []
         self.rows = 0
         self._in_file = 0
@@ -462,7 +492,7 @@ class _SplitFiles:
         self.parts.append(path)
         self._in_file = 0
         self._path = path
-        self._out = _Opened(path, self.fmt)
+        self._out = _Opened(path, self.fmt, self.bg)
 
     def _close(self) -> None:
         if self._out is not None:
@@ -472,6 +502,7 @@ class _SplitFiles:
     def finish(self, name: str) -> list[str]:
         """Close the last file and give the files their final names (`name`: the split they end up in)."""
         self._close()
+        self.bg.drain()
         if self.fmt == "datasets":
             return []
         ext = "parquet" if self.fmt == "parquet" else "jsonl"
@@ -486,8 +517,8 @@ class _Opened:
     """An open data file: a parquet writer (zstd level 3, like polars' default), a jsonl file, or an Arrow IPC file (the
     datasets format's staging)."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path, self.fmt = path, fmt
+    def __init__(self, path: Path, fmt: str, bg: _Background) -> None:
+        self.path, self.fmt, self.bg = path, fmt, bg
         self.schema: Any = None
         self._w: Any = None
         self.fh: Any = open(path, "wb") if fmt == "jsonl" else None  # noqa: SIM115 - closed in close()
@@ -502,11 +533,11 @@ class _Opened:
                 self._w = pq.ParquetWriter(self.path, table.schema, compression="zstd", compression_level=3)
             else:
                 self._w = pa.ipc.new_file(str(self.path), table.schema)
-        self._w.write_table(table)
+        self.bg.run(self._w.write_table, table)
 
     def close(self) -> None:
         if self._w is not None:
-            self._w.close()
+            self.bg.run(self._w.close)  # after this file's queued writes
         if self.fh is not None:
             self.fh.close()
 
@@ -519,6 +550,7 @@ class _DataWriter:
         self.folder, self.cfg = folder, cfg
         self.schema = {k: v for k, v in _schema(cfg.shape).items() if k != "_n_turns"}
         self.splits: dict[str, _SplitFiles] = {}
+        self.bg = _Background()
         if folder is not None:
             folder.mkdir(parents=True)
             (folder / ("data" if cfg.format != "datasets" else ".staging")).mkdir()
@@ -533,7 +565,8 @@ class _DataWriter:
             if part.height:
                 if split not in self.splits:
                     sub = "data" if self.cfg.format != "datasets" else ".staging"
-                    self.splits[split] = _SplitFiles(self.folder / sub, split, self.cfg.format, self.cfg.max_rows_per_file)
+                    self.splits[split] = _SplitFiles(self.folder / sub, split, self.cfg.format, self.cfg.max_rows_per_file,
+                                                     self.bg)
                 self.splits[split].write(part)
 
     def finish(self) -> tuple[dict[str, int], list[str]]:
