@@ -16,7 +16,6 @@ import shutil
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean, median
 from typing import Any
 
 import polars as pl
@@ -27,9 +26,9 @@ from prefdata.errors import PrefdataError
 from prefdata.export_folder import check_out, clean_stale, swap_into_place, temp_folder, write_manifest
 from prefdata.export_tables import CAND_FIELDS, GroupInput, build_group, merge_events
 from prefdata.options import opt
-from prefdata.pairs import DROP_REASONS, NEEDS_FULL_ORDER, PAIR_STRATEGIES, RankedCandidate
+from prefdata.pairs import DROP_REASONS, NEEDS_FULL_ORDER, PAIR_STRATEGIES
 from prefdata.records import MESSAGES
-from prefdata.store import RunDir, check_one_text_per_id, check_writable, command_line
+from prefdata.store import RunDir, check_writable, command_line
 
 SHAPES = ("conversational", "string", "ranking", "kto")
 FORMATS = ("parquet", "jsonl", "datasets")
@@ -140,13 +139,16 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     cand_scan = run.scan_candidates()
     if cand_scan is None:
         raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
-    cand_scan, repeated = _checked_candidates(run, cand_scan)
+    ids = run.scan_candidate_shards(["candidate_id"])
+    assert ids is not None
+    ids_df = ids.collect()  # every candidate id, read once: the duplicate-text check and the ranked-id check
+    cand_scan, repeated = _checked_candidates(run, cand_scan, ids_df)
     # Characters are the lengths' measure only when some candidate has no token count.
     chars = bool(cand_scan.select(pl.col("n_tokens").is_null().any()).collect().item())
 
     _check_full_order(_final(rankings), cfg.pairs, cfg.shape, judge_hash)
     ordered = _in_prompt_order(_normalized(rankings), prompts)
-    _check_ranked_candidates(ordered, cand_scan)
+    _check_ranked_candidates(ordered, ids_df["candidate_id"])
     cut_all = _cut_inputs(run, judge_hash)
     cut = cut_all.head(0) if cfg.keep_truncated else cut_all
     judgments = None if cfg.keep_inconsistent else _pairwise_judgments(run, judge_hash)
@@ -170,9 +172,9 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         n_considered = n_rows = n_multi = 0
         samplers: set[str] = set()
         lengths_parts: list[pl.DataFrame] = []
+        ends_only = cfg.pairs == "best-worst" and cfg.shape != "ranking"  # two texts per prompt are read
         with progress(None, "export", "row") if terminal().isatty() else _NoBar() as bar:
             for start in range(0, ordered.height, GROUP_PROMPTS):
-                ends_only = cfg.pairs == "best-worst" and cfg.shape != "ranking"
                 group = _read_group(ordered.slice(start, GROUP_PROMPTS), prompts, cand_scan, judgments, cut, ends_only,
                                     repeated)  # fmt: skip
                 test_ids = split_prompt_ids(group.rankings["prompt_id"].to_list(), cfg.test_size, cfg.seed)
@@ -491,7 +493,6 @@ class _SplitFiles:
         path = self.folder / f".{self.split}-{len(self.parts):05d}.part"
         self.parts.append(path)
         self._in_file = 0
-        self._path = path
         self._out = _Opened(path, self.fmt, self.bg)
 
     def _close(self) -> None:
@@ -573,20 +574,19 @@ class _DataWriter:
         """Close the files. Every prompt in test is an error: moving them to train would put prompts that a later,
         larger export keeps in test into this training set (a prompt's side is fixed by its hash)."""
         assert self.folder is not None
-        names = {"train": "train", "test": "test"}
         if "train" not in self.splits:
             raise PrefdataError(
                 f"every exported prompt falls in the test split (--test-size {self.cfg.test_size}, --seed "
                 f"{self.cfg.seed}), so there is no train split; lower --test-size or export more prompts"
             )
         order = [s for s in ("train", "test") if s in self.splits]
-        counts = {names[s]: self.splits[s].rows for s in order}
-        files = [rel for s in order for rel in self.splits[s].finish(names[s])]
+        counts = {s: self.splits[s].rows for s in order}
+        files = [rel for s in order for rel in self.splits[s].finish(s)]
         if self.cfg.format == "datasets":
             import datasets
             import pyarrow as pa
 
-            tables = {names[s]: pa.ipc.open_file(pa.memory_map(str(self.splits[s].parts[0]))).read_all() for s in order}
+            tables = {s: pa.ipc.open_file(pa.memory_map(str(self.splits[s].parts[0]))).read_all() for s in order}
             datasets.DatasetDict({s: datasets.Dataset(t) for s, t in tables.items()}).save_to_disk(str(self.folder))
             del tables
             shutil.rmtree(self.folder / ".staging")
@@ -595,8 +595,8 @@ class _DataWriter:
 
 
 def _length_summary(df: pl.DataFrame) -> dict[str, Any]:
-    """`length_stats` over the kept pairs' lengths (tokens where every candidate has a count, else characters),
-    with `statistics.mean` and `median`'s exact results."""
+    """Chosen vs rejected lengths over the kept pairs (tokens where every candidate has a count, else characters),
+    with the exact results `statistics.mean` and `median` would give."""
     n = df.height
     if not n:
         return {"n_pairs": 0, "measure": "characters", "chosen_longer_share": None, "chosen_values": [], "rejected_values": []}
@@ -670,29 +670,23 @@ def _in_prompt_order(rankings: pl.DataFrame, prompts: pl.LazyFrame) -> pl.DataFr
     return df.with_columns(pl.col("_order").cast(pl.Int64)).sort("_order", maintain_order=True)
 
 
-def _checked_candidates(run: RunDir, scan: pl.LazyFrame) -> tuple[pl.LazyFrame, bool]:
+def _checked_candidates(run: RunDir, scan: pl.LazyFrame, ids: pl.DataFrame) -> tuple[pl.LazyFrame, bool]:
     """The candidates scan with the columns export reads, and whether some id is written more than once; the
     same id with two texts is the error of `RunDir.read_candidates` (found from the ids first, so the texts of
     ids written once are never read)."""
     have = scan.collect_schema().names()
     repeated = True
     if {"candidate_id", "text"} <= set(have):
-        dup = scan.group_by("candidate_id").len().filter(pl.col("len") > 1).select("candidate_id").collect()
-        repeated = dup.height > 0
-        if dup.height:
-            df = scan.filter(pl.col("candidate_id").is_in(dup["candidate_id"].implode())).select(
-                "candidate_id", "text", "_shard"
-            ).collect()
-            check_one_text_per_id(df, run.candidates_dir)
+        repeated = bool(ids["candidate_id"].is_duplicated().any())
+        run.check_candidate_texts(ids)  # rank's check: only the texts of ids written twice are read
     cols = [pl.col("candidate_id")] + [
         (pl.col(c) if c in have else pl.lit(None)).cast(t).alias(c) for c, t in CAND_FIELDS.items()
     ]
     return scan.select(cols), repeated
 
 
-def _check_ranked_candidates(rankings: pl.DataFrame, cands: pl.LazyFrame) -> None:
+def _check_ranked_candidates(rankings: pl.DataFrame, have: pl.Series) -> None:
     ranked = rankings["candidate_ids"].explode().drop_nulls()
-    have = cands.select("candidate_id").collect()["candidate_id"]  # the ids only: cheaper than an is_in scan
     missing = ranked.filter(~ranked.is_in(have.implode())).unique()
     if missing.len():
         raise PrefdataError(
@@ -760,34 +754,6 @@ def _read_group(
 
 
 # -- statistics -------------------------------------------------------------------------------------
-
-
-def length_stats(pairs: list[tuple[RankedCandidate, RankedCandidate]]) -> dict[str, Any]:
-    """Chosen vs rejected lengths, in tokens where every candidate has a count, else in characters."""
-    if not pairs:
-        return {"n_pairs": 0, "measure": "characters", "chosen_longer_share": None, "chosen_values": [], "rejected_values": []}
-    tokens = all(c.n_tokens is not None and r.n_tokens is not None for c, r in pairs)
-    measure = "tokens" if tokens else "characters"
-
-    def size(c: RankedCandidate) -> int:
-        return int(c.n_tokens) if tokens and c.n_tokens is not None else len(c.text)
-
-    ch = [size(c) for c, _ in pairs]
-    rj = [size(r) for _, r in pairs]
-    longer = sum(1 for a, b in zip(ch, rj, strict=True) if a > b)
-    shorter = sum(1 for a, b in zip(ch, rj, strict=True) if a < b)
-    return {
-        "n_pairs": len(pairs),
-        "measure": measure,
-        "chosen_mean": mean(ch),
-        "chosen_median": median(ch),
-        "rejected_mean": mean(rj),
-        "rejected_median": median(rj),
-        "chosen_longer_share": longer / len(pairs),
-        "chosen_shorter_share": shorter / len(pairs),
-        "chosen_values": ch,
-        "rejected_values": rj,
-    }
 
 
 def ranking_stats(rankings: pl.DataFrame) -> dict[str, Any]:

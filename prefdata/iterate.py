@@ -33,14 +33,14 @@ from prefdata.records import TRAIN_SUMMARY
 from prefdata.store import RunDir, atomic_write_bytes, check_writable, command_line
 
 
-# The loop's own defaults where they differ from a stage's (each field is declared once, on its stage config):
-# shorter answers, and a judge template a small in-process model can follow.
 class RoundNotFinal(PrefdataError):
     """A round's rankings rest on failed judge calls: the loop stops before export (a rerun retries them)."""
 
     exit_code = 3  # prefdata.rank.EXIT_FAILURES, as `prefdata rank` exits in the same case
 
 
+# The loop's own defaults where they differ from a stage's (each field is declared once, on its stage config):
+# shorter answers, and a judge template a small in-process model can follow.
 LOOP_DEFAULTS: dict[str, dict[str, Any]] = {"generate": {"max_tokens": 256}, "rank": {"judge": "verdict-only"}}
 # The stage fields the loop's command line names directly (the rest: --set STAGE.FIELD=VALUE or the YAML maps);
 # their help and checks are the stage's.

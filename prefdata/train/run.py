@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -71,7 +72,7 @@ def train(
         output_dir: where checkpoints and the final model go (overrides `config.output_dir`).
         config: an `AIPOConfig`; None builds one from the defaults.
         resume_from_checkpoint: a checkpoint folder, or True (or "latest") for the latest in `output_dir` (the
-            latest complete checkpoint is used anyway; with none, training starts at step 0); None:
+            latest complete checkpoint is used anyway; True with none is an error); None:
             `config.resume_from_checkpoint`.
         overwrite: remove the checkpoints and summary a previous run left in `output_dir` and start over (also
             when `config.overwrite` is set).
@@ -112,9 +113,9 @@ def train(
         cfg.ref_cache_dir = str(default_cache_dir(dataset))
 
     out = Path(cfg.output_dir)
-    if int(os.environ.get("RANK", "0")) != 0:  # under several processes, the main one holds the folder's lock
-        return TrainSummary(_train_in(out, cfg, model_path, train_ds, eval_ds, resume, overwrite))
-    with stage_lock(out, "train"):  # two trains into one folder would mix their checkpoints
+    # Two trains into one folder would mix their checkpoints; under several processes the main one holds the lock.
+    main = int(os.environ.get("RANK", "0")) == 0
+    with stage_lock(out, "train") if main else contextlib.nullcontext():
         return TrainSummary(_train_in(out, cfg, model_path, train_ds, eval_ds, resume, overwrite))
 
 
