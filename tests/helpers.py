@@ -397,6 +397,7 @@ def build_tiny_rm(out: Path, tokenizer_dir: Path, seed: int = 0, max_pos: int = 
 TOPICS = ["cats", "dogs", "rain", "the sea", "music", "bread", "trains", "books", "stars", "tea", "snow", "cars"]
 FAST = {"learning_rate": 1e-3, "warmup_steps": 0, "per_device_train_batch_size": 4, "logging_steps": 1}
 FAST |= {"report_to": [], "disable_tqdm": True, "dataloader_pin_memory": False, "seed": 0}
+FAST |= {"bf16": False}  # float32 compute, for the exact comparisons (the CPU bf16 default has its own test)
 
 
 def pair_rows(n: int = 12) -> list[dict]:

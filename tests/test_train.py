@@ -13,6 +13,7 @@ import torch
 from prefdata.cli import main
 from prefdata.errors import PrefdataError
 from prefdata.train.data import PairCollator, load_pairs, tokenize_pair, tokenize_pairs
+from prefdata.train.lora import cpu_has_native_bf16
 from tests.helpers import FAST, build_tiny_llama, four, hold_stage_lock, make_ranked_run, pair_rows, write_jsonl
 
 
@@ -143,6 +144,27 @@ def test_training_learns_and_resume_continues(tmp_path, tiny_llama_dir):
     assert [h["step"] for h in history if "loss" in h] == [1, 2, 3, 4, 5, 6]
     assert r["last_logged"]["loss"] == pytest.approx(last["loss"], rel=1e-4)
     assert r["ref_cache"] == s["ref_cache"] and cache[0].stat().st_mtime_ns == stamp
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() or cpu_has_native_bf16()), reason="this CPU has no native bf16")
+def test_bf16_autocast_is_the_default_where_the_hardware_computes_bf16(tmp_path, tiny_llama_dir):
+    """On a CPU with AVX512-BF16 / AMX (and a bf16 GPU) the default computes in bf16 over float32 master weights;
+    `bf16=False` computes in float32. A default run still learns, and its weights stay float32 while training."""
+    from prefdata.train import train
+    from prefdata.train.config import AIPOConfig
+
+    cfg = AIPOConfig(output_dir=str(tmp_path / "c"), report_to=[])
+    assert cfg.bf16 is True and (cfg.use_cpu or torch.cuda.is_available())
+    assert AIPOConfig(output_dir=str(tmp_path / "c"), report_to=[], bf16=False).bf16 is False
+
+    torch.set_num_threads(2)
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(12))
+    fast = {k: v for k, v in FAST.items() if k != "bf16"}
+    s = train(data, str(tiny_llama_dir), tmp_path / "out", loss_type="aipo", max_steps=6, **fast)
+    assert s["config"]["bf16"] is True
+    assert s["last_logged"]["rewards/margins"] > s["first_logged"]["rewards/margins"] + 0.5
+    # the reference was computed under the same autocast: its cache entry is not the float32 one
+    assert any("bfloat16" in p for p in s["ref_cache"])
 
 
 def test_mrpo_with_a_second_reference(tmp_path, tiny_llama_dir, demo_model_dir):

@@ -69,9 +69,9 @@ class AIPOConfig(TrainingArguments):
     gradient_checkpointing (`bool`, *optional*, defaults to `True`):
         As in TRL: recompute layer activations in backward (TrainingArguments defaults to False).
     bf16 (`bool` or `None`, *optional*, defaults to `None`):
-        bf16 autocast. None turns it on on a CUDA GPU with bf16 (Ampere or newer) unless `fp16` is set; with the
-        default float32 weights of a full fine-tune this is mixed precision with float32 master weights. On CPU it
-        stays off unless set (with `use_cpu: true`, which transformers requires for CPU bf16).
+        bf16 autocast. None turns it on on a CUDA GPU with bf16 (Ampere or newer) and on a CPU with native bf16
+        (AVX512-BF16 or AMX), unless `fp16` is set; with the default float32 weights of a full fine-tune this is
+        mixed precision with float32 master weights. `--no-bf16` computes in float32.
     dtype (`str`, *optional*, defaults to `"auto"`):
         Dtype of the loaded weights: `auto`, `float32`, `bfloat16` or `float16`. `auto` is float32 master weights
         for a full fine-tune (with `bf16` autocast this is mixed precision) and a bfloat16 frozen base for LoRA.
@@ -149,7 +149,7 @@ class AIPOConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the tokenized columns."})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "Recompute activations in backward."})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None: on for a bf16-capable GPU."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; None: on for a GPU or CPU with native bf16."})
 
     def __post_init__(self) -> None:
         if self.loss_type not in LOSS_TYPES:
@@ -170,10 +170,12 @@ class AIPOConfig(TrainingArguments):
         from prefdata.train.lora import validate_lora_fields
 
         validate_lora_fields(self)
-        if self.bf16 is None:
-            from prefdata.train.lora import bf16_supported
+        from prefdata.train.lora import bf16_supported, trains_on_cpu
 
+        if self.bf16 is None:
             self.bf16 = not self.fp16 and bf16_supported(self.use_cpu)
+        if self.bf16 and trains_on_cpu(self.use_cpu):
+            self.use_cpu = True  # transformers refuses bf16 on a CPU unless told it trains there
         super().__post_init__()
 
     def _check_ranges(self) -> None:

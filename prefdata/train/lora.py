@@ -69,9 +69,34 @@ def weight_dtype(cfg: Any) -> torch.dtype:
 
 
 def bf16_supported(use_cpu: bool = False) -> bool:
-    """Whether bf16 autocast is on by default: on a CUDA GPU with bf16 (Ampere or newer). Not on CPU, where
-    transformers requires `use_cpu` for it and the gain depends on the CPU's bf16 support (set both to opt in)."""
-    return not use_cpu and torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported())
+    """Whether bf16 autocast is on by default: on a CUDA GPU with bf16 (Ampere or newer), and on a machine that
+    trains on its CPU when that CPU computes bf16 natively (AVX512-BF16 or AMX), where it about doubles the
+    matmul speed (bench/RESULTS.md §4d). Not on an older CPU, where bf16 is emulated and slower."""
+    if not use_cpu and torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    return trains_on_cpu(use_cpu) and cpu_has_native_bf16()
+
+
+def trains_on_cpu(use_cpu: bool = False) -> bool:
+    """No accelerator that transformers would pick before the CPU (CUDA, XPU, MPS)."""
+    if use_cpu:
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available()) or torch.backends.mps.is_available())
+
+
+def cpu_has_native_bf16() -> bool:
+    """The CPU's own flags (Linux): x86 `avx512_bf16` / `amx_bf16`, or Arm `bf16`."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.partition(":")[2].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def cache_tag(cfg: Any) -> str:
