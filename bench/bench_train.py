@@ -9,7 +9,8 @@ turned into chat messages, kept when prompt + each response fit in max_length (s
     python bench/bench_train.py --pairs 8 --batch-size 2 --max-length 256 --runs prefdata,prefdata-lora,trl-lora
 
 Both trainers: sigmoid DPO (prefdata `--loss dpo`; AIPO adds two cheap terms), β 0.1, float32 weights on CPU, no
-gradient checkpointing, one epoch. tokens/s counts prompt+chosen and prompt+rejected tokens without padding.
+gradient checkpointing, float32 compute, one epoch; `--defaults` instead takes each tool's defaults (gradient
+checkpointing, bf16 autocast where the CPU computes bf16; `--no-bf16` keeps float32 compute). tokens/s counts prompt+chosen and prompt+rejected tokens without padding.
 LoRA runs (`prefdata-lora`, `trl-lora`): r = --lora-r, alpha 2r, dropout 0.05, every linear layer of the decoder,
 the same float32 base unless --lora-base-bf16 (prefdata's default for LoRA).
 """
@@ -110,8 +111,10 @@ def worker(a: argparse.Namespace) -> dict:
         "dataloader_pin_memory": False,
         "seed": 0,
     }
-    if a.defaults:  # each tool's own defaults: gradient checkpointing on (both), bf16 autocast (TRL: on; prefdata: GPU only)
-        del common["gradient_checkpointing"], common["bf16"]
+    if a.defaults:  # each tool's own defaults: gradient checkpointing on (both), bf16 autocast (TRL: on; prefdata: where
+        del common["gradient_checkpointing"], common["bf16"]  # the hardware computes bf16, this CPU included)
+        if a.no_bf16:
+            common["bf16"] = False
         if a.which.startswith("trl") and not torch.cuda.is_available():
             common["use_cpu"] = True  # TRL's bf16 default needs it on CPU (transformers refuses bf16 otherwise)
     ds = Dataset.from_list(rows)
@@ -185,6 +188,7 @@ def main() -> None:
     ap.add_argument("--lora-base-bf16", action="store_true", help="LoRA runs load the frozen base in bf16")
     ap.add_argument("--defaults", action="store_true",
                     help="each tool's defaults (gradient checkpointing, bf16 autocast, prefdata's bf16 LoRA base)")
+    ap.add_argument("--no-bf16", action="store_true", help="with --defaults: keep float32 compute (no bf16 autocast)")
     ap.add_argument("--data")
     ap.add_argument("--out")
     a = ap.parse_args()
@@ -221,6 +225,7 @@ def main() -> None:
     runs = [known[name] for name in a.runs.split(",")]
     extra_all = ["--lora-r", str(a.lora_r)] + (["--lora-base-bf16"] if a.lora_base_bf16 else [])
     extra_all += ["--defaults"] if a.defaults else []
+    extra_all += ["--no-bf16"] if a.no_bf16 else []
     print(f"model {model}; {len(rows)} pairs; batch {a.batch_size}; max_length {a.max_length}; threads {a.threads}")
     for rep in range(a.repeats):
         for which, extra in runs:
