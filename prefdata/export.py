@@ -136,13 +136,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     if not run.prompts_file.is_file():
         run.read_prompts()  # raises the one-line error
     prompts = pl.scan_parquet(run.prompts_file)
-    cand_scan = run.scan_candidates()
-    if cand_scan is None:
-        raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
-    ids = run.scan_candidate_shards(["candidate_id"])
-    assert ids is not None
-    ids_df = ids.collect()  # every candidate id, read once: the duplicate-text check and the ranked-id check
-    cand_scan, repeated = _checked_candidates(run, cand_scan, ids_df)
+    cand_scan, ids_df, repeated = _checked_candidates(run)
     # Characters are the lengths' measure only when some candidate has no token count.
     chars = bool(cand_scan.select(pl.col("n_tokens").is_null().any()).collect().item())
 
@@ -670,19 +664,20 @@ def _in_prompt_order(rankings: pl.DataFrame, prompts: pl.LazyFrame) -> pl.DataFr
     return df.with_columns(pl.col("_order").cast(pl.Int64)).sort("_order", maintain_order=True)
 
 
-def _checked_candidates(run: RunDir, scan: pl.LazyFrame, ids: pl.DataFrame) -> tuple[pl.LazyFrame, bool]:
-    """The candidates scan with the columns export reads, and whether some id is written more than once; the
-    same id with two texts is the error of `RunDir.read_candidates` (found from the ids first, so the texts of
-    ids written once are never read)."""
-    have = scan.collect_schema().names()
+def _checked_candidates(run: RunDir) -> tuple[pl.LazyFrame, pl.DataFrame, bool]:
+    """The candidates scan with the columns export reads (typed nulls where no shard has one); every candidate id
+    with its shard, read once for the duplicate-text check and the ranked-id check; and whether some id is written
+    more than once. The same id with two texts is the error of `RunDir.read_candidates` (found from the ids
+    first, so the texts of ids written once are never read)."""
+    scan = run.scan_candidate_shards(["candidate_id", *CAND_FIELDS])
+    if scan is None:
+        raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
+    ids = scan.select("candidate_id", "_shard").collect()
     repeated = True
-    if {"candidate_id", "text"} <= set(have):
+    if {"candidate_id", "text"} <= run.candidate_column_names():
         repeated = bool(ids["candidate_id"].is_duplicated().any())
         run.check_candidate_texts(ids)  # rank's check: only the texts of ids written twice are read
-    cols = [pl.col("candidate_id")] + [
-        (pl.col(c) if c in have else pl.lit(None)).cast(t).alias(c) for c, t in CAND_FIELDS.items()
-    ]
-    return scan.select(cols), repeated
+    return scan.select("candidate_id", *[pl.col(c).cast(t) for c, t in CAND_FIELDS.items()]), ids, repeated
 
 
 def _check_ranked_candidates(rankings: pl.DataFrame, have: pl.Series) -> None:

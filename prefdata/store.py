@@ -36,19 +36,18 @@ MESSAGES_DTYPE = MESSAGES  # the name the test and bench run builders import (de
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
+    atomic_write(path, df.write_parquet)
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """`write(tmp)` to a hidden file beside `path`, synced, then renamed onto it: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
-    df.write_parquet(tmp)
+    write(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -271,8 +270,7 @@ class RunDir:
     # -- shards -------------------------------------------------------------------------------
     def write_shard(self, folder: Path, df: pl.DataFrame, tag: str = "") -> Path:
         """Append one shard; the name never collides across processes, shards or machines."""
-        name = f"shard-{tag + '-' if tag else ''}{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        path = folder / name
+        path = _new_shard(folder, tag)
         atomic_write_parquet(path, df)
         return path
 
@@ -294,16 +292,6 @@ class RunDir:
             check_one_text_per_id(df, folder)
         df = df.drop("_shard")
         return df.unique(subset=["candidate_id"], keep="first", maintain_order=True) if unique else df
-
-    def scan_candidates(self) -> pl.LazyFrame | None:
-        """Every candidate shard as one lazy frame, in write order, with `_shard` (the shard's file name); nothing
-        is read until it is collected, so a stage can read one group of prompts (filter by their ids) or a few
-        columns at a time. No de-duplication: `read_candidates` says how (the first row of an id wins)."""
-        files = _shards(self.candidates_dir)
-        if not files:
-            return None
-        scans = [pl.scan_parquet(p).with_columns(pl.lit(p.name).alias("_shard")) for p in files]
-        return pl.concat(scans, how="diagonal_relaxed")
 
     # -- judgments and rankings, per judge hash -----------------------------------------------------
     def write_judgments(self, judge_hash: str, rows: list[dict[str, Any]]) -> Path:
@@ -334,14 +322,20 @@ class RunDir:
             return None
         return pl.concat([pl.scan_parquet(p) for p in files], how="diagonal_relaxed")
 
-    def write_rankings(self, judge_hash: str, rows: list[dict[str, Any]]) -> None:
+    def write_rankings(self, judge_hash: str, rows: list[dict[str, Any]]) -> Path:
         """One row per prompt: write the new shard, then remove the older ones (derived data, rebuilt each run)."""
+        return self._swap_rankings(judge_hash, pl.DataFrame(rows, schema=RANKING_SCHEMA).write_parquet)
+
+    def _swap_rankings(self, judge_hash: str, write: Callable[[Path], object]) -> Path:
+        """Under the run's lock: one new rankings shard written by `write(path)`, then the older shards removed."""
         folder = self.rankings_dir(judge_hash)
         with self.lock():
             olds = sorted(folder.glob("shard-*.parquet")) if folder.is_dir() else []
-            self.write_shard(folder, pl.DataFrame(rows, schema=RANKING_SCHEMA))
+            path = _new_shard(folder)
+            atomic_write(path, write)
             for p in olds:
                 p.unlink(missing_ok=True)
+            return path
 
     def read_rankings(self, judge_hash: str) -> pl.DataFrame | None:
         """The rankings of one judge, one row per prompt (the newest row wins if a crash left two shards)."""
@@ -406,23 +400,10 @@ class RunDir:
 
     def replace_rankings(self, judge_hash: str, parts: list[Path]) -> Path:
         """`write_rankings` for rows written in parts: one new shard with the parts' rows in order (streamed, never
-        all in memory), then the older shards removed, as write_rankings does."""
-        folder = self.rankings_dir(judge_hash)
-        with self.lock():
-            olds = sorted(folder.glob("shard-*.parquet")) if folder.is_dir() else []
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"shard-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-            tmp = folder / f".tmp-{uuid.uuid4().hex}-{name}"
-            if parts:
-                pl.scan_parquet(parts).sink_parquet(tmp)
-            else:
-                pl.DataFrame(schema=RANKING_SCHEMA).write_parquet(tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, folder / name)
-            for p in olds:
-                p.unlink(missing_ok=True)
-            return folder / name
+        all in memory), then the older shards removed."""
+        if not parts:
+            return self.write_rankings(judge_hash, [])
+        return self._swap_rankings(judge_hash, pl.scan_parquet(parts).sink_parquet)
 
 
 def check_one_text_per_id(df: pl.DataFrame, folder: Path) -> None:
@@ -441,6 +422,11 @@ def check_one_text_per_id(df: pl.DataFrame, folder: Path) -> None:
             f"the run mixes two generations under the same ids; move the shard you do not want out of {folder} and "
             "run again"
         )
+
+
+def _new_shard(folder: Path, tag: str = "") -> Path:
+    """A shard name that never collides across processes, shards or machines, and sorts in write order."""
+    return folder / f"shard-{tag + '-' if tag else ''}{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
 
 
 def _shards(folder: Path) -> list[Path]:

@@ -149,7 +149,7 @@ def test_training_learns_and_resume_continues(tmp_path, tiny_llama_dir):
 @pytest.mark.skipif(not (torch.cuda.is_available() or cpu_has_native_bf16()), reason="this CPU has no native bf16")
 def test_bf16_autocast_is_the_default_where_the_hardware_computes_bf16(tmp_path, tiny_llama_dir):
     """On a CPU with AVX512-BF16 / AMX (and a bf16 GPU) the default computes in bf16 over float32 master weights;
-    `bf16=False` computes in float32. A default run still learns, and its weights stay float32 while training."""
+    `bf16=False` computes in float32. A default run still learns, and its reference is cached apart from float32's."""
     from prefdata.train import train
     from prefdata.train.config import AIPOConfig
 
