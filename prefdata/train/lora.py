@@ -74,6 +74,8 @@ def bf16_supported(use_cpu: bool = False) -> bool:
     matmul speed (bench/RESULTS.md §4d). Not on an older CPU, where bf16 is emulated and slower."""
     if not use_cpu and torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
+    from prefdata.hardware import cpu_has_native_bf16
+
     return trains_on_cpu(use_cpu) and cpu_has_native_bf16()
 
 
@@ -83,20 +85,6 @@ def trains_on_cpu(use_cpu: bool = False) -> bool:
         return True
     xpu = getattr(torch, "xpu", None)
     return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available()) or torch.backends.mps.is_available())
-
-
-def cpu_has_native_bf16() -> bool:
-    """The CPU's own flags (Linux): x86 `avx512_bf16` / `amx_bf16`, or Arm `bf16`."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.partition(":")[2].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 def cache_tag(cfg: Any) -> str:

@@ -1,0 +1,90 @@
+"""Hardware decisions, made in one place for every stage: which dtype an engine or model load uses.
+
+bf16 is fast only where the hardware computes it: a CUDA GPU of Ampere or newer, or a CPU with AVX512-BF16 or
+AMX (or Arm's BF16). On an AVX2-only CPU bf16 is emulated: vLLM falls back to torch linear and sampled at a
+quarter of float32's speed (18.1 vs 72.8 tokens/s, bench/RESULTS.md). So "auto" means the fastest exact-enough
+dtype for this machine, and an explicit dtype always wins.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from pathlib import Path
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})  # x86 AVX512-BF16 / AMX, Arm BF16
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux `/proc/cpuinfo`; empty elsewhere)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name, for run.json, `prefdata env` and benchmark tables."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith(("model name", "Model", "Hardware")):
+            return line.partition(":")[2].strip()
+    import platform
+
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_has_native_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether this CPU (or one with `flags`) computes bf16 in hardware."""
+    return bool(set(cpu_flags() if flags is None else flags) & NATIVE_BF16_FLAGS)
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no (working) torch means no GPU either
+        return False
+
+
+def cuda_bf16() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
+
+
+def auto_dtype(*, on_gpu: bool | None = None, flags: Iterable[str] | None = None, gpu_bf16: bool | None = None) -> str:
+    """The dtype "auto" resolves to: bf16 on a bf16 GPU, else float16 on a GPU; bf16 on a CPU that computes it
+    natively, else float32. The arguments override what is read off this machine (tests, `prefdata env`)."""
+    if on_gpu is None:
+        on_gpu = cuda_available()
+    if on_gpu:
+        return "bfloat16" if (cuda_bf16() if gpu_bf16 is None else gpu_bf16) else "float16"
+    return "bfloat16" if cpu_has_native_bf16(flags) else "float32"
+
+
+def resolve_dtype(requested: str | None, **machine: object) -> str:
+    """An explicit dtype as given; "auto" (or None) as `auto_dtype` decides for this machine."""
+    if requested in (None, "", "auto"):
+        return auto_dtype(**machine)  # type: ignore[arg-type]
+    if requested not in DTYPE_NAMES:
+        from prefdata.errors import PrefdataError
+
+        raise PrefdataError(f"dtype must be one of auto, {', '.join(DTYPE_NAMES)}; got {requested!r}")
+    return str(requested)
+
+
+def torch_dtype(name: str) -> object:
+    import torch
+
+    return getattr(torch, name)
