@@ -60,7 +60,8 @@ class GenerateConfig:
     second_temperature: float | None = opt(None, "Also draw --second-n candidates at this temperature (AIPO option).")
     second_n: int | None = opt(None, "Candidates at --second-temperature; none: -n.")
     max_model_len: int | None = opt(None, "vLLM context length; none: the model's.")
-    dtype: str = opt("auto", "vLLM / transformers weight dtype.")
+    dtype: str = opt("auto", "vLLM / transformers compute dtype: auto (bf16 where the CPU or GPU computes it natively, "
+                     "else float32 on CPU, float16 on GPU; not the checkpoint's) | float32 | bfloat16 | float16.")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallel GPUs.", flag=("--tensor-parallel-size", "--tp"))
     data_parallel_size: int = opt(1, "vLLM engines, one per GPU group: `prefdata generate` starts one --shard process "
                                   "per group (command line only).", flag=("--data-parallel-size", "--dp"))
@@ -217,6 +218,18 @@ def prompts_todo(run: RunDir, cfg: GenerateConfig) -> int:
     return sum(1 for p in pset.table["prompt_id"] if in_shard(p, shard) and p not in done)
 
 
+def sampler_dtype(cfg: GenerateConfig, llm: Any = None) -> str | None:
+    """The dtype the sampler computes in: a shared engine's own, else this machine's choice for `--dtype`
+    (None for a server, whose dtype is its own business)."""
+    if cfg.backend == "openai":
+        return None
+    if llm is not None and getattr(llm, "prefdata_dtype", None):
+        return str(llm.prefdata_dtype)
+    from prefdata.hardware import resolve_dtype
+
+    return resolve_dtype(cfg.dtype)
+
+
 def make_sampler(cfg: GenerateConfig, llm: Any = None) -> Any:
     if cfg.backend == "openai":
         from prefdata.samplers.openai_api import OpenAISampler
@@ -270,6 +283,8 @@ def _generate_run(
     todo = [r for r in todo if r["prompt_id"] not in done]
 
     recorded = False
+    dtype = sampler_dtype(cfg, llm)
+    stage_meta: dict[str, Any] = {"dtype": dtype} if dtype else {}  # the dtype this machine samples in
 
     def record() -> None:
         """Put the prompts and this sampler's config in the run, once it has rows: a generate that fails
@@ -289,6 +304,7 @@ def _generate_run(
                 "plan": [dataclasses.asdict(s) for s in cfg.plan()],
                 "engine_seed": cfg.seed,
                 "prompts_file": cfg.prompts or "bundled:mt_bench_questions.jsonl",
+                **stage_meta,
             },
         )
 
@@ -298,8 +314,9 @@ def _generate_run(
     log_path = None
     if todo:
         if progress:
+            where = cfg.backend if dtype is None else f"{cfg.backend}, {dtype}"
             say(f"generate: {len(todo)} prompts x {sum(s.n for s in cfg.plan())} completions with {model_label(cfg)} "
-                f"({cfg.backend}) into {run.path}")
+                f"({where}) into {run.path}")
         with capture_output(run.path / "logs", "generate") as log_path:
             sampler = make_sampler(cfg, llm)
             try:

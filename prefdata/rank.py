@@ -122,6 +122,8 @@ class RankConfig:
     rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "
                           "(transformers) | vllm (pooling runner); see prefdata.judges.build.rm_backend_for.")
     max_model_len: int = opt(4096, "In-process vLLM judge context.")
+    dtype: str = opt("auto", "In-process judge / reward-model dtype: auto (bf16 where the CPU or GPU computes it natively, "
+                     "else float32 on CPU, float16 on GPU) | float32 | bfloat16 | float16.")
     progress: bool = opt(True, "Show the progress bar.")
 
     def __post_init__(self) -> None:
@@ -483,10 +485,21 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
         "template": getattr(template, "name", None),
         "template_sha256": getattr(template, "sha256", None),
         "rm_backend": getattr(judge, "backend", None),  # which engine scored (auto picks by size)
+        "dtype": judge_dtype(judge),
         "counts": summary,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     return RankSummary(summary, run=str(run.path))
+
+
+def judge_dtype(judge: Any) -> str | None:
+    """The dtype an in-process judge computes in (None for a server or a verifier)."""
+    for obj in (judge, getattr(judge, "backend", None)):
+        dtype = getattr(obj, "dtype", None) or getattr(getattr(obj, "llm", None), "prefdata_dtype", None)
+        if isinstance(dtype, str):
+            return dtype
+    torch_dtype = getattr(judge, "torch_dtype", None)
+    return str(torch_dtype).removeprefix("torch.") if torch_dtype is not None else None
 
 
 # -- pairwise -------------------------------------------------------------------------------------

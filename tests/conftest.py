@@ -109,6 +109,6 @@ def vllm_llm(tiny_llama_dir):
     weights into it puts the tiny model's back). Started as prefdata starts its engines (compile cache, KV size)."""
     from prefdata.backends.vllm_engine import shutdown_llm, start_engine
 
-    llm = start_engine(str(tiny_llama_dir), seed=0, max_model_len=1024, dtype="bfloat16")
+    llm = start_engine(str(tiny_llama_dir), seed=0, max_model_len=1024)  # this machine's dtype, as prefdata picks it
     yield llm
     shutdown_llm(llm)

@@ -41,7 +41,12 @@ def start_engine(
 
     `lora_rank`: serve LoRA adapters up to this rank (`enable_lora`; on CPU vLLM then runs without torch.compile).
     `runner`: vLLM's runner, e.g. "pooling" for a reward model's scores (None: vLLM's default, generation).
+    `dtype`: "auto" is this machine's choice (`prefdata.hardware.resolve_dtype`), not the checkpoint's: a bf16
+    checkpoint on a CPU without native bf16 runs in float32. The engine remembers it as `prefdata_dtype`.
     """
+    from prefdata.hardware import resolve_dtype
+
+    dtype = resolve_dtype(dtype)
     if _on_cpu():
         # The CPU backend otherwise reserves a fraction of the NUMA node's memory for the KV cache.
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -69,10 +74,12 @@ def start_engine(
     if not _on_cpu():
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
     try:
-        return LLM(**kwargs)
+        llm = LLM(**kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PrefdataError(f"vLLM could not load model {model_path}: {first}") from e
+    llm.prefdata_dtype = dtype
+    return llm
 
 
 def build_llm(cfg: Any, model_path: str) -> Any:
@@ -90,6 +97,11 @@ def build_llm(cfg: Any, model_path: str) -> Any:
 
         llm.prefdata_lora = LoRARequest("policy", 1, str(model_path))
     return llm
+
+
+def engine_dtype(llm: Any) -> str | None:
+    """The dtype an engine was started with (None for an engine not started here)."""
+    return getattr(llm, "prefdata_dtype", None)
 
 
 def lora_request(llm: Any) -> Any:

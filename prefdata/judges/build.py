@@ -46,10 +46,10 @@ def build_judge(cfg: RankConfig, llm: Any = None, n_items: int | None = None) ->
             from prefdata.judges.reward_model_vllm import VLLMRewardModelJudge
 
             try:
-                return VLLMRewardModelJudge(cfg.judge, max_length=cfg.rm_max_length, seed=cfg.seed, llm=llm)
+                return VLLMRewardModelJudge(cfg.judge, max_length=cfg.rm_max_length, seed=cfg.seed, llm=llm, dtype=cfg.dtype)
             except ImportError as e:
                 raise PrefdataError("--rm-backend vllm needs vLLM (pip install prefdata[cpu] or [gpu]); or use --rm-backend hf") from e
-        return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length)
+        return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length, dtype=cfg.dtype)
     from prefdata.judges.llm_judge import ChatBackend, LLMPairJudge
     from prefdata.judges.templates import load_template
 
@@ -75,7 +75,8 @@ def build_judge(cfg: RankConfig, llm: Any = None, n_items: int | None = None) ->
             from prefdata.models import resolve_model
 
             try:
-                backend = VLLMBackend.load(resolve_model(cfg.judge_model), seed=cfg.seed, max_model_len=cfg.max_model_len)
+                backend = VLLMBackend.load(resolve_model(cfg.judge_model), seed=cfg.seed, max_model_len=cfg.max_model_len,
+                                           dtype=cfg.dtype)
             except ImportError as e:
                 raise PrefdataError("an in-process judge needs vLLM (pip install prefdata[cpu] or [gpu]), or pass --base-url") from e
     return LLMPairJudge(

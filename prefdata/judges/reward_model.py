@@ -86,17 +86,19 @@ class RewardModelJudge:
         batch_size: int = 16,
         max_length: int | None = None,
         device: str | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
         label_index: int = 0,
     ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from prefdata.hardware import resolve_dtype
+
         p = check_reward_model_dir(model_dir)
         self.model_dir = str(p.resolve())
         self.tok = load_rm_tokenizer(p)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.torch_dtype = getattr(torch, dtype)
+        self.torch_dtype = getattr(torch, resolve_dtype(dtype))
         self.model, info = AutoModelForSequenceClassification.from_pretrained(
             self.model_dir, dtype=self.torch_dtype, output_loading_info=True
         )

@@ -58,7 +58,7 @@ class VLLMRewardModelJudge:
         model_dir: str,
         *,
         max_length: int | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
         label_index: int = 0,
         seed: int = 0,
         llm: Any = None,
@@ -74,7 +74,9 @@ class VLLMRewardModelJudge:
         limit = text_cfg.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 4096
         self.max_length = int(max_length or min(int(limit), 8192))
         self.label_index = label_index
-        self.dtype = dtype
+        from prefdata.hardware import resolve_dtype
+
+        self.dtype = dtype = resolve_dtype(dtype)
         if llm is None:
             from prefdata.backends.vllm_engine import start_engine
 

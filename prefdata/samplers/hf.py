@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefdata.errors import PrefdataError
+from prefdata.hardware import resolve_dtype
 from prefdata.samplers import Completion, SampleSpec
 
 
@@ -19,8 +20,8 @@ class HFSampler:
         self.cfg = cfg
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-            dtype = torch.bfloat16 if cfg.dtype in ("auto", "bfloat16") else getattr(torch, cfg.dtype)
-            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+            self.dtype = resolve_dtype(cfg.dtype)
+            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, self.dtype))
         except OSError as e:
             raise PrefdataError(f"transformers could not load model {model_path}: {str(e).splitlines()[0]}") from e
         self.model.eval()

@@ -62,10 +62,15 @@ def validate_lora_fields(cfg: Any) -> None:
 
 
 def weight_dtype(cfg: Any) -> torch.dtype:
-    """Dtype of the loaded weights: float32 master weights for a full fine-tune, a bf16 frozen base for LoRA."""
+    """Dtype of the loaded weights: float32 master weights for a full fine-tune; for LoRA a frozen base in this
+    machine's fast dtype (`prefdata.hardware.auto_dtype`: bf16 where it is native, float32 on an AVX2-only CPU)."""
     if cfg.dtype != "auto":
         return DTYPES[cfg.dtype]
-    return torch.bfloat16 if cfg.lora_r > 0 else torch.float32
+    if cfg.lora_r <= 0:
+        return torch.float32
+    from prefdata.hardware import auto_dtype
+
+    return DTYPES[auto_dtype(on_gpu=not trains_on_cpu(getattr(cfg, "use_cpu", False)) and torch.cuda.is_available())]
 
 
 def bf16_supported(use_cpu: bool = False) -> bool:
