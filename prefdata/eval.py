@@ -6,9 +6,9 @@ judge. So it resumes like every stage: a rerun samples only what is missing and 
 The baseline is a model (folder, hub name, `demo`) or a column of the prompt file holding baseline answers.
 
 What it reports (eval.json and eval.md in the run directory, and a short table on the terminal):
-- verifier judge: each side's accuracy with a 95% Wilson interval (or the mean score when the verifier
-  returns other values than 0/1);
-- reward model: each side's mean score with a 95% interval;
+- verifier judge: each side's accuracy with a 95% Wilson interval when every score of both sides is 0/1
+  (decided for both sides together, so the two columns always measure the same thing);
+- pointwise judges (verifier, reward model): always each side's mean score with a 95% interval;
 - pairwise LLM judge: the win rate against the baseline, each prompt judged in both orders, ties as half;
 - always: the win rate (for pointwise judges: by comparing the two scores of a prompt), its 95% Wilson
   interval over prompts, the mean length of each side, and the length-controlled win rate (prefdata.stats).
@@ -251,15 +251,20 @@ def summarize(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: Mapping[
             score_of.update({c: v for c, v in zip(r["candidate_ids"], r["scores"], strict=True) if v is not None})
         if judge_kind == "verifier":
             out["prompts_without_reference"] = sum(refs.get(p) is None for p in paired)
+        side_vals = {side: [score_of[answer[side][p]["candidate_id"]] for p in paired
+                            if answer[side][p]["candidate_id"] in score_of] for side in answer}
+        # accuracy only when both sides' scores are all 0/1: decided per side, a 0/1/2 verifier gave one side an
+        # "accuracy" and the other a mean score, and the table compared nothing
+        binary = judge_kind == "verifier" and all(v in (0.0, 1.0) for vals in side_vals.values() for v in vals)
         for side, prefix in (("model", ""), ("baseline", "baseline_")):
-            vals = [score_of[answer[side][p]["candidate_id"]] for p in paired if answer[side][p]["candidate_id"] in score_of]
+            vals = side_vals[side]
             out[f"{prefix}scored"] = len(vals)
             out[f"{prefix}failures"] = sum(
                 1 for p in paired if answer[side][p]["candidate_id"] not in score_of
                 and not (judge_kind == "verifier" and refs.get(p) is None))
             m, lo, hi = mean_interval(vals)
             out[f"{prefix}mean_score"], out[f"{prefix}mean_score_low"], out[f"{prefix}mean_score_high"] = m, lo, hi
-            if judge_kind == "verifier" and vals and all(v in (0.0, 1.0) for v in vals):
+            if binary and vals:
                 acc = sum(vals) / len(vals)
                 lo, hi = wilson(acc, len(vals))
                 out[f"{prefix}accuracy"], out[f"{prefix}accuracy_low"], out[f"{prefix}accuracy_high"] = acc, lo, hi
@@ -365,7 +370,7 @@ def table_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     if s.get("accuracy") is not None or s.get("baseline_accuracy") is not None:
         rows.append(("accuracy (95% CI)", _ci(s, "accuracy"), _ci(s, "baseline_accuracy")))
-    elif s["judge_kind"] != "pairwise":
+    if s["judge_kind"] != "pairwise":  # always: the one measure every pointwise judge has on both sides
         rows.append(("mean score (95% CI)", _ci(s, "mean_score"), _ci(s, "baseline_mean_score")))
     unit = s["length_unit"]
     rows.append((f"mean length ({unit})", _num(s.get("len_mean")), _num(s.get("baseline_len_mean"))))

@@ -14,7 +14,7 @@ from prefdata.errors import PrefdataError
 from prefdata.eval import EvalConfig, Sides, eval_judge, eval_run, finish
 from prefdata.stats import length_controlled_win_rate, wilson
 from prefdata.store import RunDir
-from tests.helpers import FaultServer, build_tiny_llama, make_pair_run
+from tests.helpers import FaultServer, build_tiny_llama, candidate_row, make_pair_run, prompt_row, write_inputs
 
 
 def _wilson_by_hand(p: float, n: int) -> tuple[float, float]:
@@ -55,7 +55,7 @@ def test_eval_with_verifier_real_sampling_column_baseline_and_resume(tmp_path, t
     assert s["lc_win_rate"] is not None and s["lc_win_rate"] < 0.5
     assert json.loads((run.path / "eval.json").read_text())["accuracy"] == 0.0
     md = (run.path / "eval.md").read_text()
-    assert "| accuracy (95% CI) | 0.000 [0.000, " in md and "| 1.000 [" in md
+    assert "| accuracy (95% CI) | 0.000 [0.000, " in md and "| 1.000 [" in md and "| mean score (95% CI) |" in md
     cands = run.read_candidates()
     assert cands.filter(pl.col("kind") == "sample").height == 7 + 7  # one answer per side and prompt
     # rerun: nothing sampled or judged again, the same report
@@ -111,6 +111,29 @@ def test_eval_pairwise_scripted_judge_hand_computed(tmp_path, monkeypatch):
         assert server.requests == [] and s2["win_rate"] == s["win_rate"]
     finally:
         server.close()
+
+
+def test_eval_verifier_with_scores_beyond_0_1_reports_mean_scores_for_both_sides(tmp_path):
+    """A 0/1/2 verifier: accuracy is decided for both sides together (none here), and mean scores are always shown."""
+    judge_py = tmp_path / "mod3.py"
+    judge_py.write_text("def score(messages, completion, reference):\n    return float(len(completion) % 3)\n")
+    # model: every answer scores 1 (all 0/1 alone); baseline: 2, 2, 0, 1, 1 -> mean 1.2, better than the model
+    pairs = [("a", "ab"), ("abcd", "xy"), ("q", "abc"), ("zzzz", "k"), ("m", "abcd")]
+    run = RunDir(tmp_path / "ev")
+    run.record_stage("generate", "m", {"note": "built by the test"})
+    prows = [prompt_row(f"Task number {i}", reference="ref") for i in range(len(pairs))]
+    crows = [candidate_row(p["prompt_id"], shash, 0, text, model=shash)
+             for p, (mt, bt) in zip(prows, pairs, strict=True) for shash, text in (("mhash", mt), ("bhash", bt))]
+    write_inputs(run, prows, crows)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Task number {i}"}) + "\n" for i in range(len(pairs))))
+    cfg = EvalConfig(model="m", baseline="b", prompts=str(prompts), judge=f"python:{judge_py}:score")
+    s = finish(run, cfg, Sides("mhash", "bhash", "model", "baseline"), eval_judge(run, cfg, progress=False))
+    assert s["judge_kind"] == "verifier" and s["scored"] == s["baseline_scored"] == 5
+    assert s.get("accuracy") is None and s.get("baseline_accuracy") is None
+    assert s["mean_score"] == pytest.approx(1.0) and s["baseline_mean_score"] == pytest.approx(1.2)
+    md = (run.path / "eval.md").read_text()
+    assert "accuracy" not in md and "| mean score (95% CI) | 1.000 [" in md and "| 1.200 [" in md
 
 
 def test_length_controlled_win_rate_when_length_alone_decides():
