@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import errno
 import importlib
+import signal
 import sys
 from typing import Any
 
@@ -96,7 +97,20 @@ _CLICK_ERRORS = _click_classes("ClickException")
 _EXITS = _click_classes("Exit")
 _ABORTS = _click_classes("Abort")
 _USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}  # the user's disk, not a bug
-_INTERRUPTED = "\ninterrupted: finished shards are kept; run the same command again to resume"
+_INTERRUPTED = "interrupted{by}: finished shards are kept; run the same command again to resume"
+
+
+def _interrupted() -> None:
+    """Ctrl-C, SIGTERM or SIGHUP: the stage's own cleanup has run; stop what is left of its children, say so
+    in one line and exit 128 + the signal (130, 143, 129)."""
+    from prefdata import interrupts
+
+    signum = interrupts.received()
+    interrupts.finished()
+    interrupts.reap_children()
+    by = f" by {signal.Signals(signum).name}" if signum else ""
+    print("\n" + _INTERRUPTED.format(by=by), file=sys.stderr)
+    sys.exit(interrupts.exit_code(signum))
 
 
 def _usage_error(cmd: Any, e: Any, argv: list[str]) -> None:
@@ -125,7 +139,19 @@ def _usage_error(cmd: Any, e: Any, argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prefdata import console
+    from prefdata import interrupts
+
+    interrupts.install()
+    try:
+        _main(argv)
+    except SystemExit as e:
+        if e.code not in (0, None) and interrupts.received() is None:
+            interrupts.reap_children()  # an error: nothing this run started may outlive it
+        raise
+
+
+def _main(argv: list[str] | None) -> None:
+    from prefdata import console, interrupts
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in argv:  # any verb: show the libraries' output live instead of in RUN/logs/
@@ -154,13 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.strerror}{where}; check the permissions and free space of that location", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, *_ABORTS):
-        print(_INTERRUPTED, file=sys.stderr)
-        sys.exit(130)
-    if console.last_log() is not None:
-        print(f"log: {console.last_log()} (vLLM, torch and transformers output; --verbose shows it live)", file=sys.stderr)
+        _interrupted()
+    except BaseException:
+        if not isinstance(sys.exc_info()[1], SystemExit):
+            interrupts.reap_children()  # a crash: its traceback follows, and no engine is left running
+        raise
     code = rv if isinstance(rv, int) else 0
     if code == 130:  # typer >= 0.29 turns Ctrl-C into an exit code of 130
-        print(_INTERRUPTED, file=sys.stderr)
+        _interrupted()
+    interrupts.finished()  # from here on the work is done: a late Ctrl-C or SIGTERM does not fail it
+    if console.last_log() is not None:
+        print(f"log: {console.last_log()} (vLLM, torch and transformers output; --verbose shows it live)", file=sys.stderr)
     sys.exit(code)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -73,12 +74,16 @@ def start_engine(
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1)
     if not _on_cpu():
         kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    from prefdata.interrupts import descendants
+
+    before = {p.pid for p in descendants()}
     try:
         llm = LLM(**kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PrefdataError(f"vLLM could not load model {model_path}: {first}") from e
     llm.prefdata_dtype = dtype
+    llm.prefdata_procs = [p for p in descendants() if p.pid not in before]  # EngineCore and its workers
     return llm
 
 
@@ -113,12 +118,24 @@ def shutdown_llm(llm: Any) -> None:
     """Stop an in-process engine (its worker processes and memory) instead of leaving it to interpreter exit."""
     if llm is None:
         return
+    from prefdata.interrupts import descendants, reap
+
+    procs = list(getattr(llm, "prefdata_procs", []))
+    for p in list(procs):  # workers started after the engine came up are its children too
+        procs += descendants(p.pid)
+    # a grace period long enough for the CPU worker to exit by itself (vLLM's default 5 s force-kills it); after
+    # Ctrl-C or SIGTERM a short one, then the kill: the EngineCore was seen ignoring its SIGTERM for 30 s
+    interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+    grace = 5.0 if interrupted else 30.0
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None and hasattr(core, "shutdown"):
-        try:  # a grace period long enough for the CPU worker to exit by itself (vLLM's default 5 s force-kills it)
-            core.shutdown(timeout=30)
+        try:
+            core.shutdown(timeout=grace)
         except TypeError:  # older vLLM: no timeout argument
             core.shutdown()
+        except Exception:  # noqa: BLE001 - a broken engine is still stopped below
+            pass
+    reap(procs, grace_s=5.0)  # whatever vLLM's own shutdown left (a worker whose EngineCore was killed)
     gc.collect()
 
 
