@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -74,7 +75,8 @@ _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Light type checking for YAML values (ints given for floats, a string given for a list)."""
+    """Light type checking for YAML values (ints given for floats, a string given for a list); a float must be
+    finite (NaN compares false with every bound, so a range check alone lets it through)."""
     if hint is None or value is None:
         return value
     origin = typing.get_origin(hint)
@@ -85,11 +87,16 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
             return _coerce(name, value, non_none[0])
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value) if abs(value) < 2**1024 else math.inf
     if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-        return float(value)  # YAML 1.1 reads `5e-7` (no dot) as a string; it is the float everyone means
+        value = float(value)  # YAML 1.1 reads `5e-7` (no dot) as a string; it is the float everyone means
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        # every float option passes here (flags, YAML, --set): `--min-margin nan` used to pass every range check
+        raise PrefdataError(f"{name} must be a finite number, got {value}")
     if hint is int and isinstance(value, float) and value.is_integer():
         return int(value)
+    if origin is list and args == (float,):
+        return [_coerce(name, v, float) for v in (value if isinstance(value, list) else [value])]
     if origin is list and isinstance(value, str | int | float):
         return [value]
     if origin is tuple and isinstance(value, list):

@@ -225,3 +225,37 @@ def test_exponent_floats_without_a_dot_are_floats_in_yaml_and_set(tmp_path):
     cfg = IterateConfig(train={"learning_rate": "5e-06"})
     cfg.check_stages()
     assert cfg.train["learning_rate"] == 5e-06
+
+
+def test_nan_and_infinities_are_refused_in_every_float_option(tmp_path, capsys):
+    """`export --min-margin nan` passed (NaN fails no `<` check) and meant 0. Every float field of every verb,
+    from a flag, a YAML file or `--set`, must be finite."""
+    from prefdata.config import stage_fields
+    from prefdata.errors import PrefdataError
+    from prefdata.generate import GenerateConfig
+
+    checked = 0
+    for config in CONFIGS.values():
+        cls = load_class(config)
+        hints = typing.get_type_hints(cls)
+        for f in cli_fields(cls):
+            floats = {float, float | None, list[float], list[float] | None}
+            if hints[f.name] not in floats:
+                continue
+            for bad in (float("nan"), float("inf"), -float("inf"), 10**400):
+                with pytest.raises(PrefdataError, match="finite"):
+                    build_config(cls, **{f.name: [bad] if "list" in str(hints[f.name]) else bad})
+            checked += 1
+    assert checked > 20  # min_margin, temperature, learning_rate, mrpo_weights, ...
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("min_margin: .nan\n")
+    with pytest.raises(PrefdataError, match="min_margin must be a finite number"):
+        build_config(load_class(CONFIGS["export"]), cfg)
+    for value in (".inf", "1e999", "-.Inf"):
+        with pytest.raises(PrefdataError, match="temperature must be a finite number"):
+            stage_fields(GenerateConfig, {"temperature": yaml.safe_load(value)}, "--set generate")
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--run", str(tmp_path / "r"), "--min-margin", "nan", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and "finite" in err
+    assert not (tmp_path / "o").exists()
