@@ -305,7 +305,9 @@ def summarize(run: RunDir, cfg: EvalConfig, sides: Sides, rank_summary: Mapping[
         out.update(win_rate=wr, win_rate_low=lo, win_rate_high=hi)
         diffs = [length(answer["model"][p]) - length(answer["baseline"][p]) for p in outcomes]
         fit = length_controlled_win_rate(list(outcomes.values()), diffs)
-        if fit is not None:
+        if fit is not None and not fit.exists:  # all wins or all losses: no finite fit, say so rather than print [0, 1]
+            out["lc_no_fit"] = f"no finite fit: the model {'won' if fit.lc_win_rate > 0.5 else 'lost'} every prompt"
+        elif fit is not None:
             out.update(lc_win_rate=fit.lc_win_rate, lc_win_rate_low=fit.low, lc_win_rate_high=fit.high,
                        lc_length_slope=fit.slope, lc_length_scale=fit.scale)
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
@@ -376,7 +378,8 @@ def table_rows(s: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows.append((f"mean length ({unit})", _num(s.get("len_mean")), _num(s.get("baseline_len_mean"))))
     how = "both orders, ties ½" if s["judge_kind"] == "pairwise" else "by score, ties ½"
     rows.append((f"win rate vs baseline ({how})", _ci(s, "win_rate"), ""))
-    rows.append(("length-controlled win rate", _ci(s, "lc_win_rate"), ""))
+    lc = f"{s['lc_no_fit']}; raw win rate {_ci(s, 'win_rate')}" if s.get("lc_no_fit") else _ci(s, "lc_win_rate")
+    rows.append(("length-controlled win rate", lc, ""))
     rows.append(("wins / ties / losses", f"{s.get('wins', 0)} / {s.get('ties', 0)} / {s.get('losses', 0)}", ""))
     return rows
 
@@ -400,7 +403,7 @@ def markdown(s: dict[str, Any]) -> list[str]:
     if notes:
         lines += [""] + notes
     lines += ["", "Intervals: Wilson 95% over prompts. Length-controlled win rate: logistic regression of the outcome "
-              "on tanh(length difference / its sd), predicted at zero difference (see README)."]
+              "on tanh(length difference / its sd), predicted at zero difference; not comparable with AlpacaEval's (see README)."]
     return lines
 
 

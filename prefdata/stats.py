@@ -1,14 +1,25 @@
 """Small statistics for `prefdata eval`: Wilson intervals, and the length-controlled win rate.
 
-Length-controlled win rate (as in length-controlled AlpacaEval, reduced to one model pair): for every prompt
-the outcome y (1 = the model won, 0 = the baseline won, 0.5 = tie) is fitted by a logistic regression on the
-length difference, logit P(win) = θ0 + θ1·tanh(Δ/σ), where Δ = len(model) − len(baseline) and σ is the
+Length-controlled win rate (the idea of length-controlled AlpacaEval, reduced to one model pair): for every
+prompt the outcome y (1 = the model won, 0 = the baseline won, 0.5 = tie) is fitted by a logistic regression
+on the length difference, logit P(win) = θ0 + θ1·tanh(Δ/σ), where Δ = len(model) − len(baseline) and σ is the
 standard deviation of Δ over the prompts (tanh keeps a few very long answers from dominating). The fit
 minimises the binary cross-entropy (fractional targets for ties) plus a small ridge penalty on θ1, so it
 stays finite when length alone separates the outcomes; it is solved by Newton's method. The reported LC win
 rate is the prediction at zero length difference, sigmoid(θ0): the win rate the model would have if its
 answers were as long as the baseline's. Its 95% interval comes from the (penalised) Hessian's variance of θ0,
 mapped through the sigmoid.
+
+When the model wins every prompt (or loses every one) θ0 has no finite fit: the likelihood keeps rising as
+θ0 → ±∞, and a Newton iterate's "interval" is an artefact (it used to come out as [0, 1]). Then the fit is
+reported as absent (`LCFit.exists` False), with the raw win rate and its Wilson interval in its place.
+
+Not AlpacaEval's numbers. AlpacaEval 2.0's length-controlled GLM differs in four ways, so the two are not
+comparable: it measures length in characters (here tokens where the run has token counts, else characters);
+it has an instruction-difficulty term per prompt, fitted across many models (here there is one model pair,
+so there is none); it fits with cross-validated L1 regularisation (here a fixed ridge of 0.1 on θ1); and it
+reports the mean of its predictions over the instructions with the length term set to zero (here
+sigmoid(θ0), the prediction at zero length difference).
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ class LCFit:
     slope: float
     scale: float
     n: int
+    exists: bool = True  # False: no finite fit (every outcome a win, or every one a loss); the raw rate is given
 
 
 def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
@@ -59,12 +71,19 @@ def _sigmoid(x: np.ndarray | float) -> np.ndarray | float:
 
 
 def length_controlled_win_rate(outcomes: list[float], length_diffs: list[float], ridge: float = 0.1) -> LCFit | None:
-    """Fit logit P(win) = θ0 + θ1·tanh(Δ/σ) and return sigmoid(θ0) (see the module docstring); None if no data."""
+    """Fit logit P(win) = θ0 + θ1·tanh(Δ/σ) and return sigmoid(θ0) (see the module docstring); None if no data.
+
+    With all wins or all losses there is no finite fit: the result has `exists` False and carries the raw win
+    rate and its Wilson interval, which the caller must label as raw."""
     y = np.asarray(outcomes, dtype=np.float64)
     d = np.asarray(length_diffs, dtype=np.float64)
     n = y.size
     if n == 0:
         return None
+    if bool(np.all(y == 1.0)) or bool(np.all(y == 0.0)):  # separated by the intercept alone: no finite θ0
+        raw = float(y.mean())
+        low, high = wilson(raw, n)
+        return LCFit(raw, low, high, math.copysign(math.inf, raw - 0.5), 0.0, math.nan, n, exists=False)
     sd = float(np.std(d)) if n > 1 else 0.0
     scale = sd if sd > 0 else 1.0
     x = np.tanh(d / scale)

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from prefdata.errors import PrefdataError
-from prefdata.eval import EvalConfig, Sides, eval_judge, eval_run, finish
+from prefdata.eval import EvalConfig, Sides, eval_judge, eval_run, finish, table_rows
 from prefdata.stats import length_controlled_win_rate, wilson
 from prefdata.store import RunDir
 from tests.helpers import FaultServer, build_tiny_llama, candidate_row, make_pair_run, prompt_row, write_inputs
@@ -52,9 +52,11 @@ def test_eval_with_verifier_real_sampling_column_baseline_and_resume(tmp_path, t
     assert s["accuracy"] == 0.0 and (s["accuracy_low"], s["accuracy_high"]) == pytest.approx(_wilson_by_hand(0.0, 6))
     assert s["compared"] == 6 and s["win_rate"] == 0.0 and s["losses"] == 6
     assert s["length_unit"] == "tokens" and s["len_mean"] <= 6 and s["baseline_len_mean"] > 0
-    assert s["lc_win_rate"] is not None and s["lc_win_rate"] < 0.5
+    # lost every prompt: the LC fit does not exist, and the report says so next to the raw rate (not [0, 1])
+    assert s.get("lc_win_rate") is None and s["lc_no_fit"] == "no finite fit: the model lost every prompt"
     assert json.loads((run.path / "eval.json").read_text())["accuracy"] == 0.0
     md = (run.path / "eval.md").read_text()
+    assert "| no finite fit: the model lost every prompt; raw win rate 0.000 [0.000, " in md
     assert "| accuracy (95% CI) | 0.000 [0.000, " in md and "| 1.000 [" in md and "| mean score (95% CI) |" in md
     cands = run.read_candidates()
     assert cands.filter(pl.col("kind") == "sample").height == 7 + 7  # one answer per side and prompt
@@ -152,6 +154,24 @@ def test_length_controlled_win_rate_when_length_alone_decides():
     # no length variation: the intercept alone, the raw win rate
     fit3 = length_controlled_win_rate([1.0, 0.5, 0.5, 1.0], [3.0, 3.0, 3.0, 3.0])
     assert fit3.lc_win_rate == pytest.approx(0.75, abs=1e-6)
+
+
+def test_length_controlled_win_rate_without_a_finite_fit_says_so():
+    """All wins (or all losses): θ0 has no finite fit. The old Newton iterate reported an interval of about
+    [0, 1]; now the fit is marked absent and carries the raw rate with its Wilson interval."""
+    d = [5.0, -3.0, 12.0, 0.0, 7.0, -1.0, 2.0, 9.0]
+    for y, raw in (([1.0] * 8, 1.0), ([0.0] * 8, 0.0)):
+        fit = length_controlled_win_rate(y, d)
+        assert fit is not None and fit.exists is False
+        assert fit.lc_win_rate == raw and (fit.low, fit.high) == pytest.approx(wilson(raw, 8))
+        assert fit.high - fit.low < 0.5  # a real interval, not [0, 1]
+    # one tie among the wins: the fit exists and its interval stays inside (0, 1)
+    fit = length_controlled_win_rate([1.0] * 7 + [0.5], d)
+    assert fit.exists and 0.5 < fit.lc_win_rate < 1.0 and fit.low > 0.01 and fit.high < 1.0
+    row = dict((a, b) for a, b, _ in table_rows({"judge_kind": "pairwise", "length_unit": "tokens", "win_rate": 1.0,
+                                                  "win_rate_low": 0.676, "win_rate_high": 1.0,
+                                                  "lc_no_fit": "no finite fit: the model won every prompt"}))
+    assert row["length-controlled win rate"] == "no finite fit: the model won every prompt; raw win rate 1.000 [0.676, 1.000]"
 
 
 def test_cli_eval_prints_table_and_one_error_line(tmp_path, tiny_llama_dir, arith_file, capsys):
