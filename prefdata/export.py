@@ -10,6 +10,7 @@ and appended to the data files, so its memory follows the group size, not the ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import shutil
@@ -23,7 +24,7 @@ import polars as pl
 from prefdata.card import build_card, plot_lengths
 from prefdata.console import progress, terminal
 from prefdata.errors import PrefdataError
-from prefdata.export_folder import check_out, clean_stale, swap_into_place, temp_folder, write_manifest
+from prefdata.export_folder import check_out, clean_stale, export_lock, swap_into_place, temp_folder, write_manifest
 from prefdata.export_tables import CAND_FIELDS, GroupInput, build_group, merge_events
 from prefdata.options import opt
 from prefdata.pairs import DROP_REASONS, NEEDS_FULL_ORDER, PAIR_STRATEGIES
@@ -153,14 +154,21 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     try:
         check_writable(run.path, "--run")  # run.json records the export
         check_writable(out.parent, "--out")
-        clean_stale(out.parent)
-        check_out(out, cfg.overwrite)
     except PrefdataError as e:
         setup_error = e
     made_parent = not out.parent.exists()
     tmp = temp_folder(out)
     writer: _DataWriter | None = None
+    out_lock = contextlib.ExitStack()
     try:
+        if setup_error is None:
+            # before check_out, held to the swap: a second export to this --out stops here at once
+            out_lock.enter_context(export_lock(out))
+            try:
+                clean_stale(out.parent)
+                check_out(out, cfg.overwrite)
+            except PrefdataError as e:
+                setup_error = e
         writer = _DataWriter(None if setup_error else tmp, cfg)
         events: dict[str, tuple[int, tuple[int, int]]] = {}
         n_considered = n_rows = n_multi = 0
@@ -258,6 +266,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
             writer.bg.close()  # no write still running into the folder removed below
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        out_lock.close()
         if made_parent and out.parent.is_dir() and not any(out.parent.iterdir()):
             out.parent.rmdir()
 

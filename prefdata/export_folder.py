@@ -11,12 +11,15 @@ leaves them behind), and puts back an old export whose replacement never arrived
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from prefdata import __version__
@@ -71,6 +74,54 @@ def check_out(out: Path, overwrite: bool) -> None:
             f"--out {out} holds {len(extra)} file(s) prefdata did not write (e.g. {extra[0]}); refusing to overwrite "
             "it: move them out, or choose another --out"
         )
+
+
+@contextlib.contextmanager
+def export_lock(out: Path) -> Iterator[None]:
+    """One export per --out at a time, held from `check_out` to the swap: two exports to one folder both passed
+    `check_out` and the later silently replaced the earlier. The second stops at once with one line.
+
+    The lock file (`.lock-export-NAME` beside `out`) is a flock, so a kill -9 frees it; the holder removes the
+    file on release, and a process that locked a file removed meanwhile locks the new one instead. Folders
+    made here for the lock file are removed again when left empty."""
+    parent = out.parent
+    missing = [p for p in (parent, *parent.parents) if not p.exists()]  # innermost first
+    parent.mkdir(parents=True, exist_ok=True)
+    path = parent / f".lock-export-{out.name}"
+    fd = -1
+    try:
+        while fd < 0:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                pid = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                fd = -1
+                who, stop = (f"pid {pid}", f"kill {pid}") if pid.isdigit() else ("see `ps`", "stop it")
+                raise PrefdataError(
+                    f"another `prefdata export` ({who}) is writing --out {out}; wait for it to finish, or stop it "
+                    f"({stop}) and export again, or choose another --out"
+                ) from None
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if not same:  # its holder removed the file between our open and our lock
+                os.close(fd)
+                fd = -1
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        if fd >= 0:
+            path.unlink(missing_ok=True)  # while still holding it: nobody else can hold this file now
+            os.close(fd)
+        for p in missing:
+            try:
+                p.rmdir()
+            except OSError:
+                break
 
 
 def swap_into_place(tmp: Path, out: Path) -> None:
@@ -138,3 +189,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def manifest_files(folder: Path) -> list[str] | None:
+    """The files the export's manifest lists (relative posix paths), or None when `folder` has no readable one."""
+    return _manifest_files(folder)
+
+
+def refuse_export_folder(folder: Path) -> None:
+    """Refuse to write a run (or a training output) in an export folder or below one.
+
+    An export holds exactly the files its manifest lists, and `push` uploads exactly those: run.json, shards or
+    logs written in there would corrupt the dataset, so every stage that writes a run stops here first."""
+    here = folder.absolute()
+    for p in (here, *here.parents):
+        if (p / MANIFEST).is_file():
+            where = "is an export folder" if p == here else f"is inside the export folder {p}"
+            raise PrefdataError(f"{folder} {where} (it holds {MANIFEST}), not a run directory; choose another folder")

@@ -101,3 +101,44 @@ def test_console_script_error_line(tmp_path):
     p = subprocess.run([str(exe), "export", "--run", str(run.path)], capture_output=True, text=True,
                        env=dict(os.environ), timeout=120)  # fmt: skip
     _one_line_error(p.returncode, p.stderr, "has no rankings yet")
+
+
+_HOLD_EXPORT = """import sys, time
+from pathlib import Path
+from prefdata.export_folder import export_lock
+with export_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_export_to_one_out_stops_at_once_and_the_first_is_kept(tmp_path, capsys):
+    """Two exports to one --out both exited 0 and the later replaced the earlier: `check_out` ran before any lock.
+    Now the export holds a lock on --out from before `check_out` to the swap; a second one stops with one line."""
+    run = make_ranked_run(tmp_path / "run", [("q", four()), ("q2", four("x "))])
+    out = tmp_path / "sub" / "out"
+    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--pairs", "all")[0] == 0
+    first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_EXPORT, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        code, _, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")
+        _one_line_error(code, err, f"another `prefdata export` (pid {holder.pid}) is writing --out {out}")
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
+        assert sorted(p.name for p in out.parent.iterdir()) == [".lock-export-out", "out"]  # no temp folder
+        assert "export" in run.read_meta()["stages"] and len(run.read_meta()["stages"]["export"]) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock died with its process: the next export works and leaves no lock file
+    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")[0] == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+    # a fresh --out in folders that do not exist yet: made, used, and the lock file removed
+    deep = tmp_path / "a" / "b" / "out"
+    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(deep))[0] == 0
+    assert sorted(p.name for p in deep.parent.iterdir()) == ["out"]
+    # an export that fails leaves neither the lock file nor the folders made for it
+    tied = make_ranked_run(tmp_path / "tied", [("q", [cand("a", 1), cand("b", 1)])])
+    code, _, err = _cli(capsys, "export", "--run", str(tied.path), "--out", str(tmp_path / "c" / "d" / "out"))
+    _one_line_error(code, err, "nothing to export")
+    assert not (tmp_path / "c").exists()
