@@ -371,6 +371,13 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
 
     live = {"t": time.time(), "tokens": 0.0, "shown": 0.0}  # the shard in flight: its start, tokens so far
 
+    def on_tick(in_flight: int, decoded: int) -> None:
+        """While no request has finished yet: what the engine is doing, so the bar moves during decoding."""
+        el = stats["sample_s"] + time.time() - live["t"]
+        live["shown"] = time.time()
+        bar.set_postfix_str(f"{in_flight} requests in flight, ~{decoded} tokens decoded, "
+                            f"~{(stats['tokens'] + decoded) / el if el else 0:.0f} tok/s, skipped {stats['skipped']:.0f}")
+
     def on_done(completions: int, tokens: int) -> None:
         """A request finished while the rest of the shard still runs: move the bar and refresh tokens/s."""
         bar.update(completions)
@@ -398,7 +405,8 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
             if keep:
                 t_batch = live["t"] = time.time()
                 live["tokens"] = 0.0
-                outs = sampler.sample([r["messages"] for r in keep], plan, on_done=on_done if progress else None)
+                ticks = {"on_tick": on_tick} if progress and getattr(sampler, "name", "") == "vllm" else {}
+                outs = sampler.sample([r["messages"] for r in keep], plan, on_done=on_done if progress else None, **ticks)
                 stats["sample_s"] += time.time() - t_batch
                 for r, per_prompt_out in zip(keep, outs, strict=True):
                     if per_prompt_out is None:

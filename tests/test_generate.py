@@ -207,3 +207,21 @@ def test_resume_after_sigkill(tmp_path, vllm_server):
     # No temp files left visible to readers, and earlier shards were kept as they were.
     kept = after.filter(pl.col("prompt_id").is_in(before["prompt_id"].implode()))
     assert kept.sort("candidate_id")["text"].to_list() == before.sort("candidate_id")["text"].to_list()
+
+
+def test_vllm_sampler_reports_progress_while_decoding(vllm_llm, tiny_llama_dir):
+    """Issue 19 §2: with every request of a batch in flight, none finishes until near the end, so the bar sat at 0%.
+    `on_tick` reports requests in flight and tokens decoded while the engine steps."""
+    from prefdata.samplers import SampleSpec
+    from prefdata.samplers.vllm_local import VLLMSampler
+
+    sampler = VLLMSampler(vllm_llm, GenerateConfig(model=str(tiny_llama_dir), max_tokens=48))
+    sampler.tick_s = 0.0  # every step (a real run: every second)
+    ticks: list[tuple[int, int]] = []
+    convs = [[{"role": "user", "content": p}] for p in PROMPTS[:4]]
+    out = sampler.sample(convs, [SampleSpec("sample", 3, 0.8)], on_tick=lambda f, d: ticks.append((f, d)))
+    actual = sum(c.n_tokens for per_prompt in out for comps in per_prompt for c in comps)
+    assert ticks[0][0] == 4 and 0 < ticks[0][1] < actual  # all in flight, some tokens decoded, none finished
+    decoded = [d for _, d in ticks]
+    assert decoded == sorted(decoded) and len(set(decoded)) > 10  # it moves, step after step
+    assert abs(decoded[-1] - actual) <= 0.1 * actual  # the estimate ends at the real count

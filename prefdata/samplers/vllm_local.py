@@ -5,6 +5,7 @@ The engine itself (start, stop, LoRA) lives in `backends/vllm_engine.py`; this i
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from prefdata.samplers import Completion, SampleSpec, normalize_finish
 
 class VLLMSampler:
     name = "vllm"
+    tick_s = 1.0  # seconds between `on_tick` reports
 
     def __init__(self, llm: Any, cfg: Any):
         self.llm = llm
@@ -45,11 +47,15 @@ class VLLMSampler:
         )
 
     def sample(self, conversations: list[list[dict[str, str]]], plan: list[SampleSpec],
-               on_done: Callable[[int, int], None] | None = None) -> list[list[list[Completion]]]:
+               on_done: Callable[[int, int], None] | None = None,
+               on_tick: Callable[[int, int], None] | None = None) -> list[list[list[Completion]]]:
         """Returns out[prompt][plan entry] = completions. All kinds go to the engine at once.
 
         The requests are queued, then the engine is stepped here (as `LLM.chat` does inside), so that each
-        finished request reports `on_done(completions, tokens)` while the rest of the batch is still running.
+        finished request reports `on_done(completions, tokens)` while the rest of the batch is still running,
+        and `on_tick(requests in flight, tokens decoded so far)` about every second: with the whole batch in flight
+        no request finishes until near the end, and the bar would sit at 0% while the engine works.
+        The token count is an estimate: each engine step decodes one token per unfinished sequence.
         """
         convs, params = [], []
         for spec in plan:
@@ -63,12 +69,21 @@ class VLLMSampler:
             order[rid] = order[rid.split("-", 1)[0]] = k
         outs: list[Any] = [None] * len(ids)
         engine = self.llm.llm_engine
+        running = sum(p.n for p in params)  # sequences still decoding
+        in_flight, decoded, shown = len(ids), 0, time.monotonic()
         while engine.has_unfinished_requests():
+            step_seqs = running
             for ro in engine.step():
                 if ro.finished and ro.request_id in order:
                     outs[order[ro.request_id]] = ro
+                    running -= len(ro.outputs)
+                    in_flight -= 1
                     if on_done is not None:
                         on_done(len(ro.outputs), sum(len(o.token_ids) for o in ro.outputs))
+            decoded += step_seqs
+            if on_tick is not None and time.monotonic() - shown >= self.tick_s:
+                shown = time.monotonic()
+                on_tick(in_flight, decoded)
         if any(ro is None for ro in outs):
             raise PrefdataError("vLLM finished without returning every request; rerun the same command to resume")
         result: list[list[list[Completion]]] = [[[] for _ in plan] for _ in conversations]
