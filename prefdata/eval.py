@@ -44,8 +44,8 @@ class EvalConfig:
     baseline: str | None = opt(None, "Baseline model (folder, hub name, `demo`) or a column of the prompt file with the "
                                "baseline's answers.")
     prompts: str | None = opt(None, "Held-out prompt file or bundled set name (e.g. arithmetic-eval).")
-    judge: str | None = opt(None, "verify:number | verify:exact | python:FILE.py:FUNCTION | a reward-model folder | a judge "
-                            "template.")
+    judge: str | None = opt(None, "verify:number | verify:math | verify:exact | python:FILE.py:FUNCTION | a reward-model folder | "
+                            "a judge template.")
     reference_field: str | None = opt(None, "Column with the reference answer (verifier judges need it).")
     prompt_field: str | None = opt(None, "Column holding the prompt; none: auto-detect.")
     limit: int | None = opt(None, "Only the first K prompts.")

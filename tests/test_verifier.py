@@ -137,6 +137,7 @@ NUMBER_CASES = [
     ("3.50", "3.5", 1.0),
     ("3.5", "35", 0.0),
     ("10-3", "3", 0.0),  # the question echoed is not an answer
+    ("37 + 64", "101", 0.0),  # nor here, where verify:math scores it right (why the arithmetic demo uses verify:number)
     ("What is 3 + 4?", "4", 0.0),
     # percentages: equal to the number and to its hundredth
     ("The answer is 25%.", "25", 1.0),
@@ -197,6 +198,7 @@ MATH_CASES = [
     (r"\boxed{x^2 + 2x}", "(x+1)^2", 0.0),
     ("The answer is 3 or 4.", "3", 0.0),
     ("I do not know.", "7", 0.0),
+    ("37 + 64", "101", 1.0),  # math-verify evaluates an echoed question (docs/verifiers.md)
 ]
 
 
