@@ -217,7 +217,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
     from prefdata import iterate_eval as ie
     from prefdata.backends.vllm_engine import build_llm, shutdown_llm, start_engine
     from prefdata.export import export_run
-    from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo
+    from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo, sampler_dtype
     from prefdata.judges.verifier import is_verifier
     from prefdata.models import resolve_model
     from prefdata.rank import rank_run
@@ -268,7 +268,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
             t0 = time.time()
             gen_fields = cfg.stage("generate")
             gen_cfg_probe = GenerateConfig(model=policy_path, **gen_fields)
-            log(f"round {t}: policy {model_label(gen_cfg_probe)}")
+            log(f"round {t}: policy {model_label(gen_cfg_probe)} ({sampler_dtype(gen_cfg_probe) or gen_cfg_probe.backend})")
             policy_llm = None
             try:
                 # -- prompts (optionally written by the policy) and sampling
@@ -324,7 +324,10 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
             if t >= 1:
                 ie.judge(workdir, cfg, t - 1, start_path, judge_llm, eval_judge_model, progress, log)
             # -- export best vs worst
-            ecfg = cfg.stage_config("export", out=str(run.exports_dir("pairs")), name="pairs", overwrite=True)
+            # this round's judge by name: a resumed round under a changed judge (a new verifier version) leaves the
+            # old judge's rankings beside the new ones
+            ecfg = cfg.stage_config("export", out=str(run.exports_dir("pairs")), name="pairs", overwrite=True,
+                                    judge_hash=rs["judge_hash"])
             es = export_run(run, ecfg)
             log(f"round {t}: export: {es.lines()[0]}")
             # -- train from the policy, with the policy as the reference (AIPO)

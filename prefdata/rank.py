@@ -69,6 +69,7 @@ from prefdata.ranking import (
     rank_by_scores,
 )
 from prefdata.records import KIND_ORDER, RANKING_SCHEMA, stable_hash
+from prefdata.sampler_choice import ALL, choose_sampler
 from prefdata.store import RunDir
 from prefdata.summary import RecordSummary
 
@@ -107,6 +108,8 @@ class RankConfig:
     tie_band: float = opt(0.05, "Logprob mode: |P(first) - 0.5| <= band is a tie.")
     min_margin: float = opt(0.0, "Scores: candidates within this score difference tie.")
     kinds: list[str] = opt([], "Rank only candidates of this kind (repeatable); none: all.", flag=("--kind", "--kinds"))
+    sampler: str | None = opt(None, "Rank only this sampler's candidates (its hash; a unique prefix will do); needed when "
+                              "the run holds several samplers. `all`: rank them together (pairs may mix samplers).")
     concurrency: int = opt(8, "OpenAI: requests in flight.")
     max_retries: int = opt(4, "OpenAI: retries per call (connection errors, 5xx, 429, garbage replies).")
     backoff_s: float = opt(0.5, "OpenAI: first retry delay in seconds, doubled each time.")
@@ -145,6 +148,7 @@ class RankConfig:
                             ("max_model_len", self.max_model_len)):
             check_range(flag, value, 1)
         check_range("--max-retries", self.max_retries, 0)
+        check_range("--unreachable-after", self.unreachable_after, 1)  # 0 or -1 once meant 1, silently
         check_range("--rpm", self.requests_per_minute, 0, lo_open=True)
         check_range("timeout_s", self.timeout_s, 0, lo_open=True)
         check_range("backoff_s", self.backoff_s, 0)
@@ -191,7 +195,7 @@ class _Groups:
     reads one group's prompts and candidate texts (a lazy scan of the shards that hold them, filtered by id).
     """
 
-    def __init__(self, run: RunDir, kinds: list[str], size: int):
+    def __init__(self, run: RunDir, kinds: list[str], size: int, sampler: str | None = None):
         self.run, self.size = run, size
         if not run.prompts_file.is_file():
             run.read_prompts()  # raises the one-line error
@@ -206,7 +210,7 @@ class _Groups:
         missing_cols = need - run.candidate_column_names()
         if missing_cols:
             raise PrefdataError(f"candidates in {run.path} lack column(s) {', '.join(sorted(missing_cols))}")
-        scan = run.scan_candidate_shards(["prompt_id", "candidate_id", "kind", "index"])
+        scan = run.scan_candidate_shards(["prompt_id", "candidate_id", "kind", "index", "sampler_hash"])
         assert scan is not None
         cands = scan.collect()
         run.check_candidate_texts(cands)
@@ -217,6 +221,15 @@ class _Groups:
             cands = cands.filter(pl.col("kind").is_in(kinds))
             if cands.height == 0:
                 raise PrefdataError(f"no candidates of kind {', '.join(kinds)} in {run.path}")
+        # one sampler at a time (prefdata.sampler_choice): `sampler` is set only when the run holds several, and
+        # then enters the judge hash, so each sampler's rankings are kept apart
+        samplers = sorted(cands["sampler_hash"].drop_nulls().unique().to_list())
+        chosen = choose_sampler(samplers, sampler, run.read_meta(), str(run.path), "rank")
+        self.sampler = chosen if len(samplers) > 1 else None
+        self.samplers = [chosen] if chosen else samplers
+        if self.sampler is not None:
+            cands = cands.filter(pl.col("sampler_hash") == self.sampler)
+        cands = cands.drop("sampler_hash")
         with_cands = cands.select("prompt_id").unique()
         orphans = with_cands.join(prompts.select("prompt_id"), on="prompt_id", how="anti")["prompt_id"]
         if orphans.len():
@@ -312,7 +325,7 @@ class _Groups:
 def prompts_with_candidates(run: RunDir, kinds: list[str]) -> list[_Prompt]:
     """Every prompt with its candidates in a fixed order (kind, index, id); join and counts checked. Holds the whole
     run in memory: `rank` itself reads it group by group."""
-    groups = _Groups(run, kinds, sys.maxsize)
+    groups = _Groups(run, kinds, sys.maxsize, sampler=ALL)
     return [p for g in range(groups.n_groups) for p in groups.load(g)]
 
 
@@ -442,7 +455,7 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
 
 
 def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | PointwiseJudge | None) -> RankSummary:
-    groups = _Groups(run, cfg.kinds, cfg.group_size)
+    groups = _Groups(run, cfg.kinds, cfg.group_size, cfg.sampler)
     if judge is None:
         judge = build_judge(cfg, llm, n_items=groups.n_candidates)
     pointwise = isinstance(judge, PointwiseJudge) and not isinstance(judge, PairJudge)
@@ -453,6 +466,8 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
             else f"a reward-model judge ranks by score; use --strategy scores, not {strategy}"
         )
     identity = judge_identity(cfg, judge, strategy)
+    if groups.sampler is not None:  # one of several samplers: its own judge hash (a one-sampler run's is unchanged)
+        identity["sampler"] = groups.sampler
     jh = stable_hash(identity)
     t0 = time.monotonic()
     cols = (["prompt_id", "a_id", "verdict", "score", "n_tokens", "truncated", "created", "content_key"] if pointwise
@@ -475,6 +490,7 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
     elapsed = time.monotonic() - t0
     summary = _summarize(out, stats, jh, strategy, elapsed)
     summary["prompts_without_candidates"] = groups.n_prompts_file - groups.n_prompts
+    summary["dtype"] = judge_dtype(judge)  # an in-process judge's compute dtype (None: a server or a verifier)
     if getattr(judge, "needs_reference", False):
         summary["prompts_without_reference"] = groups.without_reference
     template = getattr(judge, "template", None)
@@ -485,6 +501,7 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
         "template": getattr(template, "name", None),
         "template_sha256": getattr(template, "sha256", None),
         "rm_backend": getattr(judge, "backend", None),  # which engine scored (auto picks by size)
+        "samplers": groups.samplers,  # whose candidates were ranked (export picks rankings by it)
         "dtype": judge_dtype(judge),
         "counts": summary,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -832,10 +849,14 @@ class RankSummary(RecordSummary):
     def lines(self) -> list[str]:
         s = self.record
         cons = "n/a" if s["consistency"] is None else f"{s['consistency']:.1%}"
+        # two counts, both named: what has no result (a pair, or a candidate's score) and the judge calls that failed
+        unit = "candidates without a score" if s["strategy"] == "scores" else "pairs without a verdict"
+        failed = f"{s['failures']} {unit} ({s.get('failed_calls', 0)} failed judge calls)"
         out = [
-            f"ranked {s['prompts']} prompts ({s['candidates']} candidates) with {s['strategy']}, judge {s['judge_hash']}: "
+            f"ranked {s['prompts']} prompts ({s['candidates']} candidates) with {s['strategy']}, judge {s['judge_hash']}"
+            f"{' in ' + s['dtype'] if s.get('dtype') else ''}: "
             f"{s['comparisons']} comparisons ({s['judge_calls_new']} new, {s['comparisons_per_prompt']:.1f}/prompt), "
-            f"{s['ties']} ties, {s['failures']} failures, {s['inconsistent']} inconsistent (consistency {cons}); "
+            f"{s['ties']} ties, {failed}, {s['inconsistent']} inconsistent (consistency {cons}); "
             f"{s['with_best_and_worst']} prompts with best and worst, {s['without_preference']} without; "
             f"{s['elapsed_s']:.1f}s"
         ]
@@ -851,7 +872,8 @@ class RankSummary(RecordSummary):
             out.append(f"{s['too_long']} judge prompts do not fit the judge's context (too_long); their prompts are left "
                        "out of exports: use a judge with a longer context (--max-model-len for the in-process judge)")
         if self.calls_to_retry > 0:
-            out.append(f"{self.calls_to_retry} judge calls failed: the rankings of {s['prompts_not_final']} prompts are "
+            other = " other" if s.get("too_long") else ""  # the summary's failed calls count the too_long ones too
+            out.append(f"{self.calls_to_retry}{other} judge calls failed: the rankings of {s['prompts_not_final']} prompts are "
                        f"not final and exports skip them; run the same command again to retry those calls: {rerun}")
         return out
 

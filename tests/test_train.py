@@ -12,8 +12,8 @@ import torch
 
 from prefdata.cli import main
 from prefdata.errors import PrefdataError
-from prefdata.train.data import PairCollator, load_pairs, tokenize_pair, tokenize_pairs
 from prefdata.hardware import cpu_has_native_bf16
+from prefdata.train.data import PairCollator, load_pairs, tokenize_pair, tokenize_pairs
 from tests.helpers import FAST, build_tiny_llama, four, hold_stage_lock, make_ranked_run, pair_rows, write_jsonl
 
 
