@@ -103,6 +103,9 @@ def captured(stage: str) -> Callable[[F], F]:
     def deco(f: F) -> F:
         @functools.wraps(f)
         def wrapper(run: Any, *args: Any, **kwargs: Any) -> Any:
+            from prefdata.export_folder import refuse_export_folder
+
+            refuse_export_folder(Path(getattr(run, "path", run)))  # before its logs/ is created in there
             with capture_output(Path(getattr(run, "path", run)) / "logs", stage):
                 return f(run, *args, **kwargs)
 

@@ -1,6 +1,7 @@
 """Push an export folder to the Hugging Face Hub as a dataset repo.
 
-One commit uploads exactly the files `--dry-run` lists (every file of the folder except hidden ones), and
+One commit uploads exactly the files `--dry-run` lists: the files the export's manifest (`.prefdata-export.json`)
+lists, and a folder that holds anything else (a run written into it, files added by hand) is refused; it
 deletes remote data files (matched by the card's data_files or the export layout) that this export no longer
 has, so the Hub serves exactly the rows `datasets.load_dataset(folder)` gives locally. The token is whatever
 huggingface_hub finds (HF_TOKEN or the saved login) unless one is passed; it is never written anywhere.
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from prefdata.errors import PrefdataError
+from prefdata.export_folder import MANIFEST, OWNED_EXTRAS, manifest_files
 from prefdata.options import opt
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -72,13 +74,28 @@ def push(folder: str | Path, cfg: PushConfig, *, token: str | None = None) -> Pu
 
 
 def export_files(folder: Path) -> list[tuple[str, int]]:
-    """The files that make up the export (relative posix paths and sizes); hidden files are left out."""
-    files = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):
-            files.append((rel.as_posix(), p.stat().st_size))
-    return files
+    """The files that make up the export (relative posix paths and sizes): exactly those its manifest lists.
+
+    Refused: a folder without a manifest, a listed file that is missing, and any file the manifest does not list
+    (only the manifest itself and the caches other stages keep in an export, OWNED_EXTRAS, are not data)."""
+    listed = manifest_files(folder)
+    if listed is None:
+        raise PrefdataError(f"{folder} has no readable {MANIFEST}, so it is not an export prefdata wrote; run "
+                            "`prefdata export` to write one, and push that")
+    missing = sorted(rel for rel in listed if not (folder / rel).is_file())
+    if missing:
+        raise PrefdataError(f"{folder} lacks {len(missing)} file(s) its {MANIFEST} lists (e.g. {missing[0]}); "
+                            "run `prefdata export` again")
+    parents = {p.as_posix() for rel in listed for p in Path(rel).parents if str(p) != "."}
+    allowed = {*listed, *parents, MANIFEST}
+    extra = sorted(
+        rel for p in folder.rglob("*")
+        if (rel := p.relative_to(folder).as_posix()) not in allowed and rel.split("/")[0] not in OWNED_EXTRAS
+    )
+    if extra:
+        raise PrefdataError(f"{folder} holds {len(extra)} file(s) the export did not write (e.g. {extra[0]}); push "
+                            "uploads only an export as written: move them out, or export again to a new --out")
+    return [(rel, (folder / rel).stat().st_size) for rel in sorted(listed)]
 
 
 def card_data_patterns(readme: Path) -> list[str]:

@@ -97,3 +97,35 @@ def redact(text: str) -> str:
         if secret_name(name, any_word=True) and len(value) >= 8:
             text = text.replace(value, MASK)
     return text
+
+
+# Where a Hugging Face token can sit in the environment (huggingface_hub reads the first; the others are older names).
+HF_TOKEN_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACEHUB_API_TOKEN")
+MIN_SECRET_LEN = 6  # shorter values are not masked: replacing "abc" everywhere would garble text, and hide nothing
+
+
+def known_secrets(*values: str | None) -> list[str]:
+    """The secret values this process holds, longest first: the given ones (an API key read from a variable with
+    any name), the Hugging Face token (environment or saved login) and secret-named environment variables.
+
+    Text that a server sends back is masked with these before anything records it (see `mask_known`)."""
+    found = {v for v in values if v and len(v) >= MIN_SECRET_LEN}
+    found |= {v for n in HF_TOKEN_VARS if len(v := os.environ.get(n, "")) >= MIN_SECRET_LEN}
+    found |= {v for n, v in os.environ.items() if secret_name(n, any_word=True) and len(v) >= 8}
+    try:
+        from huggingface_hub import get_token
+
+        saved = get_token()
+    except Exception:  # noqa: BLE001 - no hub, unreadable token file: there is no saved token to mask
+        saved = None
+    if saved and len(saved) >= MIN_SECRET_LEN:
+        found.add(saved)
+    return sorted(found, key=len, reverse=True)
+
+
+def mask_known(text: str, secrets: list[str]) -> str:
+    """`text` with every occurrence of each secret (see `known_secrets`) replaced by the mask."""
+    for s in secrets:
+        if s in text:
+            text = text.replace(s, MASK)
+    return text

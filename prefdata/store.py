@@ -29,6 +29,7 @@ import polars as pl
 
 from prefdata import __version__
 from prefdata.errors import PrefdataError
+from prefdata.export_folder import refuse_export_folder
 from prefdata.records import CANDIDATE_SCHEMA, JUDGMENT_SCHEMA, MESSAGES, RANKING_SCHEMA
 from prefdata.secrets import command_line
 
@@ -74,6 +75,7 @@ def stage_lock(run_path: Path, stage: str, part: str | None = None) -> Iterator[
     separately and run side by side; each also holds the stage's lock shared, so a whole-run process and a
     part never overlap. The locks are flocks: they end with the process, also on kill -9.
     """
+    refuse_export_folder(run_path)  # before anything is created in it
     stage_name = f".lock-{stage}"
     names = [stage_name] + ([f"{stage_name}-{re.sub(r'[^A-Za-z0-9]+', 'of', part)}"] if part else [])
     created = not run_path.exists()
@@ -139,7 +141,8 @@ def _flock_or_fail(f: IO[str], mode: int, run_path: Path, holder_cmd: str) -> No
 
 def check_writable(folder: Path, what: str) -> None:
     """Fail early, with one line, when `folder` (or the folder it would be created in) cannot be written,
-    so that a stage never starts work it cannot save. Leaves nothing behind."""
+    so that a stage never starts work it cannot save. Leaves nothing behind. An export folder is refused too."""
+    refuse_export_folder(folder)
     probe = folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -189,7 +192,11 @@ class RunDir:
         return self.path / "rankings" / judge_hash
 
     def exports_dir(self, name: str) -> Path:
-        """Where `prefdata export` writes the dataset named `name` when no --out is given."""
+        """Where `prefdata export` writes the dataset named `name` when no --out is given. A name is one path
+        component: `../x` or `/abs` would put the export outside `exports/`."""
+        if not name or name in (".", "..") or Path(name).name != name or "/" in name or "\\" in name or "\0" in name:
+            raise PrefdataError(f"--name must be a plain folder name (no '/', '..' or absolute path), got {name!r}; "
+                                "use --out to write the export elsewhere")
         return self.path / "exports" / name
 
     def judge_hashes(self) -> list[str]:

@@ -290,12 +290,16 @@ class FaultServer:
                     n = message_words(body["messages"])
                     self._send(200, json.dumps({"count": n, "max_model_len": outer.max_model_len}).encode())
                     return
-                code, payload = outer.answer(body)
+                code, payload = outer.reply(body, dict(self.headers))
                 self._send(code, payload)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def reply(self, body: dict, headers: dict[str, str]) -> tuple[int, bytes]:
+        """The answer to a chat request; a subclass that needs the request's headers (to echo them) overrides this."""
+        return self.answer(body)
 
     def answer(self, body: dict) -> tuple[int, bytes]:
         msgs = body["messages"]

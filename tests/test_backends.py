@@ -78,3 +78,99 @@ def test_openai_sampler_stops_early_on_a_dead_server(tmp_path):
     with pytest.raises(PrefdataError, match="cannot reach the server"):
         sampler.sample([[{"role": "user", "content": f"q{i}"}] for i in range(16)], [SampleSpec("sample", 2, 0.8)])
     assert time.monotonic() - t0 < 20.0  # without the stop: 6 retries with backoff (1+2+4+8+16+32 s) per request
+
+
+class _Huge(BaseHTTPRequestHandler):
+    """A 3 MB completion to every request: with its Content-Length, or (content "chunked") without one, the end of
+    the body marked by closing the connection. Counts the requests."""
+
+    posts = 0
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).posts += 1
+        payload = completion("[[A]] " + "x" * 3_000_000)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if body["messages"][0]["content"] != "chunked":
+            self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        try:
+            self.wfile.write(payload)
+        except OSError:  # the client stopped reading: that is the point
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_oversized_reply_fails_as_too_large_at_once_and_is_not_kept():
+    """Before: 3 MB replies were accepted as verdicts (the judgments folder grew to 99 MB). The cap follows
+    max_tokens; reading stops there, with or without a Content-Length, and the same request is not sent again."""
+    _Huge.posts = 0
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Huge)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        client = ChatClient([f"http://127.0.0.1:{srv.server_address[1]}/v1"], "m", backoff_s=0.0, max_retries=3)
+        out = client.chat([{"messages": [{"role": "user", "content": c}], "max_tokens": 64} for c in ("declared", "chunked")])
+    finally:
+        srv.shutdown()
+    for r in out:
+        assert r.kind == "too_large" and r.error and r.error.startswith("too_large: the reply") and not r.choices
+        assert "max_tokens" in r.error and len(r.error) < 300 and r.attempts == 1
+    assert _Huge.posts == 2
+
+
+def test_reply_cap_grows_with_max_tokens_n_and_logprobs():
+    from prefdata.backends.openai_client import REPLY_CAP_NO_LIMIT, reply_cap
+
+    base = reply_cap({"max_tokens": 512})
+    assert 64 * 1024 < base < 3_000_000
+    assert reply_cap({"max_tokens": 512, "n": 4}) > base and reply_cap({"max_tokens": 1024}) > base
+    assert reply_cap({"max_tokens": 1, "logprobs": True, "top_logprobs": 20}) > reply_cap({"max_tokens": 1})
+    assert reply_cap({}) == REPLY_CAP_NO_LIMIT
+
+
+def test_timeouts_are_reported_as_timeouts(monkeypatch):
+    """Before: connect timeouts stopped the run as "refused 8 connections in a row", and a read timeout was
+    recorded with the bare name of the httpx error."""
+    import httpx
+
+    async def no_answer(self, request):
+        raise httpx.ConnectTimeout("timed out", request=request)
+
+    client = ChatClient(["http://127.0.0.1:9/v1"], "m", max_retries=0, unreachable_after=3, timeout_s=0.5)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", no_answer)
+    out = client.chat([{"messages": [{"role": "user", "content": str(i)}]} for i in range(4)])
+    monkeypatch.undo()
+    assert client.unavailable and "did not accept a connection within 0.5s, 3 times in a row" in client.unavailable
+    assert "refused" not in client.unavailable
+    assert all(r.kind == "timeout" and "timed out after 0.5s (ConnectTimeout)" in (r.error or "") for r in out)
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server API
+            time.sleep(2)
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        client = ChatClient([f"http://127.0.0.1:{srv.server_address[1]}/v1"], "m", max_retries=0, timeout_s=0.3)
+        (r,) = client.chat([{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}])
+    finally:
+        srv.shutdown()
+    assert r.kind == "timeout" and "timed out after 0.3s (ReadTimeout)" in (r.error or "") and not client.unavailable
+
+
+def test_unreachable_after_below_one_is_refused():
+    """Before: `--unreachable-after -1` (or 0) was silently taken as 1."""
+    from prefdata.rank import RankConfig
+
+    for bad in (0, -1):
+        with pytest.raises(PrefdataError, match="--unreachable-after"):
+            RankConfig(unreachable_after=bad)
+        with pytest.raises(PrefdataError, match="--unreachable-after"):
+            ChatClient(["http://127.0.0.1:9/v1"], "m", unreachable_after=bad)

@@ -15,7 +15,7 @@ from prefdata.export import ExportConfig, export_run
 from prefdata.judges.build import build_judge
 from prefdata.judges.verdict import PairRequest, Verdict
 from prefdata.rank import EXIT_FAILURES, JudgeUnreachable, RankConfig, rank_run, read_judgments, read_rankings
-from tests.helpers import FaultServer, make_candidates_run, quality, quality_texts
+from tests.helpers import FaultServer, completion, make_candidates_run, quality, quality_texts
 
 
 class FailPairJudge:
@@ -129,3 +129,37 @@ def test_unreachable_endpoint_stops_early_and_rerun_finishes(tmp_path):
 
 def read_judgments_dirs(run) -> list[str]:
     return sorted(p.name for p in (run.path / "judgments").iterdir())
+
+
+def test_summary_names_failed_pairs_and_failed_calls(tmp_path):
+    """Before: "1 failures" in the summary and "2 judge calls failed" on the next line, for the same run."""
+    run, _ = make_candidates_run(tmp_path / "r", [["a q=3", "b q=2", "c q=1"]])
+    s = rank_run(run, RankConfig(strategy="round-robin", position_bias="both", progress=False), judge=FailPairJudge((2, 1)))
+    assert s["failures"] == 1 and s["failed_calls"] == 2
+    assert "1 pairs without a verdict (2 failed judge calls)" in s.lines()[0]
+    assert s.problems("prefdata rank ...")[0].startswith("2 judge calls failed")
+
+
+class HugeServer(FaultServer):
+    """Answers every judge call with a verdict followed by 3 MB of text."""
+
+    def answer(self, body: dict) -> tuple[int, bytes]:
+        with self.lock:
+            self.requests.append("chat")
+        return 200, completion("[[A]] " + "blah " * 600_000)
+
+
+def test_oversized_judge_replies_are_failures_with_their_reason_and_not_kept(tmp_path):
+    """Before: 3 MB replies were recorded as verdicts, raw text and all (the judgments folder reached 99 MB)."""
+    server = HugeServer()
+    try:
+        run, _ = make_candidates_run(tmp_path / "r", [quality_texts([3, 1, 2])])
+        s = rank_run(run, RankConfig(base_url=[server.url], max_retries=3, backoff_s=0.0, position_bias="fixed",
+                                     strategy="round-robin", progress=False))  # fmt: skip
+    finally:
+        server.close()
+    j = read_judgments(run, s["judge_hash"])
+    assert j.height == 3 and (j["verdict"] == "fail").all() and (j["attempts"] == 1).all()
+    assert j["error"].str.starts_with("too_large: the reply").all() and (j["raw"] == "").all()
+    assert len(server.requests) == 3  # not asked again: the same request gets the same reply
+    assert sum(p.stat().st_size for p in (run.path / "judgments").rglob("*")) < 100_000

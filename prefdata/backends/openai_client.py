@@ -15,7 +15,12 @@ off (`max_retries=0`) so that retrying is decided here, the same way for samplin
 - when `preflight()` learned the served model's context (vLLM lists `max_model_len` in /v1/models), each
   conversation is first counted with the server's own tokenizer (vLLM's POST /tokenize); one whose prompt
   plus max_tokens does not fit fails alone as too_long without being sent. A server's context-length refusal
-  (HTTP 400) is recorded as too_long too.
+  (HTTP 400) is recorded as too_long too;
+- every response passes one guard (`_ReadGuard`, the client's transport) before anything reads it: it stops
+  reading past the request's byte cap (`reply_cap`, from max_tokens: a well-behaved server stays far below it;
+  an oversized reply fails at once as too_large, never retried), and masks the API key and the Hugging Face token
+  in the body, so a server that echoes the Authorization header cannot get them into judgments, candidates,
+  errors or logs.
 
 The answers are read from the raw HTTP response (`with_raw_response`) rather than the SDK's parsed models,
 so that vLLM's extra fields (`token_ids`, `max_model_len`) and a malformed 200 are handled here explicitly.
@@ -28,6 +33,8 @@ so there was no reason to keep a second client.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import json
 import os
 import random
 import time
@@ -38,8 +45,17 @@ from typing import Any
 import httpx
 
 from prefdata.errors import PrefdataError
+from prefdata.secrets import MASK, known_secrets, mask_known
 
 TOO_LONG = "too_long"  # error prefix of a call whose prompt does not fit the model's context
+TOO_LARGE = "too_large"  # error prefix of a reply over its byte cap (see `reply_cap`)
+# Byte cap of a reply: a fixed allowance for the JSON around the choices, plus per allowed token (max_tokens x n)
+# room for a long token JSON-escaped, and for each of its log-probs (vLLM lists the bytes of every top token).
+REPLY_BASE_BYTES = 64 * 1024
+REPLY_TOKEN_BYTES = 64
+REPLY_LOGPROB_BYTES = 128
+REPLY_CAP_NO_LIMIT = 16 * 1024 * 1024  # a request without max_tokens
+_REPLY_CAP: contextvars.ContextVar[int] = contextvars.ContextVar("prefdata_reply_cap", default=REPLY_CAP_NO_LIMIT)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 CONTEXT_PHRASES = ("context length", "maximum context", "too long", "max_model_len", "context window")
 # the parameters `chat.completions.create` names; anything else in a body goes in `extra_body` (vLLM's top_k ...)
@@ -62,7 +78,7 @@ class ChatResult:
 
     choices: list[Choice] = field(default_factory=list)
     error: str | None = None
-    kind: str | None = None  # too_long, connection, not_sent, status, bad_response, timeout
+    kind: str | None = None  # too_long, too_large, connection, not_sent, status, bad_response, timeout
     status: int | None = None
     url: str = ""
     latency_s: float = 0.0
@@ -91,6 +107,7 @@ class ChatClient:
         self.base_urls = [u.rstrip("/") for u in base_urls]
         self.model = model
         self.api_key = os.environ.get(api_key_env) or None  # never stored in run.json
+        self.secrets = known_secrets(self.api_key)  # masked in every response before it is read (see _ReadGuard)
         self.concurrency = max(1, concurrency)
         self.max_retries = max(0, max_retries)
         self.backoff_s = backoff_s
@@ -99,8 +116,11 @@ class ChatClient:
         self.what = what
         self._rr = 0
         self._next_start = 0.0
-        self.unreachable_after = max(1, unreachable_after)
+        if unreachable_after < 1:
+            raise PrefdataError(f"--unreachable-after must be at least 1, got {unreachable_after}")
+        self.unreachable_after = unreachable_after
         self._conn_failures = 0  # connection failures in a row, over all calls
+        self._conn_timeouts = 0  # how many of them were connect timeouts (the rest were refused)
         self.unavailable: str | None = None  # why the endpoints count as down (then nothing more is sent)
         self.max_model_len: int | None = None  # the served model's context, when /models reports it
         self._can_tokenize = True  # the server has vLLM's /tokenize (cleared on the first 404)
@@ -119,10 +139,9 @@ class ChatClient:
                 with openai.OpenAI(base_url=url, api_key=self.api_key or "EMPTY", max_retries=0, timeout=10.0) as c:
                     models = list(c.models.list())
             except (openai.OpenAIError, ValueError, KeyError, TypeError, AttributeError) as e:
-                raise PrefdataError(
-                    f"cannot reach the {self.what} at {url} ({_cause_name(e)}: {_cause(e)}); start it or fix --base-url"
-                ) from e
-            ids = [m.id for m in models]
+                why = self.mask(f"{_cause_name(e)}: {_cause(e)}")  # an error body may echo the request's headers
+                raise PrefdataError(f"cannot reach the {self.what} at {url} ({why}); start it or fix --base-url") from None
+            ids = [self.mask(str(m.id)) for m in models]
             if self.model is not None and ids and self.model not in ids:
                 raise PrefdataError(f"{self.what} {url} does not serve model {self.model!r} (it serves {', '.join(ids)})")
             served.extend(i for i in ids if i not in served)
@@ -150,18 +169,46 @@ class ChatClient:
         sem = asyncio.Semaphore(self.concurrency)
         lock = asyncio.Lock()
         limits = httpx.Limits(max_connections=self.concurrency * 2)
-        async with httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers()) as http:
+        guard = _ReadGuard(httpx.AsyncHTTPTransport(limits=limits), self.secrets)
+        # identity: the cap counts the bytes as sent, and a compressed body cannot expand past it unseen
+        headers = {**self._headers(), "Accept-Encoding": "identity"}
+        async with httpx.AsyncClient(timeout=self.timeout_s, transport=guard, headers=headers) as http:
             clients = {u: openai.AsyncOpenAI(base_url=u, api_key=self.api_key or "EMPTY", max_retries=0,
                                              timeout=self.timeout_s, http_client=http) for u in self.base_urls}
 
             async def one(body: dict[str, Any]) -> ChatResult:
                 async with sem:
-                    res = await self._one(clients, http, lock, body)
+                    _REPLY_CAP.set(reply_cap(body))  # this call's task only (each gathered call runs in its own)
+                    res = self._masked(await self._one(clients, http, lock, body))
                 if on_done is not None:
                     on_done(res)
                 return res
 
             return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+    def mask(self, text: str) -> str:
+        """`text` with the API key and the Hugging Face token masked."""
+        return mask_known(text, self.secrets)
+
+    def _masked(self, res: ChatResult) -> ChatResult:
+        """The result as recorded: the guard masked the bytes; this masks what JSON escapes hid from it."""
+        if res.error is not None:
+            res.error = self.mask(res.error)
+        for ch in res.choices:
+            ch.text = self.mask(ch.text)
+            if ch.top_logprobs:
+                ch.top_logprobs = {self.mask(t): v for t, v in ch.top_logprobs.items()}
+        return res
+
+    def _unreachable(self) -> str:
+        """Why the endpoints count as down, naming what happened: refused connections, timeouts, or both."""
+        n, slow = self._conn_failures, self._conn_timeouts
+        where = f"the {self.what} ({', '.join(self.base_urls)})"
+        if slow == 0:
+            return f"{where} refused {n} connections in a row"
+        if slow == n:
+            return f"{where} did not accept a connection within {self.timeout_s:g}s, {n} times in a row"
+        return f"{where} failed {n} connections in a row ({n - slow} refused, {slow} timed out after {self.timeout_s:g}s)"
 
     async def _wait_rate(self, lock: asyncio.Lock) -> None:
         if not self.rpm:
@@ -196,11 +243,11 @@ class ChatClient:
             retry_after = 0.0
             try:
                 raw = await clients[url].chat.completions.with_raw_response.create(**known, extra_body=extra or None)
-                self._conn_failures = 0
+                self._conn_failures = self._conn_timeouts = 0
                 choices = parse_completion(raw.http_response)
                 return ChatResult(choices=choices, url=url, latency_s=time.monotonic() - t0, attempts=attempt + 1)
             except openai.APIStatusError as e:
-                self._conn_failures = 0
+                self._conn_failures = self._conn_timeouts = 0
                 text = e.response.text
                 last, kind, status = f"HTTP {e.status_code} from {url}: {text[:200]}", "status", e.status_code
                 if e.status_code == 400 and any(p in text.lower() for p in CONTEXT_PHRASES):
@@ -211,14 +258,21 @@ class ChatClient:
                                       attempts=attempt + 1)
                 retry_after = _retry_after(e.response)
             except openai.APIConnectionError as e:  # APITimeoutError included; the httpx error is its cause
-                last, status = f"{_cause_name(e)} from {url}: {_cause(e)}", None
-                kind = "timeout" if isinstance(e, openai.APITimeoutError) else "connection"
-                if isinstance(e.__cause__, httpx.ConnectError | httpx.ConnectTimeout):
-                    kind = "connection"
+                cause = _cause(e)
+                if isinstance(cause, ReplyTooLarge):  # the same request gets the same reply: not retried
+                    self._conn_failures = self._conn_timeouts = 0
+                    return ChatResult(error=f"{TOO_LARGE}: {cause}", kind=TOO_LARGE, status=cause.status, url=url,
+                                      latency_s=time.monotonic() - t0, attempts=attempt + 1)
+                status = None
+                if isinstance(e, openai.APITimeoutError) or isinstance(cause, httpx.TimeoutException):
+                    last, kind = f"timed out after {self.timeout_s:g}s ({type(cause).__name__}) at {url}", "timeout"
+                else:
+                    last, kind = f"{type(cause).__name__} from {url}: {cause}", "connection"
+                if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):  # nothing answered: count it
                     self._conn_failures += 1
+                    self._conn_timeouts += isinstance(cause, httpx.ConnectTimeout)
                     if self._conn_failures >= self.unreachable_after and self.unavailable is None:
-                        where = ", ".join(self.base_urls)
-                        self.unavailable = f"the {self.what} ({where}) refused {self._conn_failures} connections in a row"
+                        self.unavailable = self._unreachable()
             except ValueError as e:  # not JSON, or not a chat completion
                 last, kind, status = f"bad response from {url}: {e}", "bad_response", None
             if attempt < self.max_retries:
@@ -246,6 +300,64 @@ class ChatClient:
             return None
         return (f"{TOO_LONG}: the judge prompt has {n} tokens and the reply up to {max_tokens}, more than the judge's "
                 f"context of {self.max_model_len}")
+
+
+def reply_cap(body: dict[str, Any]) -> int:
+    """The most bytes a reply to `body` may have: what max_tokens x n tokens (with their log-probs and token ids, when
+    asked for) can take as JSON, with room to spare; REPLY_CAP_NO_LIMIT for a request without max_tokens."""
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or max_tokens <= 0:
+        return REPLY_CAP_NO_LIMIT
+    per_token = REPLY_TOKEN_BYTES
+    if body.get("logprobs"):
+        per_token += REPLY_LOGPROB_BYTES * (1 + int(body.get("top_logprobs") or 0))
+    n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
+    return REPLY_BASE_BYTES + n * max_tokens * per_token
+
+
+class ReplyTooLarge(httpx.ReadError):
+    """A reply longer than its request's byte cap: reading stopped there, and the call fails as too_large."""
+
+    def __init__(self, message: str, *, request: httpx.Request, status: int) -> None:
+        super().__init__(message, request=request)
+        self.status = status
+
+
+class _ReadGuard(httpx.AsyncBaseTransport):
+    """The client's transport: every response is read here, up to its request's byte cap, and returned with the
+    secrets masked in its body (the one place responses come in, so nothing downstream ever sees them)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, secrets: list[str]) -> None:
+        self.inner = inner
+        forms = {f for s in secrets for f in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1])}
+        self.secrets = sorted((f.encode() for f in forms), key=len, reverse=True)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        r = await self.inner.handle_async_request(request)
+        cap = _REPLY_CAP.get()
+        decoded = httpx.Response(r.status_code, headers=r.headers, stream=r.stream, request=request)
+        body = bytearray()
+        try:
+            declared = r.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise ReplyTooLarge(f"the reply has {int(declared)} bytes, more than the {cap} that max_tokens allows",
+                                    request=request, status=r.status_code)
+            async for chunk in decoded.aiter_bytes():
+                body += chunk
+                if len(body) > cap:
+                    raise ReplyTooLarge(f"the reply is longer than the {cap} bytes that max_tokens allows; read no "
+                                        "further", request=request, status=r.status_code)
+        finally:
+            await decoded.aclose()
+        data = bytes(body)
+        for s in self.secrets:
+            data = data.replace(s, MASK.encode())
+        drop = {"content-length", "content-encoding", "transfer-encoding"}
+        headers = [(k, v) for k, v in r.headers.multi_items() if k.lower() not in drop]
+        return httpx.Response(r.status_code, headers=headers, content=data, request=request, extensions=r.extensions)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 def _cause(e: BaseException) -> BaseException:
