@@ -101,6 +101,7 @@ def rank_config(cfg: EvalConfig, progress: bool) -> Any:
     if cfg.judge_model:
         fields["judge_model"] = cfg.judge_model
     fields["kinds"] = ["sample"]  # the two sides' answers, never the reference candidates generate adds
+    fields["sampler"] = "all"  # the model's and the baseline's answers are two samplers, compared on purpose
     return RankConfig(**fields)
 
 

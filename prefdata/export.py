@@ -29,6 +29,7 @@ from prefdata.export_tables import CAND_FIELDS, GroupInput, build_group, merge_e
 from prefdata.options import opt
 from prefdata.pairs import DROP_REASONS, NEEDS_FULL_ORDER, PAIR_STRATEGIES
 from prefdata.records import MESSAGES
+from prefdata.sampler_choice import ALL, choose_sampler, describe
 from prefdata.store import RunDir, check_writable, command_line
 
 SHAPES = ("conversational", "string", "ranking", "kto")
@@ -46,6 +47,8 @@ class ExportConfig:
 
     judge_hash: str | None = opt(None, "Which rankings/<judge_hash>/ to export; none picks the only one (an error lists "
                                  "them if several).", flag=("--judge", "--judge-hash"))
+    sampler: str | None = opt(None, "Export the rankings of this sampler (its hash; a unique prefix will do) where the run "
+                              "holds several. `all`: also rankings that pool several samplers (pairs may mix them).")
     pairs: str = opt("best-worst", "best-worst (one pair per prompt) | best-vs-each | all (every ordered pair) | adjacent "
                      "(neighbours in the ranking); all but best-worst need a complete ranking (round-robin or scores).")
     shape: str = opt("conversational", "conversational (prompt/chosen/rejected as message lists) | string (plain strings; "
@@ -130,7 +133,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     run. The rows, files, counts and card are the ones the one-frame export wrote (tests/legacy_export.py)."""
     run.require()
     meta = run.read_meta()
-    judge_hash = pick_judge(run, cfg.judge_hash)
+    judge_hash = pick_judge(run, cfg.judge_hash, cfg.sampler)
     rankings = run.read_rankings(judge_hash)
     if rankings is None or rankings.height == 0:
         raise PrefdataError(f"{run.rankings_dir(judge_hash)} has no finished shards; let `prefdata rank` finish first")
@@ -144,6 +147,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     _check_full_order(_final(rankings), cfg.pairs, cfg.shape, judge_hash)
     ordered = _in_prompt_order(_normalized(rankings), prompts)
     _check_ranked_candidates(ordered, ids_df["candidate_id"])
+    _check_samplers(run, meta, ordered, ids_df, judge_hash, cfg.sampler)
     cut_all = _cut_inputs(run, judge_hash)
     cut = cut_all.head(0) if cfg.keep_truncated else cut_all
     judgments = None if cfg.keep_inconsistent else _pairwise_judgments(run, judge_hash)
@@ -292,9 +296,15 @@ class _NoBar:
 # -- inputs -----------------------------------------------------------------------------------------
 
 
-def pick_judge(run: RunDir, judge_hash: str | None) -> str:
-    """The rankings folder to export: the one asked for, or the only one there is."""
+def pick_judge(run: RunDir, judge_hash: str | None, sampler: str | None = None) -> str:
+    """The rankings folder to export: the one asked for, the only one there is, or the only one of --sampler (as
+    rank recorded it in run.json) where the run holds rankings of several samplers."""
     found = run.judge_hashes()
+    if judge_hash is None and len(found) > 1 and sampler not in (None, ALL):
+        ranked = run.read_meta().get("stages", {}).get("rank", {})
+        alone = {h: (ranked.get(h) or {}).get("samplers") or [] for h in found}  # rankings of one sampler alone
+        mine = [h for h in found if len(alone[h]) == 1 and alone[h][0].startswith(sampler)]
+        found = mine if len(mine) == 1 else found
     if judge_hash is not None:
         if judge_hash not in found:
             have = ", ".join(found) if found else "none"
@@ -303,7 +313,8 @@ def pick_judge(run: RunDir, judge_hash: str | None) -> str:
     if not found:
         raise PrefdataError(f"{run.path} has no rankings yet; run `prefdata rank --run {run.path}` first")
     if len(found) > 1:
-        raise PrefdataError(f"{run.path} has rankings from several judges ({', '.join(found)}); pick one with --judge")
+        raise PrefdataError(f"{run.path} has rankings from several judges ({', '.join(found)}); pick one with --judge "
+                            "(or, where they rank different samplers, with --sampler HASH)")
     return found[0]
 
 
@@ -681,12 +692,34 @@ def _checked_candidates(run: RunDir) -> tuple[pl.LazyFrame, pl.DataFrame, bool]:
     scan = run.scan_candidate_shards(["candidate_id", *CAND_FIELDS])
     if scan is None:
         raise PrefdataError(f"{run.path} has no candidates; run `prefdata generate --run {run.path}` first")
-    ids = scan.select("candidate_id", "_shard").collect()
+    ids = scan.select("candidate_id", "_shard", "sampler_hash").collect()
     repeated = True
     if {"candidate_id", "text"} <= run.candidate_column_names():
         repeated = bool(ids["candidate_id"].is_duplicated().any())
         run.check_candidate_texts(ids)  # rank's check: only the texts of ids written twice are read
     return scan.select("candidate_id", *[pl.col(c).cast(t) for c, t in CAND_FIELDS.items()]), ids, repeated
+
+
+def _check_samplers(run: RunDir, meta: dict[str, Any], rankings: pl.DataFrame, ids: pl.DataFrame, judge_hash: str,
+                    wanted: str | None) -> None:  # fmt: skip
+    """Refuse rankings that hold several samplers' candidates (ranked together, their pairs mix samplers) unless
+    --sampler all, and rankings of another sampler than --sampler names. A one-sampler run checks one column."""
+    present = ids["sampler_hash"].drop_nulls()
+    if present.n_unique() > 1:  # only then: which of them these rankings hold
+        ranked = rankings["candidate_ids"].explode().drop_nulls()
+        present = ids.filter(pl.col("candidate_id").is_in(ranked.implode()))["sampler_hash"].drop_nulls()
+    samplers = sorted(present.unique().to_list())
+    if wanted == ALL:
+        return
+    if len(samplers) > 1:
+        raise PrefdataError(
+            f"the rankings of judge {judge_hash} rank the candidates of {len(samplers)} samplers together "
+            f"({describe(meta, samplers)}), so its pairs would mix samplers; rank one sampler at a time "
+            f"(`prefdata rank --run {run.path} --sampler HASH`) and export its rankings with --sampler HASH, or pass "
+            f"--sampler {ALL} to export the mixed pairs"
+        )
+    if wanted is not None:
+        choose_sampler(samplers, wanted, meta, f"the rankings of judge {judge_hash}", "export")
 
 
 def _check_ranked_candidates(rankings: pl.DataFrame, have: pl.Series) -> None:
