@@ -67,13 +67,14 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def stage_lock(run_path: Path, stage: str, part: str | None = None) -> Iterator[None]:
+def stage_lock(run_path: Path, stage: str, part: str | None = None, *, flag: str = "--run") -> Iterator[None]:
     """One process per stage (and part, e.g. a generate shard) and run directory, held until the block ends.
 
     Two identical `rank` or `generate` processes on one run would do every call twice and corrupt the counts,
     so the second one stops at once with one line naming the first one's pid. Parts (`--shard I/K`) lock
     separately and run side by side; each also holds the stage's lock shared, so a whole-run process and a
-    part never overlap. The locks are flocks: they end with the process, also on kill -9.
+    part never overlap. The locks are flocks: they end with the process, also on kill -9. `flag` names the option
+    that gave `run_path` (train's is --output-dir), so an unwritable one is named as the user typed it.
     """
     refuse_export_folder(run_path)  # before anything is created in it
     stage_name = f".lock-{stage}"
@@ -85,8 +86,9 @@ def stage_lock(run_path: Path, stage: str, part: str | None = None) -> Iterator[
             run_path.mkdir(parents=True, exist_ok=True)
             files = [open(run_path / n, "a+") for n in names]  # noqa: SIM115 - held open for the whole block
         except OSError as e:
+            where = "the run directory" if flag == "--run" else flag
             raise PrefdataError(
-                f"cannot write in the run directory {run_path} ({e.strerror or e}); pick a writable --run"
+                f"cannot write in {where} {run_path} ({e.strerror or e}); pick a writable {flag}"
             ) from e
         if part:  # the stage lock shared (a whole-run process holds it exclusive), then the part's own
             _flock_or_fail(files[0], fcntl.LOCK_SH, run_path, f"prefdata {stage}")

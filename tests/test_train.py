@@ -564,3 +564,14 @@ def test_a_second_train_into_the_same_folder_stops_with_one_line(tmp_path, tiny_
         holder.wait()
     assert code == 2 and err.count("\n") == 1 and f"another `prefdata train` (pid {holder.pid})" in err
     assert not list(out.glob("checkpoint-*"))
+
+
+def test_an_output_dir_that_is_a_file_names_output_dir(tmp_path, tiny_llama_dir, capsys):
+    """train has no --run: an unwritable --output-dir was reported as "pick a writable --run"."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, _, err = _cli(["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(blocker)], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: cannot write in --output-dir")
+    assert err.rstrip().endswith("pick a writable --output-dir") and "--run" not in err
+    assert blocker.read_text() == "x"

@@ -115,7 +115,7 @@ def train(
     out = Path(cfg.output_dir)
     # Two trains into one folder would mix their checkpoints; under several processes the main one holds the lock.
     main = int(os.environ.get("RANK", "0")) == 0
-    with stage_lock(out, "train") if main else contextlib.nullcontext():
+    with stage_lock(out, "train", flag="--output-dir") if main else contextlib.nullcontext():
         return TrainSummary(_train_in(out, cfg, model_path, train_ds, eval_ds, resume, overwrite))
 
 
