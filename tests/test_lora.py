@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from prefdata.cli import main
+from prefdata.hardware import cpu_has_native_bf16
 from prefdata.train.data import PairCollator, compute_logps, tokenize_pairs
 from tests.helpers import FAST, build_tiny_llama, pair_rows, write_jsonl
 
@@ -53,23 +54,24 @@ def test_lora_trains_adapters_only_merges_and_resumes(tmp_path, tiny_llama_dir):
     targets = {t.rsplit(".", 1)[-1] for t in json.loads((out / "adapter" / "adapter_config.json").read_text())["target_modules"]}
     assert targets == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
-    # the merged model is a plain bf16 transformers model; base weights not adapted are untouched
+    # the merged model is a plain float32 transformers model (--save-dtype's default: the next round trains from the
+    # whole update); base weights not adapted are untouched
     tok = AutoTokenizer.from_pretrained(out)
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
-    merged = AutoModelForCausalLM.from_pretrained(out)
-    assert merged.dtype == torch.bfloat16 and not hasattr(merged, "peft_config")
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    merged = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
+    assert merged.dtype == torch.float32 and not hasattr(merged, "peft_config")
     mw, bw = merged.state_dict(), base.state_dict()
     assert torch.equal(mw["model.embed_tokens.weight"], bw["model.embed_tokens.weight"])
     assert torch.equal(mw["model.layers.0.input_layernorm.weight"], bw["model.layers.0.input_layernorm.weight"])
     assert not torch.equal(mw["model.layers.0.self_attn.q_proj.weight"], bw["model.layers.0.self_attn.q_proj.weight"])
     assert s["lora"]["merged"] and s["lora"]["merge_seconds"] > 0
 
-    # the merged model scores the pairs like base + adapter does (bf16 rounding of the merged weights only)
+    # the merged model scores the pairs as base + adapter does (a float32 merge: before, a bf16 one was within 0.5)
     from peft import PeftModel
 
     with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32),
                                              out / "adapter")  # fmt: skip
-    torch.testing.assert_close(_logps(merged.float(), tok), _logps(with_adapter, tok), rtol=0.02, atol=0.5)
+    torch.testing.assert_close(_logps(merged, tok), _logps(with_adapter, tok), rtol=1e-4, atol=2e-3)
     assert not torch.allclose(_logps(base.float(), tok), _logps(with_adapter, tok), atol=0.5)  # it did learn
 
     # resume from step 3: the run continues (adapter + optimizer state from the checkpoint) and ends the same
@@ -91,14 +93,14 @@ def test_reference_with_disabled_adapters_equals_base_model(tiny_llama_dir):
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     cfg = AIPOConfig(output_dir="unused", lora_r=4, report_to=[])
     policy = load_policy(str(tiny_llama_dir), cfg)
-    assert policy.dtype == torch.bfloat16  # LoRA: frozen bf16 base by default
+    assert policy.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)  # the machine's fast dtype
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     with torch.no_grad():  # a trained-looking adapter: the policy now differs from the base
         for n, p in policy.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.5)
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=policy.dtype)
     with reference_mode(policy) as ref:
         ref_logps = _logps(ref, tok)
     assert torch.equal(ref_logps, _logps(base, tok))
@@ -117,7 +119,8 @@ def test_other_losses_train_with_lora(tmp_path, tiny_llama_dir, demo_model_dir, 
               **extra, **LORA)  # fmt: skip
     assert s["global_step"] == 3 and torch.isfinite(torch.tensor(s["train_loss"]))
     assert len(s["ref_cache"]) == {"mrpo": 2, "simpo": 0}.get(loss, 1)  # SimPO is reference-free
-    assert all("-wbfloat16" in p for p in s["ref_cache"])  # bf16 weights: not the full fine-tune's cache entries
+    if cpu_has_native_bf16():  # bf16 weights: not the full fine-tune's cache entries
+        assert all("-wbfloat16" in p for p in s["ref_cache"])
     assert s["last_logged"]["rewards/margins"] != 0.0
 
 
@@ -157,6 +160,12 @@ def test_no_merge_round_after_round_stacks_adapters_exactly(tmp_path, tiny_llama
     step = PeftModel.from_pretrained(PeftModel.from_pretrained(base32(), r0).merge_and_unload(), r1 / "adapter")
     torch.testing.assert_close(_logps(stacked, tok), _logps(step, tok), rtol=1e-5, atol=1e-3)
     assert not torch.allclose(_logps(stacked, tok), _logps(PeftModel.from_pretrained(base32(), r0), tok), atol=1e-3)
+
+    # the next round's reference is the model vLLM samples (base + B·A): before, a bf16 merge that lost the update
+    from prefdata.train.lora import load_plain
+
+    ref = load_plain(str(r0), torch.bfloat16)
+    torch.testing.assert_close(_logps(ref, tok), _logps(PeftModel.from_pretrained(base32(), r0), tok), rtol=1e-5, atol=1e-3)
 
     # transformers loads the adapter folder itself as a model (base + adapter), as the hf sampler does
     auto = AutoModelForCausalLM.from_pretrained(r1, dtype=torch.float32)

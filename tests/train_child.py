@@ -7,7 +7,7 @@ KILL_AT names where the kill -9 lands, so tests that kill training are determini
 - `step:N`: in the forward pass of the step after step N;
 - `save:N:weights`: inside the save of checkpoint-N, after the model weights, before the optimizer state;
 - `save:N:marker`: inside the save of checkpoint-N, after every trainer file, before the completion marker;
-- `final`: after training, while the final bf16 model is written (before the summary).
+- `final`: after training, once the final model is written in its save dtype (before the summary).
 """
 
 from __future__ import annotations
@@ -62,13 +62,13 @@ def install(kill_at: str) -> None:
 
             trainer_mod.write_marker = write_marker
     elif kind == "final":
-        original_bf16 = run_mod.to_bf16_safetensors
+        original_save = run_mod.to_dtype_safetensors
 
-        def to_bf16(folder):
-            original_bf16(folder)
+        def to_dtype(folder, dtype):
+            original_save(folder, dtype)
             _die()
 
-        run_mod.to_bf16_safetensors = to_bf16
+        run_mod.to_dtype_safetensors = to_dtype
     else:
         raise SystemExit(f"unknown kill point {kill_at}")
 

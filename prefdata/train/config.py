@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from prefdata.config import SEED_MAX
 from prefdata.train.losses import LOSS_TYPES, MRPO_WEIGHT_MAPPINGS
 
 
@@ -121,8 +122,16 @@ class AIPOConfig(TrainingArguments):
     )
     lora_merge: bool = field(
         default=True,
-        metadata={"help": "Also save the merged bf16 model (--no-merge: only the adapter, for vLLM enable_lora).",
+        metadata={"help": "Also save the merged model, in --save-dtype (--no-merge: only the adapter, for vLLM enable_lora).",
                   "flag": "--lora-merge/--no-merge"},
+    )
+    # An update at lr 5e-7 over ~78 steps is mostly smaller than bf16's spacing: a bf16 save kept about 10% of it,
+    # and the next round trained from what was left (bench/RESULTS.md, surviving update). vLLM casts on load.
+    save_dtype: str = field(
+        default="float32",
+        metadata={"help": "Dtype of the saved model: float32 keeps the whole update for the next round (iterate trains "
+                  "from it; vLLM casts on load); bfloat16 / float16 halve the size for publishing but round small "
+                  "updates away."},
     )
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit NF4 base (CUDA + bitsandbytes)."})
 
@@ -170,6 +179,8 @@ class AIPOConfig(TrainingArguments):
         from prefdata.train.lora import validate_lora_fields
 
         validate_lora_fields(self)
+        if self.save_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"save_dtype must be one of float32, bfloat16, float16; got {self.save_dtype!r}")
         from prefdata.train.lora import bf16_supported, trains_on_cpu
 
         if self.bf16 is None:
@@ -205,6 +216,10 @@ class AIPOConfig(TrainingArguments):
             any(w < 0 for w in self.mrpo_weights) or abs(sum(self.mrpo_weights) - 1) > 1e-6
         ):
             raise bad("mrpo_weights", "non-negative and sum to 1")
+        for name in ("seed", "data_seed"):  # transformers seeds numpy and torch with them only once training starts
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= SEED_MAX:
+                raise bad(name, f"in [0, {SEED_MAX}]")
 
     def loss_kwargs(self) -> dict:
         """The hyperparameters `preference_loss` takes."""

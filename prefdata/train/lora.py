@@ -140,7 +140,11 @@ def vllm_lora_rank(path: str | Path) -> int:
 
 
 def load_plain(path: str, dtype: torch.dtype, **kwargs: Any) -> Any:
-    """A causal LM from a model folder, or the merged model of a (base, adapter) folder."""
+    """A causal LM from a model folder, or the merged model of a (base, adapter) folder.
+
+    An adapter is merged in float32 and kept there, whatever `dtype`: vLLM serves that folder as base + B·A
+    unmerged, and a merge rounded to bf16 lost most of a small update, so the reference the trainer used was
+    not the model vLLM sampled (issue 19 §5)."""
     from transformers import AutoModelForCausalLM
 
     if not is_adapter_dir(path):
@@ -149,7 +153,7 @@ def load_plain(path: str, dtype: torch.dtype, **kwargs: Any) -> Any:
         raise PrefdataError(f"{path} is a LoRA adapter: QLoRA cannot merge it into a 4-bit base; train from a merged model")
     from peft import PeftModel
 
-    base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=dtype, **kwargs)
+    base = AutoModelForCausalLM.from_pretrained(adapter_base(path), dtype=torch.float32, **kwargs)
     return PeftModel.from_pretrained(base, path).merge_and_unload()
 
 
@@ -219,7 +223,8 @@ def adapter_dir(output_dir: str | Path) -> Path:
 
 
 def finalize(output_dir: str | Path, policy_path: str, cfg: Any) -> dict[str, Any]:
-    """After `trainer.save_model(adapter_dir(out))`: write the merged bf16 model, or the vLLM adapter, into `out`."""
+    """After `trainer.save_model(adapter_dir(out))`: write the merged model (in `--save-dtype`), or the vLLM adapter,
+    into `out`."""
     out = Path(output_dir)
     adapter = adapter_dir(out)
     _set_adapter_base(adapter, policy_path)
@@ -233,7 +238,7 @@ def finalize(output_dir: str | Path, policy_path: str, cfg: Any) -> dict[str, An
             f.unlink()
     if cfg.lora_merge:
         t0 = time.perf_counter()
-        merge(policy_path, adapter, out)
+        merge(policy_path, adapter, out, cfg.save_dtype)
         info["merge_seconds"] = round(time.perf_counter() - t0, 3)
         return info
     if is_adapter_dir(policy_path):
@@ -247,14 +252,15 @@ def finalize(output_dir: str | Path, policy_path: str, cfg: Any) -> dict[str, An
     return info
 
 
-def merge(policy_path: str, adapter: Path, out: Path) -> None:
-    """Load the starting policy in bf16, add the adapter to its weights, save model + tokenizer into `out`."""
+def merge(policy_path: str, adapter: Path, out: Path, save_dtype: str = "float32") -> None:
+    """Load the starting policy in float32, add the adapter to its weights, save model + tokenizer into `out` in
+    `save_dtype`. A bf16 merge rounded away most of a small update before the next round trained from it."""
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    base = load_plain(policy_path, torch.bfloat16)
+    base = load_plain(policy_path, torch.float32)
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    merged.save_pretrained(out, safe_serialization=True)
+    merged.to(DTYPES[save_dtype]).save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(adapter).save_pretrained(out)
 
 

@@ -171,7 +171,7 @@ def _train_in(out: Path, cfg: Any, model_path: str, train_ds: Any, eval_ds: Any,
         if cfg.lora_r:
             summary["lora"] = lora.finalize(out, model_path, cfg)
         else:
-            to_bf16_safetensors(out)
+            to_dtype_safetensors(out, cfg.save_dtype)
         tmp = out / f".{TRAIN_SUMMARY}.tmp"
         tmp.write_text(json.dumps(summary, indent=2, default=str))
         os.replace(tmp, out / TRAIN_SUMMARY)  # last: its presence means the final model is complete
@@ -224,15 +224,19 @@ def _resume_point(out: Path, identity: dict[str, Any], resume: str | bool | None
     return None
 
 
-def to_bf16_safetensors(folder: Path) -> None:
-    """Rewrite the saved weights as bf16 (training keeps float32 master weights) so vLLM loads a compact model."""
+def to_dtype_safetensors(folder: Path, dtype: str) -> None:
+    """Rewrite the saved weights in `dtype` (`--save-dtype`; a model trained in bf16 weights is saved as asked too)."""
     import torch
     from safetensors.torch import load_file, save_file
 
+    want = getattr(torch, dtype)
     total = 0
     for f in sorted(folder.glob("*.safetensors")):
-        tensors = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in load_file(f).items()}
+        saved = load_file(f)
+        tensors = {k: (v.to(want) if v.is_floating_point() else v) for k, v in saved.items()}
         total += sum(v.numel() * v.element_size() for v in tensors.values())
+        if all(v.dtype == saved[k].dtype for k, v in tensors.items()):
+            continue  # already in that dtype (the float32 master weights, saved as they are)
         save_file(tensors, f, metadata={"format": "pt"})
     index = folder / "model.safetensors.index.json"
     if index.is_file():
@@ -242,6 +246,6 @@ def to_bf16_safetensors(folder: Path) -> None:
     cfg = folder / "config.json"
     if cfg.is_file():
         data = json.loads(cfg.read_text())
-        data["dtype"] = "bfloat16"
+        data["dtype"] = dtype
         data.pop("torch_dtype", None)
         cfg.write_text(json.dumps(data, indent=2))
