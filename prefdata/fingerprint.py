@@ -1,7 +1,7 @@
 """Content hashes of model folders, so a checkpoint overwritten in place is never mistaken for the old one.
 
 A model is identified by what its files hold (weights, config, tokenizer, chat template), not by its path, file
-names, sizes or mtimes. Hashing a 15 GB model on every run would be slow, so each file's digest is cached under
+names, sizes or mtimes, nor by files that record where it was trained (`training_args.bin`). Hashing a 15 GB model on every run would be slow, so each file's digest is cached under
 the prefdata cache folder, keyed by the file's absolute path, size, mtime and ctime: a file is read again only
 when one of these changes (an in-place overwrite changes the mtime and ctime even when the size stays the same).
 """
@@ -16,7 +16,10 @@ from pathlib import Path
 from prefdata.records import TRAIN_SUMMARY
 
 _SKIP_SUFFIXES = (".md",)
-_SKIP_NAMES = (TRAIN_SUMMARY,)  # the trainer's summary: run times, not part of the model
+# Not part of the model: the trainer's summary (run times) and the pickled TrainingArguments, which hold the
+# absolute output and cache paths, so a checkpoint's hash changed with the workdir it was trained in (an iterate
+# workdir moved and resumed met new sampler hashes)
+_SKIP_NAMES = (TRAIN_SUMMARY, "training_args.bin")
 _BLOCK = 1 << 22
 
 

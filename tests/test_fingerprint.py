@@ -91,3 +91,25 @@ def test_hub_model_has_the_same_hash_before_and_after_its_download(tmp_path, mon
     # another commit is another model
     monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, name, **kw: Info())
     assert model_hash("org/other") != before
+
+
+def test_a_checkpoint_hash_does_not_depend_on_the_workdir_path(tmp_path, monkeypatch, tiny_llama_dir):
+    """The same round trained in two workdirs (as in a workdir moved and resumed) gives one sampler hash. The
+    trainer writes `training_args.bin` (output and cache paths, absolute) into the checkpoint, and it was hashed."""
+    import shutil
+
+    from prefdata.generate import GenerateConfig, sampler_hash
+    from prefdata.train.run import train
+    from tests.helpers import FAST, pair_rows, write_jsonl
+
+    monkeypatch.setenv("PREFDATA_CACHE", str(tmp_path / "cache"))
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
+    outs = [tmp_path / w / "round_0" / "train" for w in ("here", "moved-elsewhere")]
+    for out in outs:
+        train(str(data), model=str(tiny_llama_dir), output_dir=str(out), max_steps=1, **FAST)
+    assert str(outs[0]).encode() in (outs[0] / "training_args.bin").read_bytes()  # the path is in the file
+    hashes = {sampler_hash(GenerateConfig(model=str(out), backend="hf")) for out in outs}
+    assert len(hashes) == 1
+    # and a workdir moved as it is keeps it
+    moved = shutil.move(str(tmp_path / "here"), str(tmp_path / "new-place"))
+    assert sampler_hash(GenerateConfig(model=f"{moved}/round_0/train", backend="hf")) in hashes
