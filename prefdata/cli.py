@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import errno
 import importlib
+import os
+import re
 import signal
 import sys
 from typing import Any
@@ -20,7 +22,7 @@ from typer.core import TyperCommand, TyperGroup
 from prefdata import __version__
 from prefdata.errors import PrefdataError
 
-VERBS = ("generate", "rank", "export", "push", "train", "iterate", "eval", "judge_eval")
+VERBS = ("generate", "rank", "export", "push", "train", "iterate", "eval", "judge_eval", "env")
 
 class _Verbs(TyperGroup):
     """The verbs, each built on first use: a verb's options come from its config class, and importing every
@@ -113,6 +115,29 @@ def _interrupted() -> None:
     sys.exit(interrupts.exit_code(signum))
 
 
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)")
+
+
+def _user_os_error(e: BaseException) -> OSError | None:
+    """The user's-disk OSError (full, read-only, no permission) behind `e`: `e` itself, one in its `__cause__` /
+    `__context__` chain, or one a library gave only as text, as polars does when a parquet write hits ENOSPC."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno in _USER_OS_ERRORS:
+            return x
+        m = _OS_ERROR_TEXT.search(str(x))
+        code = int(m.group(1)) if m else (errno.ENOSPC if "No space left on device" in str(x) else None)
+        if code in _USER_OS_ERRORS:
+            return OSError(code, os.strerror(code))
+        stack += [x.__cause__, x.__context__]
+    return None
+
+
 def _usage_error(cmd: Any, e: Any, argv: list[str]) -> None:
     """Print click's usage line, then one `error:` line (with a "did you mean" where a name was misspelled)."""
     ctx = getattr(e, "ctx", None)
@@ -173,14 +198,16 @@ def _main(argv: list[str] | None) -> None:
             sys.exit(2)
         print(f"error: {e.format_message()}", file=sys.stderr)  # type: ignore[attr-defined]
         sys.exit(getattr(e, "exit_code", 1) or 1)
-    except OSError as e:
-        if e.errno not in _USER_OS_ERRORS:
-            raise
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: {e.strerror}{where}; check the permissions and free space of that location", file=sys.stderr)
-        sys.exit(2)
     except (KeyboardInterrupt, *_ABORTS):
         _interrupted()
+    except Exception as e:  # a full or read-only disk, also wrapped by a library (polars gives ENOSPC as text)
+        user = _user_os_error(e)
+        if user is None:
+            interrupts.reap_children()  # a crash, as below: its traceback follows
+            raise
+        where = f" ({user.filename})" if user.filename else ""
+        print(f"error: {user.strerror}{where}; check the permissions and free space of that location", file=sys.stderr)
+        sys.exit(2)
     except BaseException:
         if not isinstance(sys.exc_info()[1], SystemExit):
             interrupts.reap_children()  # a crash: its traceback follows, and no engine is left running

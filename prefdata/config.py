@@ -125,6 +125,15 @@ def check_range(
         raise PrefdataError(f"{flag} must be in {span}, got {value}")
 
 
+SEED_MAX = 2**32 - 1  # numpy's seed (vLLM and transformers seed it) takes no more; torch.manual_seed stops at 2**64
+
+
+def check_seed(flag: str, value: int | None) -> None:
+    """Refuse a seed the libraries would overflow on deep inside a run (after its lock and logs/ exist)."""
+    if value is not None and not 0 <= value <= SEED_MAX:
+        raise PrefdataError(f"{flag} must be in [0, {SEED_MAX}], got {value}")
+
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -139,10 +148,13 @@ def check_env_name(flag: str, value: str) -> None:
         )
 
 
-def stage_fields(cls: type, values: dict[str, Any], where: str, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+def stage_fields(
+    cls: type, values: dict[str, Any], where: str, reserved: tuple[str, ...] = (), who: str = "the loop"
+) -> dict[str, Any]:
     """Check a mapping of `cls` fields given as YAML or `--set` (unknown names, types), before any work starts.
 
-    Returns the values coerced to the fields' types (an int given for a float field becomes a float)."""
+    `reserved`: fields `who` (the command) sets itself. Returns the values coerced to the fields' types (an int
+    given for a float field becomes a float)."""
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -153,7 +165,7 @@ def stage_fields(cls: type, values: dict[str, Any], where: str, reserved: tuple[
         raise PrefdataError(f"{where}: unknown field(s) {', '.join(unknown)} for {cls.__name__}; {hint}")
     fixed = sorted(set(values) & set(reserved))
     if fixed:
-        raise PrefdataError(f"{where}: {', '.join(fixed)} is set by the loop itself; use the loop's own option instead")
+        raise PrefdataError(f"{where}: {', '.join(fixed)} is set by {who} itself; use {who}'s own option instead")
     hints = typing.get_type_hints(cls)
     out = {}
     for k, v in values.items():

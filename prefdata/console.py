@@ -103,10 +103,14 @@ def captured(stage: str) -> Callable[[F], F]:
     def deco(f: F) -> F:
         @functools.wraps(f)
         def wrapper(run: Any, *args: Any, **kwargs: Any) -> Any:
+            from prefdata.errors import PrefdataError
             from prefdata.export_folder import refuse_export_folder
 
-            refuse_export_folder(Path(getattr(run, "path", run)))  # before its logs/ is created in there
-            with capture_output(Path(getattr(run, "path", run)) / "logs", stage):
+            path = Path(getattr(run, "path", run))
+            if path.exists() and not path.is_dir():  # logs/ cannot be made in a file: say so, not NotADirectoryError
+                raise PrefdataError(f"{path} is a file, not a run directory; pass the run's folder to --run")
+            refuse_export_folder(path)  # before its logs/ is created in there
+            with capture_output(path / "logs", stage):
                 return f(run, *args, **kwargs)
 
         return wrapper  # type: ignore[return-value]

@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from prefdata import __version__
-from prefdata.config import check_env_name, check_range
+from prefdata.config import check_env_name, check_range, check_seed
 from prefdata.console import capture_output, say
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
@@ -100,7 +100,7 @@ class GenerateConfig:
         check_range("--gpu-memory-utilization", self.gpu_memory_utilization, 0, 1, lo_open=True)
         check_range("--max-retries", self.max_retries, 0)
         check_range("timeout", self.timeout, 0, lo_open=True)
-        check_range("--seed", self.seed, 0)
+        check_seed("--seed", self.seed)
         if any(not s for s in self.stop):
             raise PrefdataError("--stop takes a non-empty string")
 

@@ -287,17 +287,26 @@ def build_verb_command(module: str, verb: str) -> Any:
     return typer.main.get_command(app)
 
 
-def parse_sets(items: list[str], stages: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """`--set train.learning_rate=1e-6` → {"train": {"learning_rate": 1e-6}} (values parsed as YAML)."""
+def parse_sets(
+    items: list[str], classes: dict[str, str], reserved: dict[str, tuple[str, ...]] | None = None, who: str = "the loop"
+) -> dict[str, dict[str, Any]]:
+    """`--set train.learning_rate=1e-6` → {"train": {"learning_rate": 1e-6}}: values parsed as YAML, then checked
+    and converted against the stage's config class ("module:Class" in `classes`), so that every verb with --set
+    (iterate, eval) refuses a misspelt field ("did you mean") or a wrong type with one line, before any work."""
     import yaml
 
+    from prefdata.config import stage_fields
     from prefdata.errors import PrefdataError
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         stage, dot, fld = key.partition(".")
-        if not sep or not dot or stage not in stages:
-            raise PrefdataError(f"--set {item!r}: write STAGE.FIELD=VALUE with STAGE one of {', '.join(stages)}")
-        out.setdefault(stage, {})[fld] = yaml.safe_load(value)
-    return out
+        if not sep or not dot or stage not in classes:
+            raise PrefdataError(f"--set {item!r}: write STAGE.FIELD=VALUE with STAGE one of {', '.join(classes)}")
+        try:
+            out.setdefault(stage, {})[fld] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise PrefdataError(f"--set {item!r}: the value is not valid YAML; quote it") from None
+    return {stage: stage_fields(load_class(classes[stage]), fields, f"--set {stage}", (reserved or {}).get(stage, ()), who)
+            for stage, fields in out.items()}  # fmt: skip

@@ -40,7 +40,7 @@ from typing import Any
 
 import polars as pl
 
-from prefdata.config import check_env_name, check_range
+from prefdata.config import check_env_name, check_range, check_seed
 from prefdata.console import captured
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
@@ -152,6 +152,7 @@ class RankConfig:
         check_range("--rpm", self.requests_per_minute, 0, lo_open=True)
         check_range("timeout_s", self.timeout_s, 0, lo_open=True)
         check_range("backoff_s", self.backoff_s, 0)
+        check_seed("--seed", self.seed)
 
 
 def content_key(

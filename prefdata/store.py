@@ -45,13 +45,23 @@ def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """`write(tmp)` to a hidden file beside `path`, synced, then renamed onto it: readers never see half a file."""
+    """`write(tmp)` to a hidden file beside `path`, synced, then renamed onto it: readers never see half a file.
+
+    On any failure (a full disk, Ctrl-C) the temp file and the folders made for it are removed again."""
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{uuid.uuid4().hex}-{path.name}"
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+            for folder in made:  # innermost first; one another process has written into stays
+                folder.rmdir()
+        raise
 
 
 @contextlib.contextmanager

@@ -23,13 +23,13 @@ def command() -> Any:
 
 def _iterate(cfg: Any, *, workdir: Path, set_: list[str], quiet: bool, **stage_flags: Any) -> None:
     """Stage flags (-n, --judge, ...) win over the YAML file's stage maps, and --set over both."""
-    from prefdata.iterate import STAGE_CLASSES, iterate
+    from prefdata.iterate import RESERVED, STAGE_CLASSES, iterate
     from prefdata.options import parse_sets, stage_values
     from prefdata.store import check_writable
 
     for stage, fields in stage_values(STAGE_CLASSES, stage_flags).items():
         getattr(cfg, stage).update(fields)
-    for stage, fields in parse_sets(set_, STAGES).items():
+    for stage, fields in parse_sets(set_, STAGE_CLASSES, RESERVED).items():
         getattr(cfg, stage).update(fields)
     cfg.check_stages()  # before anything is written in the workdir
     check_writable(workdir, "--workdir")

@@ -8,6 +8,7 @@ starts a fresh judgments directory instead of mixing verdicts from two prompts.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,15 +104,18 @@ def load_template(name_or_path: str) -> JudgeTemplate:
     missing = [k for k in REQUIRED if k not in data]
     if missing:
         raise PrefdataError(f"judge template {path} lacks field(s) {', '.join(missing)}")
-    labels = {str(k): str(v) for k, v in dict(data["labels"]).items()}
+    if not isinstance(data["labels"], dict):
+        raise PrefdataError(f"judge template {path}: labels must be a mapping of label: a | b | tie")
+    labels = {str(k): str(v) for k, v in data["labels"].items()}
     bad = sorted(v for v in labels.values() if v not in ("a", "b", "tie"))
     if bad:
         raise PrefdataError(f"judge template {path}: labels must map to a, b or tie, got {bad}")
+    pattern = check_pattern(path, str(data["verdict_pattern"]))
     return JudgeTemplate(
         name=str(data["name"]),
         system=str(data["system"]),
         user=str(data["user"]),
-        rule=VerdictRule(str(data["verdict_pattern"]), labels),
+        rule=VerdictRule(pattern, labels),
         repair=str(data.get("repair") or "Reply with only your final verdict."),
         max_tokens=int(data.get("max_tokens", 512)),
         description=str(data.get("description", "")),
@@ -120,3 +124,15 @@ def load_template(name_or_path: str) -> JudgeTemplate:
         sha256=hashlib.sha256(text.encode()).hexdigest(),
         path=str(path),
     )
+
+
+def check_pattern(path: Path, pattern: str) -> str:
+    """A verdict_pattern that does not compile, or has no group for the label, is refused when the template
+    loads: otherwise `re` fails at the first judge reply, mid-run, with a traceback."""
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as e:
+        raise PrefdataError(f"judge template {path}: verdict_pattern {pattern!r} is not a valid regular expression ({e})") from None
+    if groups < 1:
+        raise PrefdataError(f"judge template {path}: verdict_pattern {pattern!r} needs a group around the label, e.g. \\[\\[(A|B|C)\\]\\]")
+    return pattern

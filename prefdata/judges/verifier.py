@@ -342,8 +342,10 @@ class VerifierJudge:
         t0 = time.monotonic()
         try:
             value = self.fn(msgs, req.candidate.text, req.reference)
-        except Exception as e:  # noqa: BLE001 - a user function's error is a recorded failure, never a crash
-            return ScoreResult(cid, None, error=f"{type(e).__name__}: {e}"[:500], latency_s=time.monotonic() - t0)
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) while it ran: the run stops as anywhere else
+            raise
+        except BaseException as e:  # noqa: BLE001 - a user function's error, even sys.exit(0), is a recorded failure
+            return ScoreResult(cid, None, error=_described(e)[:500], latency_s=time.monotonic() - t0)
         lat = time.monotonic() - t0
         if value is None:
             return ScoreResult(cid, None, error="cannot judge (the verifier returned None)", latency_s=lat)
@@ -365,6 +367,14 @@ def _math_verify_version(spec: str) -> str:
         return version("math-verify")
     except PackageNotFoundError:
         raise PrefdataError(f"--judge {spec}: needs the math-verify package (pip install 'math-verify>=0.9')") from None
+
+
+def _described(e: BaseException) -> str:
+    """A user function's exception as one line; a SystemExit says that the code called exit, which would
+    otherwise end rank silently (with its code as the process's exit status)."""
+    if isinstance(e, SystemExit):
+        return f"SystemExit: the code called sys.exit({e.code!r})"
+    return f"{type(e).__name__}: {e}"
 
 
 def build_verifier(spec: str) -> VerifierJudge:
@@ -394,15 +404,20 @@ def build_verifier(spec: str) -> VerifierJudge:
             module = importlib.util.module_from_spec(loader_spec)
             sys.modules[mod_name] = module
             loader_spec.loader.exec_module(module)
-        except Exception as e:  # noqa: BLE001 - any error in the user's file is one error line
+        except KeyboardInterrupt:
             sys.modules.pop(mod_name, None)
-            raise PrefdataError(f"--judge {spec!r}: {path} could not be loaded ({type(e).__name__}: {e})") from e
+            raise
+        except BaseException as e:  # noqa: BLE001 - any error in the user's file, sys.exit() too, is one error line
+            sys.modules.pop(mod_name, None)
+            raise PrefdataError(f"--judge {spec!r}: {path} could not be loaded ({_described(e)})") from e
         label = f"python:{path.name}:{func}"
     else:
         try:
             module = importlib.import_module(target)
-        except Exception as e:  # noqa: BLE001
-            raise PrefdataError(f"--judge {spec!r}: module {target} could not be imported ({type(e).__name__}: {e})") from e
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - sys.exit() on import too: one error line, not a silent exit
+            raise PrefdataError(f"--judge {spec!r}: module {target} could not be imported ({_described(e)})") from e
         file = getattr(module, "__file__", None)
         source = Path(file).read_bytes() if file and Path(file).is_file() else target.encode()
         label = f"python:{target}:{func}"
