@@ -575,3 +575,68 @@ def test_an_output_dir_that_is_a_file_names_output_dir(tmp_path, tiny_llama_dir,
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: cannot write in --output-dir")
     assert err.rstrip().endswith("pick a writable --output-dir") and "--run" not in err
     assert blocker.read_text() == "x"
+
+
+def test_a_small_update_survives_the_save_the_next_round_trains_from(tmp_path, tiny_llama_dir):
+    """Issue 19 §5: at lr 5e-7 the update is below bf16's spacing; the bf16 save kept almost none of it (the next
+    round trained from the unchanged model). The float32 save keeps the trainer's weights as they are."""
+    from safetensors.torch import load_file
+
+    from prefdata.train import train
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(8))
+    out = tmp_path / "out"
+    train(data, str(tiny_llama_dir), out, loss_type="aipo", max_steps=2, save_strategy="no",
+          **{**FAST, "learning_rate": 5e-7})  # fmt: skip
+    start = {k: v.float() for k, v in load_file(tiny_llama_dir / "model.safetensors").items()}
+    saved = load_file(out / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in saved.values())
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    moved = sum(int((saved[k] != w).sum()) for k, w in start.items())
+    total = sum(w.numel() for w in start.values())
+    assert moved / total > 0.5, f"only {moved / total:.1%} of the weights kept an update"
+    # rounded to bf16 (what the save did before), almost nothing of the update is left
+    kept_bf16 = sum(int((saved[k].to(torch.bfloat16).float() != w).sum()) for k, w in start.items())
+    assert kept_bf16 / total < 0.2
+
+
+def test_save_dtype_bfloat16_is_a_choice_for_publishing(tmp_path, tiny_llama_dir):
+    from safetensors.torch import load_file
+
+    from prefdata.train import train
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
+    train(data, str(tiny_llama_dir), tmp_path / "out", max_steps=1, save_strategy="no", save_dtype="bfloat16", **FAST)
+    assert all(v.dtype == torch.bfloat16 for v in load_file(tmp_path / "out" / "model.safetensors").values())
+    with pytest.raises(PrefdataError, match="save_dtype must be one of"):
+        train(data, str(tiny_llama_dir), tmp_path / "o2", max_steps=1, save_dtype="fp8", **FAST)
+
+
+def test_chunked_head_under_bf16_autocast_matches_float64():
+    """Issue 19 item 6: under bf16 autocast the head's logits were rounded to bf16 (0.06-0.125 apart at the
+    logit sizes of a trained model) before the float32 log-softmax, an error of ~0.1 nats per sequence. With no
+    decoder layers nothing else runs in bf16, so the head's error alone is compared with a float64 forward."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from prefdata.train.data import sequence_logps
+
+    cfg = LlamaConfig(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=0, num_attention_heads=4,
+                      num_key_value_heads=4, max_position_embeddings=128, pad_token_id=0, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).float().eval()
+    with torch.no_grad():
+        model.model.embed_tokens.weight.normal_(0.0, 1.0)  # logits of a trained model's size: sd ~8, |max| ~30
+    batch = PairCollator(0)(_random_pairs(cfg.vocab_size, 4))
+    model64 = LlamaForCausalLM(cfg).double().eval()
+    model64.load_state_dict(model.state_dict())
+    c = batch["completion_mask"].shape[1]
+    with torch.no_grad():
+        logits = model64(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         position_ids=(batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)).logits[:, -c - 1 : -1]
+        per_token = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, -c:].unsqueeze(-1)).squeeze(-1)
+        want = (per_token * batch["completion_mask"]).sum(-1)
+        assert logits.abs().max() > 16  # where bf16's spacing is 0.125
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got, _ = sequence_logps(model, batch, 5)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-3)
