@@ -24,7 +24,7 @@ from prefdata.config import check_env_name, check_range, check_seed
 from prefdata.console import capture_output, say
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
-from prefdata.models import DEMO_NAME, resolve_model
+from prefdata.models import DEMO_NAME, check_generative_model, resolve_model
 from prefdata.options import opt
 from prefdata.prompts import PromptSet, load_prompts
 from prefdata.records import CANDIDATE_SCHEMA, TRAIN_SUMMARY, candidate_id, stable_hash
@@ -256,6 +256,8 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
     # the input is read and the location checked before the lock creates anything in the run directory
     pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
     check_writable(run.path, "--run")
+    if cfg.backend != "openai" and llm is None:  # before the lock and any engine: a reward model's LM head is random
+        check_generative_model(resolve_model(cfg.model))
     with run.stage_lock("generate", cfg.shard):
         return _generate_run(run, cfg, pset, t0, llm, progress)
 

@@ -83,3 +83,25 @@ def resolve_model(model: str | None) -> str:
     if model.startswith((".", "/", "~")):
         raise PrefdataError(f"model path {model} does not exist; pass an existing model folder")
     return model  # a hub name; loaders use the local HF cache (nothing is downloaded in tests or CI)
+
+
+def check_generative_model(model_path: str) -> None:
+    """Refuse a model folder whose config.json names only non-generative architectures (a reward model, a
+    classifier): loaded for sampling, its language-model head would be initialised at random and every sample
+    would be noise, while the run exits 0. Cheap (reads config.json only), so it runs before vLLM starts too."""
+    import json
+
+    config = Path(model_path) / "config.json"
+    if not config.is_file():
+        return  # a hub name or a LoRA adapter folder: the loader checks it
+    try:
+        arch = [str(a) for a in json.loads(config.read_text()).get("architectures") or []]
+    except (ValueError, AttributeError) as e:
+        raise PrefdataError(f"{config} is not a valid model config ({e})") from e
+    heads = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "ForRewardModel")
+    if arch and all(a.endswith(heads) for a in arch):
+        raise PrefdataError(
+            f"--model {model_path} is a {', '.join(arch)}, not a language model: its language-model head would be "
+            "initialised at random and the samples would mean nothing; give a *ForCausalLM model (a reward model "
+            "is a --judge for rank)"
+        )

@@ -21,9 +21,18 @@ class HFSampler:
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_path)
             self.dtype = resolve_dtype(cfg.dtype)
-            self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, self.dtype))
+            self.model, info = AutoModelForCausalLM.from_pretrained(
+                model_path, dtype=getattr(torch, self.dtype), output_loading_info=True
+            )
         except OSError as e:
             raise PrefdataError(f"transformers could not load model {model_path}: {str(e).splitlines()[0]}") from e
+        fresh = sorted(set(info.get("missing_keys") or []) | {str(k[0]) if isinstance(k, tuple) else str(k)
+                                                                for k in info.get("mismatched_keys") or []})  # fmt: skip
+        if fresh:  # e.g. lm_head.weight of a reward model: transformers only warns, in the log
+            raise PrefdataError(
+                f"model {model_path} has no trained weights for {', '.join(fresh[:3])}{' ...' if len(fresh) > 3 else ''} "
+                "(they would be initialised at random and the samples would mean nothing); give a trained *ForCausalLM model"
+            )
         self.model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
