@@ -640,3 +640,12 @@ def test_chunked_head_under_bf16_autocast_matches_float64():
             got, _ = sequence_logps(model, batch, 5)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-3)
+    # with grad: the same float32 values, and the gradient (recomputed in bf16, as autocast gives every layer) close
+    # to float64's
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got_g, _ = sequence_logps(model, batch, 5)
+    got_g.sum().backward()
+    sequence_logps(model64, batch, 0)[0].sum().backward()
+    torch.testing.assert_close(got_g.detach(), got)
+    g, g64 = model.model.embed_tokens.weight.grad.double(), model64.model.embed_tokens.weight.grad
+    assert torch.linalg.norm(g - g64) / torch.linalg.norm(g64) < 0.02

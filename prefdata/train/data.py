@@ -326,11 +326,8 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor], chunk_tokens: int
     targets = labels[sel]
     parts = []
     for s in range(0, hidden.shape[0], chunk_tokens):
-        args = (hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens], head.weight, head.bias, *transform)
-        if torch.is_grad_enabled():
-            parts.append(torch.utils.checkpoint.checkpoint(_token_logps, *args, use_reentrant=False))
-        else:
-            parts.append(_token_logps(*args))
+        parts.append(_head_chunk(hidden[s : s + chunk_tokens], targets[s : s + chunk_tokens], head.weight, head.bias,
+                                 *transform))
     per_token = torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
     rows = torch.arange(mask.shape[0], device=mask.device).unsqueeze(1).expand_as(mask)[sel]
     logps = torch.zeros(mask.shape[0], dtype=torch.float32, device=mask.device).index_add(0, rows, per_token)
@@ -362,6 +359,42 @@ def head_transform(config: Any) -> tuple[float, float, float | None] | None:
     return None
 
 
+def _head_chunk(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                multiplier: float, divisor: float, softcap: float | None) -> torch.Tensor:
+    """One chunk's token log-probs: float32 values; with grad, the backward of `_HeadLogps`."""
+    if torch.is_grad_enabled():
+        return _HeadLogps.apply(hidden, weight, bias, targets, multiplier, divisor, softcap)
+    return _token_logps(hidden, targets, weight, bias, multiplier, divisor, softcap)
+
+
+class _HeadLogps(torch.autograd.Function):
+    """Token log-probs whose values are float32 (`_token_logps`) and whose gradient is recomputed in backward in the
+    forward's autocast dtype, as the checkpointed head did before. The loss compares exact margins; the gradient
+    is the one autocast gives every other layer. A float32 recompute and float32 backward matmuls made a bf16 CPU
+    training step 12% slower; this costs one float32 head matmul per chunk (bench/RESULTS.md §4e)."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                multiplier: float, divisor: float, softcap: float | None) -> torch.Tensor:
+        device = hidden.device.type
+        ctx.autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        ctx.transform = (multiplier, divisor, softcap)
+        ctx.save_for_backward(hidden, weight, bias, targets)
+        return _token_logps(hidden, targets, weight, bias, multiplier, divisor, softcap)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, bias, targets = ctx.saved_tensors
+        leaves = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip((hidden, weight, bias), ctx.needs_input_grad[:3], strict=True)]
+        with torch.enable_grad(), torch.autocast(hidden.device.type, dtype=ctx.autocast or torch.float32,
+                                                 enabled=ctx.autocast is not None):
+            out = _token_logps(leaves[0], targets, leaves[1], leaves[2], *ctx.transform, head_dtype=None)
+        wanted = [t for t in leaves if t is not None and t.requires_grad]
+        got = iter(torch.autograd.grad(out, wanted, grad) if wanted else ())
+        return (*[next(got) if t is not None and t.requires_grad else None for t in leaves], None, None, None, None)
+
+
 def _token_logps(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -370,11 +403,18 @@ def _token_logps(
     multiplier: float,
     divisor: float,
     softcap: float | None,
+    head_dtype: torch.dtype | None = torch.float32,
 ) -> torch.Tensor:
     """Log-probs of `targets`, the head computed in float32 even under autocast: bf16 logits keep 8 significant
-    bits (0.0625 apart at |logit| 8-16, 0.125 at 16-32), an error per token larger than the margins the loss compares."""
-    with torch.autocast(hidden.device.type, enabled=False):
-        logits = torch.nn.functional.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+    bits (0.0625 apart at |logit| 8-16, 0.125 at 16-32), an error per token larger than the margins the loss compares.
+    `head_dtype` None: the head in the ambient (autocast) dtype, for `_HeadLogps.backward`'s gradient."""
+    if head_dtype is None:
+        logits = torch.nn.functional.linear(hidden, weight, bias)
+    else:
+        with torch.autocast(hidden.device.type, enabled=False):
+            logits = torch.nn.functional.linear(hidden.to(head_dtype), weight.to(head_dtype),
+                                                None if bias is None else bias.to(head_dtype))
+    logits = logits.float()
     if multiplier != 1.0:
         logits = logits * multiplier
     if divisor != 1.0:
