@@ -54,7 +54,7 @@ def test_two_processes_match_one_and_share_the_reference_pass(tmp_path, tiny_lla
     assert [r["ref_rows_forwarded"] for r in two] == [4, 4]
     assert [r["ref_pairs_computed"] for r in two] == [4, 4]
 
-    # the saved model loads, and it is the single-process model (bf16 on disk)
+    # the saved model loads, and it is the single-process model (float32 on disk)
     ddp_model = AutoModelForCausalLM.from_pretrained(tmp_path / "ddp" / "model")
     single_model = AutoModelForCausalLM.from_pretrained(tmp_path / "single" / "model")
     for (name, a), b in zip(ddp_model.state_dict().items(), single_model.state_dict().values(), strict=True):
@@ -81,7 +81,8 @@ def test_lora_under_two_processes_matches_one(tmp_path, tiny_llama_dir):
     for r in two:
         for key in ("first_loss", "last_loss", "train_loss"):
             assert r[key] == pytest.approx(one[key], abs=1e-4), key
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "ddp" / "model").dtype == torch.bfloat16  # the merged model
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "ddp" / "model", dtype="auto")
+    assert merged.dtype == torch.float32  # the merged model, saved in float32 (--save-dtype's default)
 
 
 def test_a_process_without_the_weights_does_not_score_the_reference(tiny_llama_dir):

@@ -200,13 +200,14 @@ def test_eval_with_a_reward_model_mean_scores_and_win_rate_by_score(tmp_path, ti
     from tests.helpers import build_tiny_rm
 
     rm = build_tiny_rm(tmp_path / "rm", demo_model_dir, seed=3)
+    # float32: in bf16 a score moves ~1e-3 with what else is in its batch (the check below scores one at a time)
     cfg = EvalConfig(model=str(tiny_llama_dir), baseline="gold", prompts=str(arith_file), judge=str(rm),
-                     backend="hf", max_tokens=6)
+                     backend="hf", max_tokens=6, rank={"dtype": "float32"})
     run = RunDir(tmp_path / "ev")
     s = eval_run(run, cfg, progress=False)
     assert s["judge_kind"] == "reward-model" and s["compared"] == 7 and s.get("accuracy") is None
 
-    alone = RewardModelJudge(str(rm), batch_size=1)
+    alone = RewardModelJudge(str(rm), batch_size=1, dtype="float32")
     msgs = dict(zip(*run.read_prompts().select(["prompt_id", "messages"]).to_dict(as_series=False).values(), strict=True))
     cands = run.read_candidates(unique=True).filter(pl.col("kind") == "sample")
     by_side: dict[str, dict[str, float]] = {"model": {}, "baseline": {}}

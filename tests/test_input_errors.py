@@ -14,16 +14,10 @@ import polars as pl
 import pytest
 
 import prefdata.train.config  # noqa: F401  imported here, not under capsys: its logging must not bind to a captured stream
-from prefdata.cli import main
 from prefdata.errors import PrefdataError
+from tests.helpers import cli
 
 KEY = "hf_" + "Q7x" * 10  # looks like a Hub token; must never reach a file
-
-
-def _cli(capsys, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code, capsys.readouterr().err
 
 
 def _one_line(code: int, err: str, needle: str) -> None:
@@ -59,7 +53,7 @@ def _bad_files(tmp: Path) -> list[tuple[Path, str]]:
 def test_bad_prompt_files(tmp_path, capsys):
     for f, needle in _bad_files(tmp_path):
         run = tmp_path / f"run-{f.stem}"
-        code, err = _cli(capsys, "generate", str(f), "--run", str(run), "--backend", "openai",
+        code, _, err = cli(capsys, "generate", str(f), "--run", str(run), "--backend", "openai",
                          "--base-url", "http://127.0.0.1:9/v1")  # fmt: skip
         _one_line(code, err, needle)
         assert "Traceback" not in err and not run.exists(), f
@@ -70,7 +64,7 @@ def test_unreadable_prompt_file(tmp_path, capsys):
     f = tmp_path / "secret.jsonl"
     f.write_text('{"prompt": "hi"}\n')
     f.chmod(0)
-    code, err = _cli(capsys, "generate", str(f), "--run", str(tmp_path / "run"))
+    code, _, err = cli(capsys, "generate", str(f), "--run", str(tmp_path / "run"))
     _one_line(code, err, f"cannot read prompt file {f}")
 
 
@@ -79,7 +73,7 @@ def test_prompt_file_that_fails_to_read(tmp_path, capsys):
     """A file whose read fails (here /proc/self/mem: EIO at offset 0, for root too) is one line, no run."""
     f = tmp_path / "broken.jsonl"
     f.symlink_to("/proc/self/mem")
-    code, err = _cli(capsys, "generate", str(f), "--run", str(tmp_path / "run"))
+    code, _, err = cli(capsys, "generate", str(f), "--run", str(tmp_path / "run"))
     _one_line(code, err, f"cannot read prompt file {f}")
     assert not (tmp_path / "run").exists()
 
@@ -104,10 +98,10 @@ def test_read_only_run_location(tmp_path, capsys):
     ro = _read_only_dir(tmp_path)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
-    code, err = _cli(capsys, "generate", str(prompts), "--run", str(ro / "run"), "--backend", "openai",
+    code, _, err = cli(capsys, "generate", str(prompts), "--run", str(ro / "run"), "--backend", "openai",
                      "--base-url", "http://127.0.0.1:9/v1")  # fmt: skip
     _one_line(code, err, "is not writable")
-    code, err = _cli(capsys, "iterate", "--workdir", str(ro / "loop"))
+    code, _, err = cli(capsys, "iterate", "--workdir", str(ro / "loop"))
     _one_line(code, err, "--workdir")
     assert not (ro / "run").exists() and not (ro / "loop").exists()
 
@@ -131,7 +125,7 @@ def test_read_only_run_location(tmp_path, capsys):
 )
 def test_iterate_sets_checked_before_round_0(tmp_path, capsys, sets, needle):
     work = tmp_path / "loop"
-    code, err = _cli(capsys, "iterate", "--workdir", str(work), *sets)
+    code, _, err = cli(capsys, "iterate", "--workdir", str(work), *sets)
     _one_line(code, err, needle)
     assert not work.exists()
 
@@ -150,20 +144,20 @@ def test_iterate_sets_checked_before_round_0(tmp_path, capsys, sets, needle):
         (["--second-temperature", "-1"], "--second-temperature must be in [0, inf)"),
         (["--gpu-memory-utilization", "1.5"], "--gpu-memory-utilization must be in (0, 1]"),
         (["--concurrency", "0"], "--concurrency must be in [1, inf)"),
-        (["--temperature", "nan"], "--temperature must be in [0, inf), got nan"),
+        (["--temperature", "nan"], "temperature must be a finite number, got nan"),
     ],
 )
 def test_out_of_range_sampling_values(tmp_path, capsys, args, needle):
     run = tmp_path / "run"
-    code, err = _cli(capsys, "generate", "--run", str(run), *args)
+    code, _, err = cli(capsys, "generate", "--run", str(run), *args)
     _one_line(code, err, needle)
     assert not run.exists()
 
 
 def test_rank_out_of_range(tmp_path, capsys):
-    code, err = _cli(capsys, "rank", "--run", str(tmp_path / "r"), "--temperature", "-1")
+    code, _, err = cli(capsys, "rank", "--run", str(tmp_path / "r"), "--temperature", "-1")
     _one_line(code, err, "--temperature must be in [0, inf)")
-    code, err = _cli(capsys, "rank", "--run", str(tmp_path / "r"), "--max-tokens", "0")
+    code, _, err = cli(capsys, "rank", "--run", str(tmp_path / "r"), "--max-tokens", "0")
     _one_line(code, err, "--max-tokens must be in [1, inf)")
 
 
@@ -184,7 +178,7 @@ def test_zero_row_pairs_dataset_with_all_columns(tmp_path):
 @pytest.mark.parametrize("value", [KEY, "sk-proj-" + "a1B2" * 8, "0123456789abcdef0123456789abcdef", "not a name"])
 def test_api_key_env_refuses_a_key(tmp_path, capsys, value):
     run = tmp_path / "run"
-    code, err = _cli(capsys, "generate", "--run", str(run), "--backend", "openai", "--base-url",
+    code, _, err = cli(capsys, "generate", "--run", str(run), "--backend", "openai", "--base-url",
                      "http://127.0.0.1:9/v1", "--api-key-env", value)  # fmt: skip
     _one_line(code, err, "--api-key-env takes the NAME of an environment variable")
     assert value not in err and not run.exists()

@@ -83,7 +83,7 @@ def test_a_signal_stops_a_stage_with_one_line_and_its_exit_code(tmp_path, sig, c
             time.sleep(0.05)
         assert _Slow.chats, "generate never reached the server"
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=90)  # a loaded 2-core machine: the stop itself takes a second
     finally:
         srv.shutdown()
         srv.server_close()
@@ -98,7 +98,6 @@ def _candidates(run: Path) -> int:
     return 0 if df is None else df.height
 
 
-@pytest.mark.slow
 def test_sigterm_during_vllm_sampling_leaves_no_engine_and_the_rerun_completes(tmp_path, tiny_llama_dir):
     """The issue's test: a real in-process engine; SIGTERM once sampling has begun; within 45 s no process of the
     stage is left (before: VLLM::EngineCore and VLLM::Worker kept running); the rerun completes, nothing lost or

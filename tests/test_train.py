@@ -10,11 +10,10 @@ import polars as pl
 import pytest
 import torch
 
-from prefdata.cli import main
 from prefdata.errors import PrefdataError
 from prefdata.hardware import cpu_has_native_bf16
 from prefdata.train.data import PairCollator, load_pairs, tokenize_pair, tokenize_pairs
-from tests.helpers import FAST, build_tiny_llama, four, hold_stage_lock, make_ranked_run, pair_rows, write_jsonl
+from tests.helpers import FAST, build_tiny_llama, cli, four, hold_stage_lock, make_ranked_run, pair_rows, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -117,14 +116,14 @@ def test_training_learns_and_resume_continues(tmp_path, tiny_llama_dir):
     for key in ("margin/policy", "margin/reference", "length/chosen", "length/rejected", "nll", "rewards/chosen"):
         assert key in last
 
-    # the final model is bf16 safetensors with the tokenizer and chat template, loadable as is
+    # the final model is float32 safetensors (the whole update) with the tokenizer and chat template, loadable as is
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["dtype"] == "bfloat16"
+    assert cfg["dtype"] == "float32"
     assert (out / "chat_template.jinja").is_file() or "chat_template" in (out / "tokenizer_config.json").read_text()
     from safetensors import safe_open
 
     with safe_open(str(out / "model.safetensors"), "pt") as f:
-        assert all(f.get_tensor(k).dtype == torch.bfloat16 for k in f.keys())
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
     assert json.loads((out / "prefdata_train.json").read_text())["global_step"] == 6
 
     # the reference log-probs were cached beside the dataset, and a rerun reuses them
@@ -181,20 +180,13 @@ def test_mrpo_with_a_second_reference(tmp_path, tiny_llama_dir, demo_model_dir):
 # ---------------------------------------------------------------- CLI
 
 
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
-
-
 def test_cli_bad_dataset_is_one_line_exit_2(tmp_path, capsys):
-    code, _, err = _cli(["train", str(tmp_path / "missing.parquet"), "--output-dir", str(tmp_path / "o")], capsys)
+    code, _, err = cli(capsys, "train", str(tmp_path / "missing.parquet"), "--output-dir", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "x", "chosen": "y"}])
-    code, _, err = _cli(["train", str(bad), "--output-dir", str(tmp_path / "o")], capsys)
+    code, _, err = cli(capsys, "train", str(bad), "--output-dir", str(tmp_path / "o"))
     assert code == 2 and err.count("\n") == 1 and "missing rejected" in err
-    code, _, err = _cli(["train", str(bad), "--output-dir", str(tmp_path / "o"), "--loss", "nope"], capsys)
+    code, _, err = cli(capsys, "train", str(bad), "--output-dir", str(tmp_path / "o"), "--loss", "nope")
     assert code == 2 and err.count("\n") == 1 and "loss_type" in err
 
 
@@ -206,7 +198,7 @@ def test_cli_trains_with_yaml_config_and_flags(tmp_path, tiny_llama_dir, capsys)
         "save_strategy: 'no'\nreport_to: []\ndisable_tqdm: true\nbeta: 0.2\n"
     )
     argv = ["train", str(data), "--model", str(tiny_llama_dir), "--config", str(yaml_file), "--max-steps", "2", "--loss", "dpo"]
-    code, out, _ = _cli(argv, capsys)
+    code, out, _ = cli(capsys, *argv)
     assert code == 0
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["global_step"] == 2
@@ -309,17 +301,17 @@ def test_rerun_resumes_refuses_another_config_and_finished_run_does_nothing(tmp_
     _fast_yaml(tmp_path)
     out = tmp_path / "out"
     argv = _train_argv(data, tiny_llama_dir, out, steps=2)
-    code, _, err = _cli([*argv, "--resume", "latest"], capsys)  # no checkpoint yet: one line, nothing trained
+    code, _, err = cli(capsys, *argv, "--resume", "latest")  # no checkpoint yet: one line, nothing trained
     assert code == 2 and err.count("\n") == 1 and "holds no complete checkpoint" in err and "Traceback" not in err
     assert not (out / "prefdata_train.json").exists()
-    code, stdout, err = _cli(argv, capsys)  # without --resume: starts at step 0
+    code, stdout, err = cli(capsys, *argv)  # without --resume: starts at step 0
     assert code == 0 and "Traceback" not in err
     first = json.loads(stdout.strip().splitlines()[-1])
     assert first["global_step"] == 2
     stamp = (out / "model.safetensors").stat().st_mtime_ns
 
     for extra in ([], ["--resume", "latest"]):  # finished: nothing trains, the summary is printed again
-        code, stdout, _ = _cli([*argv, *extra], capsys)
+        code, stdout, _ = cli(capsys, *argv, *extra)
         again = json.loads(stdout.strip().splitlines()[-1])
         assert code == 0 and again["already_finished"] and again["global_step"] == 2
         assert again["train_loss"] == first["train_loss"]
@@ -331,22 +323,22 @@ def test_rerun_resumes_refuses_another_config_and_finished_run_does_nothing(tmp_
 
     shutil.rmtree(out / "checkpoint-2")
     (out / "prefdata_train.json").unlink()
-    code, stdout, _ = _cli(argv, capsys)
+    code, stdout, _ = cli(capsys, *argv)
     assert code == 0
     assert json.loads((out / "prefdata_train.json").read_text())["resumed_from_step"] == 1
 
     # another learning rate: refused in one line; --overwrite starts over
     other = [a if a != "1e-3" else "2e-3" for a in argv]
-    code, _, err = _cli(other, capsys)
+    code, _, err = cli(capsys, *other)
     assert code == 2 and err.count("\n") == 1 and "different training run" in err and "learning_rate" in err
     assert "--overwrite" in err
-    code, stdout, _ = _cli([*other, "--overwrite"], capsys)
+    code, stdout, _ = cli(capsys, *other, "--overwrite")
     summary = json.loads((out / "prefdata_train.json").read_text())
     assert code == 0 and summary["resumed_from_step"] == 0 and summary["config"]["learning_rate"] == 2e-3
 
     # a checkpoint of another run left without a summary is refused too
     (out / "prefdata_train.json").unlink()
-    code, _, err = _cli(argv, capsys)
+    code, _, err = cli(capsys, *argv)
     assert code == 2 and "checkpoints of a different training run" in err
 
 
@@ -357,7 +349,7 @@ def test_rerun_resumes_refuses_another_config_and_finished_run_does_nothing(tmp_
 )  # fmt: skip
 def test_out_of_range_train_values_are_one_line(tmp_path, capsys, flag, value, field):
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
-    code, _, err = _cli(["train", str(data), "--output-dir", str(tmp_path / "o"), flag, value], capsys)
+    code, _, err = cli(capsys, "train", str(data), "--output-dir", str(tmp_path / "o"), flag, value)
     assert code == 2 and err.count("\n") == 1 and err.startswith("error:") and field in err
     assert not (tmp_path / "o").exists()
 
@@ -456,7 +448,7 @@ def test_reference_with_another_tokenizer_is_refused(tmp_path, tiny_llama_dir, d
     capsys.readouterr()  # the build's progress bar
     argv = ["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(tmp_path / "o"), "--loss", "mrpo",
             "--ref-model", str(other), "--max-steps", "1"]  # fmt: skip
-    code, _, err = _cli(argv, capsys)
+    code, _, err = cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and "another tokenizer" in err and str(other) in err
     assert not (tmp_path / ".prefdata_ref_cache").exists()
 
@@ -536,17 +528,17 @@ def test_resume_from_a_missing_or_half_written_checkpoint_is_one_line(tmp_path, 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
     _fast_yaml(tmp_path)
     argv = _train_argv(data, tiny_llama_dir, tmp_path / "out", steps=1)
-    code, _, err = _cli([*argv, "--resume", str(tmp_path / "nope")], capsys)
+    code, _, err = cli(capsys, *argv, "--resume", str(tmp_path / "nope"))
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err
     half = tmp_path / "out" / "checkpoint-1"
     half.mkdir(parents=True)
     (half / "config.json").write_text("{}")  # what a kill inside the save leaves
-    code, _, err = _cli([*argv, "--resume", str(half)], capsys)
+    code, _, err = cli(capsys, *argv, "--resume", str(half))
     assert code == 2 and err.count("\n") == 1 and "not a complete checkpoint" in err
     # a checkpoint with a trainer state but no prefdata marker (an earlier version, another trainer) is not
     # deleted as half-written: the rerun refuses it in one line and leaves it in place
     (half / "trainer_state.json").write_text(json.dumps({"global_step": 1, "max_steps": 1}))
-    code, _, err = _cli(argv, capsys)
+    code, _, err = cli(capsys, *argv)
     assert code == 2 and err.count("\n") == 1 and "no prefdata marker" in err and "--overwrite" in err
     assert (half / "config.json").is_file()
 
@@ -558,7 +550,7 @@ def test_a_second_train_into_the_same_folder_stops_with_one_line(tmp_path, tiny_
     out = tmp_path / "out"
     holder = hold_stage_lock(out, "train")
     try:
-        code, _, err = _cli(_train_argv(data, tiny_llama_dir, out, steps=1), capsys)
+        code, _, err = cli(capsys, *_train_argv(data, tiny_llama_dir, out, steps=1))
     finally:
         holder.kill()
         holder.wait()
@@ -571,7 +563,7 @@ def test_an_output_dir_that_is_a_file_names_output_dir(tmp_path, tiny_llama_dir,
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code, _, err = _cli(["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(blocker)], capsys)
+    code, _, err = cli(capsys, "train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(blocker))
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: cannot write in --output-dir")
     assert err.rstrip().endswith("pick a writable --output-dir") and "--run" not in err
     assert blocker.read_text() == "x"
