@@ -88,3 +88,19 @@ def torch_dtype(name: str) -> object:
     import torch
 
     return getattr(torch, name)
+
+
+def vllm_cpu_threads() -> str:
+    """What the vLLM CPU worker's threads will be: prefdata keeps vLLM's own binding (one compute thread per
+    physical core of the NUMA node but the reserved ones). Binding both cores of the 2-core machine
+    (`VLLM_CPU_OMP_THREADS_BIND=0-1`) sampled at 0.6x the default's speed: the frontend then competes with the
+    compute threads (bench/RESULTS.md §9). A user's `VLLM_CPU_OMP_THREADS_BIND` is passed through as set."""
+    import os
+
+    bind = os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    reserved = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU")
+    cores = os.cpu_count() or 1
+    if bind == "auto":
+        return (f"vLLM's default binding (VLLM_CPU_OMP_THREADS_BIND=auto): {max(1, cores - 1)} compute core(s), "
+                f"{min(1, cores - 1) if reserved is None else reserved} reserved for the frontend, of {cores}")
+    return f"VLLM_CPU_OMP_THREADS_BIND={bind}" + (f", VLLM_CPU_NUM_OF_RESERVED_CPU={reserved}" if reserved else "")

@@ -33,6 +33,7 @@ def test_prefdata_env_prints_versions_cpu_decisions_and_caches(tmp_path):
     assert got["train"].startswith("bf16 autocast" if native or torch.cuda.is_available() else "float32")
     assert got["prefdata cache"] == f"{tmp_path / 'cache'} (PREFDATA_CACHE)"
     assert got["Hugging Face cache"]
+    assert got["vLLM CPU threads"] == hardware.vllm_cpu_threads() and "VLLM_CPU_OMP_THREADS_BIND" in got["vLLM CPU threads"]
 
 
 def test_prefdata_env_does_not_import_vllm():

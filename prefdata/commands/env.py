@@ -67,17 +67,10 @@ def _gpu() -> str:
 
 
 def _threads() -> list[str]:
-    """The vLLM CPU thread decision, where `prefdata.hardware` makes one (shown as it returns it)."""
+    """The vLLM CPU thread decision (`prefdata.hardware.vllm_cpu_threads`)."""
     from prefdata import hardware
 
-    for name in sorted(dir(hardware)):
-        fn = getattr(hardware, name)
-        if callable(fn) and not name.startswith("_") and "thread" in name and "vllm" in name:
-            try:
-                return [f"- vLLM CPU threads ({name}): {fn()}"]
-            except TypeError:  # needs arguments this command cannot supply
-                return []
-    return []
+    return [f"- vLLM CPU threads: {hardware.vllm_cpu_threads()}"]
 
 
 def env_lines() -> list[str]:
