@@ -34,22 +34,15 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--only", default=None, help="setting names to run, separated by | (default: all)")
-    ap.add_argument("--emulate-avx2", action="store_true",
-                    help="take an AVX2-only CPU's code paths in vLLM, torch and oneDNN (bench/avx2_emulation)")
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temp folder)")
     a = ap.parse_args()
-    extra_env: dict[str, str] = {}
-    if a.emulate_avx2:
-        here = Path(__file__).resolve().parent / "avx2_emulation"
-        extra_env = {"PREFDATA_BENCH_EMULATE_AVX2": "1", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                     "PYTHONPATH": os.pathsep.join(filter(None, [str(here), os.environ.get("PYTHONPATH")]))}
 
     from prefdata.hardware import auto_dtype, cpu_flags, cpu_model
 
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, flags {' '.join(flags)}; auto resolves to {auto_dtype()}")
     print(f"job: {a.limit} MT-Bench prompts x {a.n} completions, max {a.max_tokens} tokens, temperature 0.8"
-          f"{'; AVX2 code paths emulated' if a.emulate_avx2 else ''}; load average at start {os.getloadavg()[0]:.1f}")
+          f"; load average at start {os.getloadavg()[0]:.1f}")
     print("| setting | resolved dtype | sampling tok/s | tokens | wall s (engine start included) |")
     print("|---|---|---|---|---|", flush=True)
     work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="bench-dtype-"))
@@ -61,7 +54,7 @@ def main() -> None:
         cmd = [sys.executable, "-m", "prefdata.cli", "generate", "--run", str(run), "--limit", str(a.limit),
                "-n", str(a.n), "--max-tokens", str(a.max_tokens), *flags_]
         t0 = time.time()
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **extra_env, **env})
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         wall = time.time() - t0
         if out.returncode != 0:
             print(f"| {name} | failed ({out.returncode}) | | | {wall:.0f} |  {out.stderr.strip().splitlines()[-1:]}")
