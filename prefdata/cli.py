@@ -166,13 +166,15 @@ def _usage_error(cmd: Any, e: Any, argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> int:
     from prefdata import interrupts
 
-    interrupts.install()
+    saved = interrupts.install()
     try:
         _main(argv)
     except SystemExit as e:
         if e.code not in (0, None) and interrupts.received() is None:
             interrupts.reap_children()  # an error: nothing this run started may outlive it
         raise
+    finally:
+        interrupts.restore(saved)
 
 
 def _main(argv: list[str] | None) -> None:

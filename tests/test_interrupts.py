@@ -135,3 +135,32 @@ def test_sigterm_during_vllm_sampling_leaves_no_engine_and_the_rerun_completes(t
     assert after.height == 48 and after["candidate_id"].n_unique() == 48 and after["prompt_id"].n_unique() == 24
     kept = after.join(before.select("candidate_id", "text"), on="candidate_id", suffix="_before")
     assert kept.height == before.height and (kept["text"] == kept["text_before"]).all()
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_engine_starts_leaves_nothing(tmp_path, tiny_llama_dir):
+    """SIGTERM before the engine is up: there is no engine object to stop yet, and the main thread may be blocked
+    in vLLM's start; within 45 s the process has exited with 143 and none of its processes is left."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hello?"}])
+    cmd = [sys.executable, "-m", "prefdata.cli", "generate", str(prompts), "--run", str(tmp_path / "run"), "--model",
+           str(tiny_llama_dir), "-n", "1", "--max-tokens", "8", "--max-model-len", "512", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        children: list[int] = []
+        while time.time() < deadline and proc.poll() is None and len(children) < 2:  # EngineCore and its worker
+            children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+            time.sleep(0.2)
+        assert proc.poll() is None and children, "the engine did not start"
+        time.sleep(3)  # inside the engine's start
+        children = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=45)
+        assert not wait_gone(children, max(0.0, 45 - (time.monotonic() - t0)))
+        err = proc.stderr.read()
+        assert proc.returncode == 143, err
+        assert "interrupted by SIGTERM" in err  # on the terminal, not only in the stage's log
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
