@@ -29,15 +29,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO / "tests" / "data"
 
 
-# Tests that start a vLLM engine or server (minutes on CPU). `pytest -m "not slow"` is the fast loop.
-_ENGINE_FIXTURES = {"vllm_llm", "vllm_server"}
-_ENGINE_TESTS = {"test_iterate.py", "test_rank_export_cli.py::test_rank_then_export"}
+# The one place that marks tests slow: `pytest -m "not slow"` is the fast loop. Slow: every test that uses a
+# vLLM engine or server fixture (minutes on CPU), and the tests named here (a file, or FILE::TEST), which start an
+# engine themselves or run for minutes (a full iterate round with training, killed subprocesses).
+_ENGINE_FIXTURES = {"vllm_llm", "vllm_server", "vllm_rm"}
+_SLOW_TESTS = {
+    "test_iterate.py", "test_iterate_failures.py", "test_rank_chaos.py", "test_rank_export_cli.py::test_rank_then_export",
+    "test_interrupts.py::test_sigterm_during_vllm_sampling_leaves_no_engine_and_the_rerun_completes",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        file_name = item.nodeid.split("/")[-1]
-        by_name = file_name.split("::")[0] in _ENGINE_TESTS or file_name.split("[")[0] in _ENGINE_TESTS
+        file_name = item.nodeid.split("/")[-1].split("[")[0]
+        by_name = file_name.split("::")[0] in _SLOW_TESTS or file_name in _SLOW_TESTS
         if by_name or _ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 

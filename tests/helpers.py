@@ -17,9 +17,10 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
+import pytest
 
 from prefdata.judges.verdict import PairRequest, Verdict
 from prefdata.records import candidate_id, prompt_id
@@ -440,3 +441,26 @@ def hold_stage_lock(run_path: Path, stage: str, part: str | None = None) -> subp
     p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None and p.stdout.readline().strip() == "locked"
     return p
+
+
+class CliResult(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str, as_argv: bool = False) -> CliResult:
+    """`prefdata ARGS` in this process: its exit code and what it printed. `as_argv`: also put the command in
+    sys.argv, the command line that run.json and the dataset card record."""
+    from prefdata.cli import main
+
+    argv = sys.argv
+    if as_argv:
+        sys.argv = ["prefdata", *args]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main(list(args))
+    finally:
+        sys.argv = argv
+    out, err = capsys.readouterr()
+    return CliResult(e.value.code, out, err)  # type: ignore[arg-type]

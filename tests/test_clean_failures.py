@@ -10,16 +10,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefdata.cli import _user_os_error, main
-from tests.helpers import make_candidates_run, make_ref_run
+from prefdata.cli import _user_os_error
+from tests.helpers import cli, make_candidates_run, make_ref_run
 
 BIG_SEED = str(2**64 + 1)
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return int(e.value.code or 0), capsys.readouterr().err
 
 
 def _one_line(code: int, err: str, needle: str) -> None:
@@ -49,13 +43,13 @@ def test_seed_beyond_what_the_libraries_take(tmp_path, capsys, verb):
     run = tmp_path / "run"
     extra = {"generate": [str(prompts), "--backend", "hf"], "rank": ["--judge", "verify:number"],
              "eval": ["--prompts", str(prompts), "--judge", "verify:number", "--baseline", "ref"]}[verb]  # fmt: skip
-    code, err = _cli(capsys, verb, "--run", str(run), "--seed", BIG_SEED, *extra)
+    code, _, err = cli(capsys, verb, "--run", str(run), "--seed", BIG_SEED, *extra)
     _one_line(code, err, f"--seed must be in [0, 4294967295], got {BIG_SEED}")
     assert not run.exists()
 
 
 def test_seed_in_iterate_and_train_settings(tmp_path, capsys):
-    code, err = _cli(capsys, "iterate", "--workdir", str(tmp_path / "loop"), "--set", f"rank.seed={BIG_SEED}")
+    code, _, err = cli(capsys, "iterate", "--workdir", str(tmp_path / "loop"), "--set", f"rank.seed={BIG_SEED}")
     _one_line(code, err, "--seed must be in [0, 4294967295]")
     from prefdata.train.config import AIPOConfig
 
@@ -70,7 +64,7 @@ def test_template_with_a_bad_verdict_pattern(tmp_path, capsys):
     for pattern, needle in (("\\[\\[(A|B", "is not a valid regular expression"), ("\\[\\[[AB]\\]\\]", "needs a group")):
         template = tmp_path / "t.yaml"
         template.write_text(f"name: t\nsystem: s\nuser: '{{question}}'\nverdict_pattern: '{pattern}'\nlabels: {{A: a, B: b}}\n")
-        code, err = _cli(capsys, "rank", "--run", str(run.path), "--judge", str(template), "--base-url", "http://127.0.0.1:9/v1")
+        code, _, err = cli(capsys, "rank", "--run", str(run.path), "--judge", str(template), "--base-url", "http://127.0.0.1:9/v1")
         _one_line(code, err, needle)
     assert not [p for p in _litter(before, tmp_path) if p.name != "t.yaml" and p.parent.name != "logs"]
 
@@ -78,7 +72,7 @@ def test_template_with_a_bad_verdict_pattern(tmp_path, capsys):
 def test_rank_run_that_is_a_file(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("x")
-    code, err = _cli(capsys, "rank", "--run", str(f), "--judge", "verify:number")
+    code, _, err = cli(capsys, "rank", "--run", str(f), "--judge", "verify:number")
     _one_line(code, err, "is a file, not a run directory")
     assert sorted(tmp_path.iterdir()) == [f]
 
@@ -99,7 +93,7 @@ def test_eval_set_is_parsed_as_iterate_parses_it(tmp_path, capsys, setting, need
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi", "ref": "1"}\n')
     run = tmp_path / "run"
-    code, err = _cli(capsys, "eval", "--run", str(run), "--prompts", str(prompts), "--judge", "verify:number",
+    code, _, err = cli(capsys, "eval", "--run", str(run), "--prompts", str(prompts), "--judge", "verify:number",
                      "--baseline", "ref", "--set", setting)  # fmt: skip
     _one_line(code, err, needle)
     assert not run.exists()
@@ -119,7 +113,7 @@ def test_full_disk_during_rank(tmp_path, capsys, monkeypatch):
     run, _ = make_ref_run(tmp_path / "run", [("q1", "1", ["1", "2"]), ("q2", "2", ["2", "3"])])
     before = _tree(tmp_path)
     monkeypatch.setattr(pl.DataFrame, "write_parquet", _full_disk_write)
-    code, err = _cli(capsys, "rank", "--run", str(run.path), "--judge", f"python:{judge}:score", "--no-progress")
+    code, _, err = cli(capsys, "rank", "--run", str(run.path), "--judge", f"python:{judge}:score", "--no-progress")
     _one_line(code, err, "No space left on device; check the permissions and free space")
     assert not [p for p in _litter(before, tmp_path) if p.parent.name != "logs"]
     assert not list(run.path.rglob(".tmp-*"))
@@ -157,7 +151,7 @@ def test_judge_function_calling_exit_is_a_recorded_failure(tmp_path, capsys):
     judge = tmp_path / "j.py"
     judge.write_text("import sys\n\ndef score(messages, completion, reference):\n    sys.exit(0)\n")
     run, _ = make_ref_run(tmp_path / "run", [("q1", "1", ["1", "2"])])
-    code, err = _cli(capsys, "rank", "--run", str(run.path), "--judge", f"python:{judge}:score")
+    code, _, err = cli(capsys, "rank", "--run", str(run.path), "--judge", f"python:{judge}:score")
     assert code != 0, err
     judgments = pl.concat([pl.read_parquet(p) for p in (run.path / "judgments").rglob("*.parquet")])
     assert judgments["error"].to_list() == ["SystemExit: the code called sys.exit(0)"] * 2
@@ -167,7 +161,7 @@ def test_judge_module_calling_exit_on_import(tmp_path, capsys):
     judge = tmp_path / "j.py"
     judge.write_text("import sys\nsys.exit(3)\n")
     run, _ = make_ref_run(tmp_path / "run", [("q1", "1", ["1", "2"])])
-    code, err = _cli(capsys, "rank", "--run", str(run.path), "--judge", f"python:{judge}:score")
+    code, _, err = cli(capsys, "rank", "--run", str(run.path), "--judge", f"python:{judge}:score")
     _one_line(code, err, "could not be loaded (SystemExit: the code called sys.exit(3))")
 
 

@@ -9,15 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from prefdata.cli import main
-from tests.helpers import cand, four, make_ranked_run
-
-
-def _cli(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return e.value.code, out, err
+from tests.helpers import cand, cli, four, make_ranked_run
 
 
 def _one_line_error(code: int, err: str, needle: str) -> None:
@@ -29,11 +21,11 @@ def _one_line_error(code: int, err: str, needle: str) -> None:
 
 def test_export_cli_success_and_yaml_config(tmp_path, capsys):
     run = make_ranked_run(tmp_path / "run", [("q", four()), ("q2", four("x "))])
-    code, out, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "a"), "--pairs", "all")
+    code, out, err = cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "a"), "--pairs", "all")
     assert code == 0 and "exported 12 rows (train 12)" in out and "warning: chosen is longer" in out
     cfg = tmp_path / "export.yaml"
     cfg.write_text("pairs: adjacent\nshape: kto\nformat: jsonl\nmin-margin: 0.5\n")
-    code, out, _ = _cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "b"), "--config", str(cfg),
+    code, out, _ = cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "b"), "--config", str(cfg),
                         "--format", "parquet")  # fmt: skip
     assert code == 0 and "--pairs adjacent, --shape kto, --format parquet" in out
     assert list((tmp_path / "b" / "data").glob("train-*.parquet"))
@@ -51,45 +43,45 @@ def test_export_cli_success_and_yaml_config(tmp_path, capsys):
 )
 def test_export_cli_bad_options(tmp_path, capsys, args, needle):
     run = make_ranked_run(tmp_path / "run", [("q", four())])
-    code, _, err = _cli(capsys, "export", "--run", str(run.path), *args)
+    code, _, err = cli(capsys, "export", "--run", str(run.path), *args)
     _one_line_error(code, err, needle)
 
 
 def test_export_cli_bad_runs(tmp_path, capsys):
-    code, _, err = _cli(capsys, "export", "--run", str(tmp_path / "missing"))
+    code, _, err = cli(capsys, "export", "--run", str(tmp_path / "missing"))
     _one_line_error(code, err, "is not a prefdata run")
     run = make_ranked_run(tmp_path / "norank", [("q", four())], write_rankings=False)
-    code, _, err = _cli(capsys, "export", "--run", str(run.path))
+    code, _, err = cli(capsys, "export", "--run", str(run.path))
     _one_line_error(code, err, "has no rankings yet; run `prefdata rank --run")
     run = make_ranked_run(tmp_path / "tied", [("q", [cand("a", 1), cand("b", 1)]), ("t", [cand("c", 1, finish="length"), cand("d", 2)])])
-    code, _, err = _cli(capsys, "export", "--run", str(run.path))
+    code, _, err = cli(capsys, "export", "--run", str(run.path))
     _one_line_error(code, err, "nothing to export: every pair was filtered out (no_preference 1, truncated 1)")
     run = make_ranked_run(tmp_path / "iter", [("q", [cand("a", 1), cand("b", None), cand("c", 3)])])
-    code, _, err = _cli(capsys, "export", "--run", str(run.path), "--pairs", "all")
+    code, _, err = cli(capsys, "export", "--run", str(run.path), "--pairs", "all")
     _one_line_error(code, err, "rank with --strategy round-robin or scores")
 
 
 def test_export_cli_out_not_empty(tmp_path, capsys):
     run = make_ranked_run(tmp_path / "run", [("q", four())])
     out = tmp_path / "out"
-    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out))[0] == 0
-    code, _, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(out))
+    assert cli(capsys, "export", "--run", str(run.path), "--out", str(out))[0] == 0
+    code, _, err = cli(capsys, "export", "--run", str(run.path), "--out", str(out))
     _one_line_error(code, err, "is not empty; pass --overwrite")
-    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")[0] == 0
+    assert cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")[0] == 0
 
 
 def test_push_cli_dry_run_and_errors(tmp_path, capsys):
     run = make_ranked_run(tmp_path / "run", [("q", four())])
     out = tmp_path / "out"
-    _cli(capsys, "export", "--run", str(run.path), "--out", str(out))
-    code, stdout, _ = _cli(capsys, "push", str(out), "--repo-id", "me/prefs", "--dry-run", "--endpoint", "http://hub.invalid")
+    cli(capsys, "export", "--run", str(run.path), "--out", str(out))
+    code, stdout, _ = cli(capsys, "push", str(out), "--repo-id", "me/prefs", "--dry-run", "--endpoint", "http://hub.invalid")
     assert code == 0
     assert "would upload 3 files" in stdout and "http://hub.invalid/datasets/me/prefs" in stdout
     for f in ("README.md", "data/train-00000-of-00001.parquet", "lengths.png"):
         assert f"  {f}  " in stdout
-    _one_line_error(*_cli(capsys, "push", str(out), "--repo-id", "noslash")[::2], "--repo-id must look like ORG/NAME")
-    _one_line_error(*_cli(capsys, "push", str(tmp_path), "--repo-id", "me/x")[::2], "has no README.md")
-    _one_line_error(*_cli(capsys, "push", str(out))[::2], "--repo-id ORG/NAME is required")
+    _one_line_error(*cli(capsys, "push", str(out), "--repo-id", "noslash")[::2], "--repo-id must look like ORG/NAME")
+    _one_line_error(*cli(capsys, "push", str(tmp_path), "--repo-id", "me/x")[::2], "has no README.md")
+    _one_line_error(*cli(capsys, "push", str(out))[::2], "--repo-id ORG/NAME is required")
 
 
 def test_console_script_error_line(tmp_path):
@@ -117,12 +109,12 @@ def test_a_second_export_to_one_out_stops_at_once_and_the_first_is_kept(tmp_path
     Now the export holds a lock on --out from before `check_out` to the swap; a second one stops with one line."""
     run = make_ranked_run(tmp_path / "run", [("q", four()), ("q2", four("x "))])
     out = tmp_path / "sub" / "out"
-    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--pairs", "all")[0] == 0
+    assert cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--pairs", "all")[0] == 0
     first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     holder = subprocess.Popen([sys.executable, "-c", _HOLD_EXPORT, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        code, _, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")
+        code, _, err = cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")
         _one_line_error(code, err, f"another `prefdata export` (pid {holder.pid}) is writing --out {out}")
         assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == first
         assert sorted(p.name for p in out.parent.iterdir()) == [".lock-export-out", "out"]  # no temp folder
@@ -131,14 +123,14 @@ def test_a_second_export_to_one_out_stops_at_once_and_the_first_is_kept(tmp_path
         holder.kill()
         holder.wait()
     # the lock died with its process: the next export works and leaves no lock file
-    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")[0] == 0
+    assert cli(capsys, "export", "--run", str(run.path), "--out", str(out), "--overwrite")[0] == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
     # a fresh --out in folders that do not exist yet: made, used, and the lock file removed
     deep = tmp_path / "a" / "b" / "out"
-    assert _cli(capsys, "export", "--run", str(run.path), "--out", str(deep))[0] == 0
+    assert cli(capsys, "export", "--run", str(run.path), "--out", str(deep))[0] == 0
     assert sorted(p.name for p in deep.parent.iterdir()) == ["out"]
     # an export that fails leaves neither the lock file nor the folders made for it
     tied = make_ranked_run(tmp_path / "tied", [("q", [cand("a", 1), cand("b", 1)])])
-    code, _, err = _cli(capsys, "export", "--run", str(tied.path), "--out", str(tmp_path / "c" / "d" / "out"))
+    code, _, err = cli(capsys, "export", "--run", str(tied.path), "--out", str(tmp_path / "c" / "d" / "out"))
     _one_line_error(code, err, "nothing to export")
     assert not (tmp_path / "c").exists()

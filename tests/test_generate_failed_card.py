@@ -8,13 +8,10 @@ import json
 import socket
 import sys
 
-import pytest
-
-from prefdata.cli import main
 from prefdata.export import ExportConfig, export_run
 from prefdata.rank import RankConfig, rank_run
 from prefdata.store import RunDir
-from tests.helpers import cand, make_ranked_run
+from tests.helpers import cand, cli, make_ranked_run
 
 
 def _closed_port() -> int:
@@ -23,30 +20,20 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _cli(*args: str) -> int:
-    argv = sys.argv
-    sys.argv = ["prefdata", *args]  # the command line that run.json and the card record
-    try:
-        with pytest.raises(SystemExit) as e:
-            main(list(args))
-    finally:
-        sys.argv = argv
-    return e.value.code
-
-
 def test_failed_generate_config_never_reaches_the_card(tmp_path, tiny_llama_dir, tiny_rm_dir, capsys, monkeypatch):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ("Say hi.", "Name a colour.")))
     run = tmp_path / "run"
     dead = f"http://127.0.0.1:{_closed_port()}/v1"
-    assert _cli("generate", str(prompts), "--run", str(run), "--backend", "openai", "--base-url", dead,
-                "--model", "served-x", "--max-retries", "0", "--quiet") == 2  # fmt: skip
-    assert "cannot reach the server" in capsys.readouterr().err
+    code, _, err = cli(capsys, "generate", str(prompts), "--run", str(run), "--backend", "openai", "--base-url", dead,
+                       "--model", "served-x", "--max-retries", "0", "--quiet", as_argv=True)  # fmt: skip
+    assert code == 2
+    assert "cannot reach the server" in err
     assert not RunDir(run).read_meta().get("stages", {}).get("generate")  # no config without rows
     assert not RunDir(run).prompts_file.exists() and RunDir(run).read_candidates() is None
 
-    assert _cli("generate", str(prompts), "--run", str(run), "--backend", "hf", "--model", str(tiny_llama_dir),
-                "-n", "3", "--max-tokens", "6", "--temperature", "1.0", "--quiet") == 0  # fmt: skip
+    assert cli(capsys, "generate", str(prompts), "--run", str(run), "--backend", "hf", "--model", str(tiny_llama_dir),
+               "-n", "3", "--max-tokens", "6", "--temperature", "1.0", "--quiet", as_argv=True).code == 0  # fmt: skip
     gen = RunDir(run).read_meta()["stages"]["generate"]
     assert len(gen) == 1 and next(iter(gen.values()))["config"]["backend"] == "hf"
     monkeypatch.setattr(sys, "argv", ["prefdata", "rank"])  # what run.json records as the command line

@@ -9,22 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from prefdata.cli import main
 from prefdata.errors import PrefdataError
 from prefdata.generate import GenerateConfig
 from prefdata.models import check_generative_model
+from tests.helpers import cli
 
 
 def _prompts(tmp: Path) -> Path:
     p = tmp / "p.jsonl"
     p.write_text('{"prompt": "hi"}\n')
     return p
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return int(e.value.code or 0), capsys.readouterr().err
 
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
@@ -36,7 +30,7 @@ def test_reward_model_as_generate_model_is_refused(tmp_path, capsys, monkeypatch
 
     monkeypatch.setattr(engine, "build_llm", no_engine)
     run = tmp_path / "run"
-    code, err = _cli(capsys, "generate", str(_prompts(tmp_path)), "--run", str(run), "--backend", backend,
+    code, _, err = cli(capsys, "generate", str(_prompts(tmp_path)), "--run", str(run), "--backend", backend,
                      "--model", str(tiny_rm_dir), "-n", "1", "--max-tokens", "2")  # fmt: skip
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1, err

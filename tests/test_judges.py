@@ -138,7 +138,6 @@ def test_judge_eval_on_hh_rlhf(tmp_path):
         evaluate(JudgeEvalConfig(data=str(tmp_path / "none.jsonl")), judge=LongerJudge())
 
 
-@pytest.mark.slow
 def test_in_process_vllm_judge(tmp_path, vllm_llm):
     from prefdata.rank import RankConfig, rank_run, read_judgments
 

@@ -63,7 +63,6 @@ def _reqs(n: int) -> list[ScoreRequest]:
     return out
 
 
-@pytest.mark.slow
 def test_vllm_scores_equal_transformers_scores_and_flags(rm_dir, vllm_rm):
     reqs = _reqs(24)
     hf = RewardModelJudge(str(rm_dir), batch_size=8, max_length=MAX_LEN, dtype="float32").score(reqs)
@@ -77,7 +76,6 @@ def test_vllm_scores_equal_transformers_scores_and_flags(rm_dir, vllm_rm):
     assert max(h.score for h in hf) - min(h.score for h in hf) > 0.05  # scores that differ, not one constant
 
 
-@pytest.mark.slow
 def test_vllm_scores_do_not_depend_on_batch_order(vllm_rm):
     reqs = _reqs(16)
     base = {r.candidate_id: r.score for r in vllm_rm.score(reqs)}
@@ -90,13 +88,11 @@ def test_vllm_scores_do_not_depend_on_batch_order(vllm_rm):
         assert r.score == pytest.approx(base[r.candidate_id], abs=1e-4)
 
 
-@pytest.mark.slow
 def test_same_judge_hash_as_transformers_backend(rm_dir, vllm_rm):
     hf = RewardModelJudge(str(rm_dir), max_length=MAX_LEN, dtype="float32")
     assert vllm_rm.config() == hf.config()
 
 
-@pytest.mark.slow
 def test_rank_run_with_vllm_backend(tmp_path, rm_dir, vllm_rm):
     from prefdata.rank import RankConfig, rank_run, read_rankings
 

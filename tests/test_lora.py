@@ -9,19 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefdata.cli import main
 from prefdata.hardware import cpu_has_native_bf16
 from prefdata.train.data import PairCollator, compute_logps, tokenize_pairs
-from tests.helpers import FAST, build_tiny_llama, pair_rows, write_jsonl
+from tests.helpers import FAST, build_tiny_llama, cli, pair_rows, write_jsonl
 
 LORA = {"lora_r": 8, "lora_dropout": 0.0, **FAST, "learning_rate": 1e-2}
-
-
-def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    cap = capsys.readouterr()
-    return e.value.code, cap.out, cap.err
 
 
 def _logps(model, tokenizer, n: int = 4) -> torch.Tensor:
@@ -135,9 +127,9 @@ def test_no_merge_round_after_round_stacks_adapters_exactly(tmp_path, tiny_llama
     r0, r1 = tmp_path / "round-0", tmp_path / "round-1"
     r0.mkdir()
     (r0 / "config.json").write_text("{}")  # left by an earlier merged run in this folder: must not shadow the adapter
-    code, out, _ = _cli(["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(r0), "--lora-r", "4",
+    code, out, _ = cli(capsys, "train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(r0), "--lora-r", "4",
                          "--lora-target-modules", "q_proj,v_proj", "--no-merge", "--max-steps", "2", "--lr", "1e-2",
-                         "--batch-size", "4"], capsys)  # fmt: skip
+                         "--batch-size", "4")  # fmt: skip
     assert code == 0, out
     assert is_adapter_dir(r0) and not (r0 / "model.safetensors").exists()
     conf0 = json.loads((r0 / "adapter_config.json").read_text())
@@ -194,15 +186,15 @@ def test_no_merge_round_after_round_stacks_adapters_exactly(tmp_path, tiny_llama
 )
 def test_lora_mistakes_are_one_line_exit_2(tmp_path, capsys, flags, match):
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
-    code, _, err = _cli(["train", str(data), "--output-dir", str(tmp_path / "o"), *flags], capsys)
+    code, _, err = cli(capsys, "train", str(data), "--output-dir", str(tmp_path / "o"), *flags)
     assert code == 2 and err.count("\n") == 1 and match in err, err
     assert not (tmp_path / "o").exists()
 
 
 def test_lora_on_the_lm_head_asks_for_plain_logits(tmp_path, tiny_llama_dir, capsys):
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(2))
-    code, _, err = _cli(["train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(tmp_path / "o"),
-                         "--lora-r", "4", "--lora-target-modules", "lm_head,q_proj"], capsys)  # fmt: skip
+    code, _, err = cli(capsys, "train", str(data), "--model", str(tiny_llama_dir), "--output-dir", str(tmp_path / "o"),
+                         "--lora-r", "4", "--lora-target-modules", "lm_head,q_proj")  # fmt: skip
     errors = [line for line in err.splitlines() if line.startswith("error:")]  # stderr also has the load progress bar
     assert code == 2 and len(errors) == 1 and "logps-chunk-tokens 0" in errors[0] and "Traceback" not in err, err
 

@@ -11,14 +11,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from prefdata.cli import main
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run
 from prefdata.judges.build import build_judge
 from prefdata.rank import RankConfig, judge_identity, rank_run
 from prefdata.records import stable_hash
 from prefdata.store import RunDir
-from tests.helpers import candidate_row, prompt_row, write_inputs
+from tests.helpers import candidate_row, cli, prompt_row, write_inputs
 
 A, B = "aaaa11112222", "aaaa33334444"
 
@@ -44,12 +43,6 @@ def _run(path: Path, samplers: tuple[str, ...]) -> RunDir:
     return write_inputs(run, prows, crows)
 
 
-def _cli(capsys, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    return e.value.code, capsys.readouterr().err
-
-
 def _ranked_samplers(run: RunDir, jh: str) -> set[str]:
     ids = set(run.read_rankings(jh)["candidate_ids"].explode().to_list())
     cands = run.read_candidates()
@@ -60,13 +53,13 @@ def test_two_samplers_are_ranked_and_exported_apart(tmp_path, capsys):
     judge = _judge_file(tmp_path)
     run = _run(tmp_path / "run", (A, B))
     # no --sampler: one line naming both samplers and how to choose; nothing ranked
-    code, err = _cli(capsys, "rank", "--run", str(run.path), "--judge", judge, "--no-progress")
+    code, _, err = cli(capsys, "rank", "--run", str(run.path), "--judge", judge, "--no-progress")
     assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
     assert f"{A} (model model-2222)" in err and f"{B} (model model-4444)" in err and "--sampler HASH" in err
     assert run.judge_hashes() == []
-    code, err = _cli(capsys, "rank", "--run", str(run.path), "--judge", judge, "--sampler", "aaaa")
+    code, _, err = cli(capsys, "rank", "--run", str(run.path), "--judge", judge, "--sampler", "aaaa")
     assert code == 2 and "--sampler aaaa matches several samplers" in err
-    code, err = _cli(capsys, "rank", "--run", str(run.path), "--judge", judge, "--sampler", "bbbb")
+    code, _, err = cli(capsys, "rank", "--run", str(run.path), "--judge", judge, "--sampler", "bbbb")
     assert code == 2 and "--sampler bbbb matches no sampler" in err
 
     # one sampler each (a unique prefix will do): two judge hashes, each ranking one sampler's candidates
@@ -78,7 +71,7 @@ def test_two_samplers_are_ranked_and_exported_apart(tmp_path, capsys):
     assert run.read_meta()["stages"]["rank"][ja]["samplers"] == [A]
 
     # export: several rankings, so --sampler (or --judge) picks; every pair stays within one sampler
-    code, err = _cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "x"))
+    code, _, err = cli(capsys, "export", "--run", str(run.path), "--out", str(tmp_path / "x"))
     assert code == 2 and "several judges" in err and "--sampler HASH" in err and not (tmp_path / "x").exists()
     for h, prefix in ((A, "aaaa1"), (B, "aaaa3")):
         s = export_run(run, ExportConfig(sampler=prefix, pairs="all", out=str(tmp_path / h)))
@@ -90,10 +83,10 @@ def test_two_samplers_are_ranked_and_exported_apart(tmp_path, capsys):
     sall = rank_run(run, RankConfig(judge=judge, sampler="all", progress=False))
     jall = sall["judge_hash"]
     assert sall["candidates"] == 18 and _ranked_samplers(run, jall) == {A, B}
-    code, err = _cli(capsys, "export", "--run", str(run.path), "--judge", jall, "--out", str(tmp_path / "mix"))
+    code, _, err = cli(capsys, "export", "--run", str(run.path), "--judge", jall, "--out", str(tmp_path / "mix"))
     assert code == 2 and err.count("\n") == 1 and "rank the candidates of 2 samplers together" in err
     assert "--sampler all" in err and not (tmp_path / "mix").exists()
-    code, err = _cli(capsys, "export", "--run", str(run.path), "--judge", jall, "--sampler", A, "--out", str(tmp_path / "mix"))
+    code, _, err = cli(capsys, "export", "--run", str(run.path), "--judge", jall, "--sampler", A, "--out", str(tmp_path / "mix"))
     assert code == 2 and "2 samplers together" in err
     s = export_run(run, ExportConfig(judge_hash=jall, sampler="all", pairs="all", out=str(tmp_path / "mix")))
     assert s.sampler_hashes == [A, B]
