@@ -27,6 +27,7 @@ from typing import Any
 import polars as pl
 
 from prefdata.errors import PrefdataError
+from prefdata.judges.config import judge_field, judge_fields
 from prefdata.options import opt
 from prefdata.records import candidate_id, stable_hash
 from prefdata.stats import length_controlled_win_rate, mean_interval, wilson
@@ -38,14 +39,14 @@ DEMO_ALIASES = ("demo", "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Ins
 
 @dataclass
 class EvalConfig:
-    """A checkpoint against a baseline on one prompt file. Sampling settings apply to both sides alike."""
+    """A checkpoint against a baseline on one prompt file. Sampling settings apply to both sides alike; the judge's
+    fields are JudgeConfig's (`judge_field`), the others go to `--set rank.FIELD=VALUE`."""
 
     model: str | None = opt(None, "The model to evaluate (folder or hub name); none: the demo model.")
     baseline: str | None = opt(None, "Baseline model (folder, hub name, `demo`) or a column of the prompt file with the "
                                "baseline's answers.")
     prompts: str | None = opt(None, "Held-out prompt file or bundled set name (e.g. arithmetic-eval).")
-    judge: str | None = opt(None, "verify:number | verify:math | verify:exact | python:FILE.py:FUNCTION | a reward-model folder | "
-                            "a judge template.")
+    judge: str | None = judge_field("judge", default=None)  # none: refused below, eval has no default judge
     reference_field: str | None = opt(None, "Column with the reference answer (verifier judges need it).")
     prompt_field: str | None = opt(None, "Column holding the prompt; none: auto-detect.")
     limit: int | None = opt(None, "Only the first K prompts.")
@@ -53,9 +54,9 @@ class EvalConfig:
     temperature: float = opt(0.0, "Sampling temperature; 0: greedy answers.")
     max_tokens: int = opt(512, "Max new tokens per answer.")
     seed: int = opt(0, "Sampling and judge seed.")
-    judge_model: str | None = opt(None, "Served judge name, or model path for in-process vLLM.")
-    base_url: list[str] = opt([], "OpenAI-compatible judge endpoint(s).")
-    position_bias: str = opt("both", "Pairwise judges: both | random | fixed.")
+    judge_model: str | None = judge_field("judge_model")
+    base_url: list[str] = judge_field("base_url")
+    position_bias: str = judge_field("position_bias")
     generate: dict[str, Any] = opt({}, "Other GenerateConfig fields for both sides (--set generate.FIELD=VALUE).", cli=False)
     rank: dict[str, Any] = opt({}, "Other RankConfig fields (--set rank.FIELD=VALUE).", cli=False)
 
@@ -96,9 +97,9 @@ def generate_config(cfg: EvalConfig, model: str | None) -> Any:
 def rank_config(cfg: EvalConfig, progress: bool) -> Any:
     from prefdata.rank import RankConfig
 
-    fields: dict[str, Any] = {"judge": cfg.judge, "base_url": list(cfg.base_url), "position_bias": cfg.position_bias,
-                              "seed": cfg.seed, "progress": progress, **cfg.rank}
-    if cfg.judge_model:
+    fields: dict[str, Any] = {name: getattr(cfg, name) for name in judge_fields(EvalConfig)}
+    fields.update(base_url=list(cfg.base_url), seed=cfg.seed, progress=progress, **cfg.rank)
+    if cfg.judge_model:  # eval's own flag wins over --set rank.judge_model
         fields["judge_model"] = cfg.judge_model
     fields["kinds"] = ["sample"]  # the two sides' answers, never the reference candidates generate adds
     fields["sampler"] = "all"  # the model's and the baseline's answers are two samplers, compared on purpose

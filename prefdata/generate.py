@@ -25,7 +25,7 @@ from prefdata.console import capture_output, say
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
 from prefdata.models import DEMO_NAME, check_generative_model, resolve_model
-from prefdata.options import opt
+from prefdata.options import identity_fields, opt
 from prefdata.prompts import PromptSet, load_prompts
 from prefdata.records import CANDIDATE_SCHEMA, TRAIN_SUMMARY, candidate_id, stable_hash
 from prefdata.samplers import SampleSpec
@@ -36,44 +36,45 @@ BACKENDS = ("vllm", "openai", "hf")
 
 @dataclass
 class GenerateConfig:
-    """How to sample. Fields that change the candidates make up the sampler hash (see `sampler_hash`)."""
+    """How to sample. Fields that change the candidates (`identity=True`) make up the sampler hash; `dtype` is left
+    out (the hardware picks it, and run.json records it), `system_prompt` enters the prompt ids instead."""
 
-    prompts: str | None = opt(None, "Prompt file (.jsonl/.json/.parquet/.csv) or a saved `datasets` folder; none: the bundled MT-Bench questions.")
-    prompt_field: str | None = opt(None, "Column holding the prompt (a string, MT-Bench `turns`, or a messages list); none: auto-detect.")
-    system_prompt: str | None = opt(None, "System message put before every prompt.")
-    reference_field: str | None = opt(None, "Column with a reference answer, added as one extra candidate of kind `reference` (AIPO option).")
-    limit: int | None = opt(None, "Use only the first K prompts (after dropping duplicates).")
-    model: str | None = opt(None, "Model folder or hub name (vllm/hf), or the served model name (openai); none: the demo model.")
-    backend: str = opt("vllm", f"Sampler: {' | '.join(BACKENDS)}.")
-    base_url: str | None = opt(None, "OpenAI-compatible server URL (with /v1), for --backend openai.")
-    api_key_env: str = opt("OPENAI_API_KEY", "Name of the environment variable holding the API key (the key itself is never stored).")
-    n: int = opt(4, "Completions per prompt.", flag=("-n", "--n"))
-    temperature: float = opt(0.8, "Sampling temperature.")
-    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set of this total probability.")
-    top_k: int = opt(0, "Keep the K most likely tokens; 0 disables top-k.")
-    min_p: float = opt(0.0, "Drop tokens below this fraction of the most likely token's probability.")
-    repetition_penalty: float = opt(1.0, "Penalty on tokens already in the prompt or the completion (1: none).")
-    max_tokens: int = opt(512, "Max new tokens per completion.")
-    stop: list[str] = opt([], "Stop string (repeatable).")
-    seed: int = opt(0, "Engine seed (vLLM CPU cannot take per-request seeds).")
-    greedy: bool = opt(False, "Add one greedy (temperature 0) candidate per prompt (AIPO option).")
-    second_temperature: float | None = opt(None, "Also draw --second-n candidates at this temperature (AIPO option).")
-    second_n: int | None = opt(None, "Candidates at --second-temperature; none: -n.")
-    max_model_len: int | None = opt(None, "vLLM context length; none: the model's.")
+    prompts: str | None = opt(None, "Prompt file (.jsonl/.json/.parquet/.csv) or a saved `datasets` folder; none: the bundled MT-Bench questions.", identity=False, training_only=True)
+    prompt_field: str | None = opt(None, "Column holding the prompt (a string, MT-Bench `turns`, or a messages list); none: auto-detect.", identity=False, training_only=True)
+    system_prompt: str | None = opt(None, "System message put before every prompt.", identity=False)
+    reference_field: str | None = opt(None, "Column with a reference answer, added as one extra candidate of kind `reference` (AIPO option).", identity=False, training_only=True)
+    limit: int | None = opt(None, "Use only the first K prompts (after dropping duplicates).", identity=False, training_only=True)
+    model: str | None = opt(None, "Model folder or hub name (vllm/hf), or the served model name (openai); none: the demo model.", identity=True, training_only=True)
+    backend: str = opt("vllm", f"Sampler: {' | '.join(BACKENDS)}.", identity=True)
+    base_url: str | None = opt(None, "OpenAI-compatible server URL (with /v1), for --backend openai.", identity=False)
+    api_key_env: str = opt("OPENAI_API_KEY", "Name of the environment variable holding the API key (the key itself is never stored).", identity=False)
+    n: int = opt(4, "Completions per prompt.", flag=("-n", "--n"), identity=True, training_only=True)
+    temperature: float = opt(0.8, "Sampling temperature.", identity=True, training_only=True)
+    top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set of this total probability.", identity=True, training_only=True)
+    top_k: int = opt(0, "Keep the K most likely tokens; 0 disables top-k.", identity=True, training_only=True)
+    min_p: float = opt(0.0, "Drop tokens below this fraction of the most likely token's probability.", identity=True, training_only=True)
+    repetition_penalty: float = opt(1.0, "Penalty on tokens already in the prompt or the completion (1: none).", identity=True)
+    max_tokens: int = opt(512, "Max new tokens per completion.", identity=True, training_only=True)
+    stop: list[str] = opt([], "Stop string (repeatable).", identity=True)
+    seed: int = opt(0, "Engine seed (vLLM CPU cannot take per-request seeds).", identity=True)
+    greedy: bool = opt(False, "Add one greedy (temperature 0) candidate per prompt (AIPO option).", identity=True, training_only=True)
+    second_temperature: float | None = opt(None, "Also draw --second-n candidates at this temperature (AIPO option).", identity=True, training_only=True)
+    second_n: int | None = opt(None, "Candidates at --second-temperature; none: -n.", identity=True, training_only=True)
+    max_model_len: int | None = opt(None, "vLLM context length; none: the model's.", identity=True)
     dtype: str = opt("auto", "vLLM / transformers compute dtype: auto (bf16 where the CPU or GPU computes it natively, "
-                     "else float32 on CPU, float16 on GPU; not the checkpoint's) | float32 | bfloat16 | float16.")
-    tensor_parallel_size: int = opt(1, "vLLM tensor parallel GPUs.", flag=("--tensor-parallel-size", "--tp"))
+                     "else float32 on CPU, float16 on GPU; not the checkpoint's) | float32 | bfloat16 | float16.", identity=False)
+    tensor_parallel_size: int = opt(1, "vLLM tensor parallel GPUs.", flag=("--tensor-parallel-size", "--tp"), identity=False)
     data_parallel_size: int = opt(1, "vLLM engines, one per GPU group: `prefdata generate` starts one --shard process "
-                                  "per group (command line only).", flag=("--data-parallel-size", "--dp"))
-    gpu_memory_utilization: float = opt(0.9, "vLLM share of GPU memory.")
-    batch_size: int = opt(64, "Prompts per shard: the most a crash can lose.")
-    hf_batch_size: int = opt(8, "Prompts per transformers generate call (--backend hf).")
-    concurrency: int = opt(32, "Requests in flight (--backend openai).")
-    max_retries: int = opt(6, "Retries per request (--backend openai).")
-    timeout: float = opt(600.0, "Seconds per request (--backend openai).")
-    server_token_ids: bool = opt(True, "Ask an OpenAI-compatible vLLM server for token ids to count tokens per candidate.")
-    shard: str | None = opt(None, "I/K: this process samples only the prompts of shard I (0-based) of K; all shards share one run dir.")
-    allow_new_config: bool = opt(False, "Allow a second sampler config in a run that already has candidates (kept apart by sampler hash).")
+                                  "per group (command line only).", flag=("--data-parallel-size", "--dp"), identity=False)
+    gpu_memory_utilization: float = opt(0.9, "vLLM share of GPU memory.", identity=False)
+    batch_size: int = opt(64, "Prompts per shard: the most a crash can lose.", identity=False)
+    hf_batch_size: int = opt(8, "Prompts per transformers generate call (--backend hf).", identity=False)
+    concurrency: int = opt(32, "Requests in flight (--backend openai).", identity=False)
+    max_retries: int = opt(6, "Retries per request (--backend openai).", identity=False)
+    timeout: float = opt(600.0, "Seconds per request (--backend openai).", identity=False)
+    server_token_ids: bool = opt(True, "Ask an OpenAI-compatible vLLM server for token ids to count tokens per candidate.", identity=False)
+    shard: str | None = opt(None, "I/K: this process samples only the prompts of shard I (0-based) of K; all shards share one run dir.", identity=False, training_only=True)
+    allow_new_config: bool = opt(False, "Allow a second sampler config in a run that already has candidates (kept apart by sampler hash).", identity=False, training_only=True)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -140,9 +141,8 @@ def model_label(cfg: GenerateConfig) -> str:
 
 
 def sampler_hash(cfg: GenerateConfig) -> str:
-    keys = ("backend", "n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens", "stop",
-            "seed", "greedy", "second_temperature", "second_n", "max_model_len")
-    d = {k: getattr(cfg, k) for k in keys}
+    """The hash of the fields marked `identity=True` (the model by its machine-independent label and its files)."""
+    d = {k: getattr(cfg, k) for k in identity_fields(GenerateConfig) if k != "model"}
     d["model"] = model_label(cfg) if cfg.backend != "openai" else cfg.model
     if cfg.model and cfg.backend != "openai":
         # A local folder: its weights, not its path, identify it (the path differs across machines), so an

@@ -14,6 +14,7 @@ after the round's ranking. The last checkpoint is evaluated when the loop ends. 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,9 +27,6 @@ from prefdata.store import RunDir, atomic_write_bytes
 
 EVAL_FILE = "eval_prompts.jsonl"
 BASELINE_DIR = "eval-baseline"
-# generate settings that belong to the training samples, not to the greedy eval answers
-_NOT_FOR_EVAL = {"n", "temperature", "top_p", "top_k", "min_p", "prompt_field", "reference_field", "limit", "greedy",
-                 "second_temperature", "second_n", "prompts", "model", "shard", "allow_new_config", "max_tokens"}
 
 EVAL_SCHEMA = {
     "eval_prompts": pl.Int64, "eval_accuracy": pl.Float64, "eval_accuracy_low": pl.Float64,
@@ -37,6 +35,13 @@ EVAL_SCHEMA = {
     "eval_win_rate_high": pl.Float64, "eval_lc_win_rate": pl.Float64, "eval_len_mean": pl.Float64,
     "eval_baseline_len_mean": pl.Float64, "eval_prev_win_rate": pl.Float64, "eval_prev_lc_win_rate": pl.Float64,
 }
+
+
+def training_only() -> set[str]:
+    """The generate settings of the training samples (marked `training_only`), never given to the greedy eval answers."""
+    from prefdata.generate import GenerateConfig
+
+    return {f.name for f in dataclasses.fields(GenerateConfig) if f.metadata.get("training_only")}
 
 
 def enabled(cfg: Any) -> bool:
@@ -76,17 +81,19 @@ def eval_prompt_ids(workdir: Path, cfg: Any) -> set[str]:
 def eval_config(workdir: Path, cfg: Any, model: str, baseline: str, judge_model: str | None = None) -> Any:
     """The eval of `model` against `baseline`: the loop's judge (and judge model), greedy, one answer per prompt."""
     from prefdata.eval import EvalConfig
+    from prefdata.judges.config import judge_fields
 
-    gen = {k: v for k, v in cfg.generate.items() if k not in _NOT_FOR_EVAL}
+    gen = {k: v for k, v in cfg.generate.items() if k not in training_only()}
     judging = cfg.stage_config("rank")
-    rank = {k: v for k, v in cfg.stage("rank").items()
-            if k not in ("kinds", "judge_model", "judge", "base_url", "position_bias")}  # fmt: skip
+    carried = judge_fields(EvalConfig)  # the judge fields EvalConfig has as its own; the rest go through `rank`
+    rank = {k: v for k, v in cfg.stage("rank").items() if k not in ("kinds", *carried)}
+    judge = {name: getattr(judging, name) for name in carried}
+    judge.update(judge=cfg.eval_judge or judging.judge, judge_model=judge_model or judging.judge_model,
+                 base_url=list(judging.base_url))
     return EvalConfig(
-        model=model, baseline=baseline, prompts=str(workdir / EVAL_FILE), judge=cfg.eval_judge or judging.judge,
+        model=model, baseline=baseline, prompts=str(workdir / EVAL_FILE),
         reference_field="reference" if reference_field(cfg) else None,
-        max_tokens=cfg.eval_max_tokens or cfg.stage_config("generate").max_tokens,
-        judge_model=judge_model or judging.judge_model, base_url=list(judging.base_url),
-        position_bias=judging.position_bias, generate=gen, rank=rank,
+        max_tokens=cfg.eval_max_tokens or cfg.stage_config("generate").max_tokens, generate=gen, rank=rank, **judge,
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from prefdata.errors import PrefdataError
+from prefdata.judges.config import judge_field, to_judge_config
 from prefdata.judges.verdict import Candidate, PairJudge, PairRequest, PointwiseJudge, ScoreRequest
 from prefdata.options import opt
 from prefdata.ranking import combine
@@ -30,17 +31,17 @@ HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
 @dataclass
 class JudgeEvalConfig:
-    """Config of `prefdata judge-eval`; judge fields mean what they mean in RankConfig."""
+    """Config of `prefdata judge-eval`; its judge fields are JudgeConfig's (`judge_field`)."""
 
     data: str = opt("", "JSONL with `chosen` and `rejected` transcripts (HH-RLHF format).")
-    judge: str = opt("mt-bench-pair-v2", "Template name, template .yaml path, or reward-model folder.")
-    judge_model: str | None = opt(None, "Served model name, or model path for in-process vLLM.")
-    base_url: list[str] | None = opt(None, "OpenAI-compatible server URL (repeatable); none: in-process vLLM.")
-    logprobs: bool = opt(False, "One-token verdict from log-probs.")
-    tie_band: float = opt(0.05, "Logprob mode: |P(first) - 0.5| <= band is a tie.")
-    temperature: float = opt(0.0, "Judge sampling temperature.")
-    max_tokens: int | None = opt(None, "Judge reply limit; none: the template's.")
-    concurrency: int = opt(8, "OpenAI: requests in flight.")
+    judge: str = judge_field("judge")
+    judge_model: str | None = judge_field("judge_model")
+    base_url: list[str] = judge_field("base_url")
+    logprobs: bool = judge_field("logprobs")
+    tie_band: float = judge_field("tie_band")
+    temperature: float = judge_field("temperature")
+    max_tokens: int | None = judge_field("max_tokens")
+    concurrency: int = judge_field("concurrency")
     limit: int | None = opt(None, "Evaluate only the first N rows.")
     batch_size: int = opt(64, "Judge calls per batch.")
     out: str | None = opt(None, "Write per-row results (.parquet) and the summary (.json) here.")
@@ -101,14 +102,10 @@ class JudgeEvalSummary(RecordSummary):
 def evaluate(cfg: JudgeEvalConfig, llm: Any = None, judge: PairJudge | PointwiseJudge | None = None) -> JudgeEvalSummary:
     from prefdata.console import progress
     from prefdata.judges.build import build_judge
-    from prefdata.rank import RankConfig
 
     pairs = read_labeled_pairs(cfg.data, cfg.limit)
     if judge is None:
-        judge = build_judge(RankConfig(
-            judge=cfg.judge, judge_model=cfg.judge_model, base_url=list(cfg.base_url or []), logprobs=cfg.logprobs,
-            tie_band=cfg.tie_band, temperature=cfg.temperature, max_tokens=cfg.max_tokens, concurrency=cfg.concurrency,
-        ), llm)
+        judge = build_judge(to_judge_config(cfg), llm)
     t0 = time.monotonic()
     records: list[dict[str, Any]] = []
     bar = progress(len(pairs), "judge-eval", "pair", disable=not cfg.progress)

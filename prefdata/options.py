@@ -28,20 +28,34 @@ _UNSET: Any = object()
 
 
 def opt(default: Any = MISSING, help: str = "", *, flag: str | tuple[str, ...] | None = None, sep: str | None = None,
-        cli: bool = True) -> Any:  # fmt: skip
+        cli: bool = True, identity: bool | str | None = None, training_only: bool = False) -> Any:  # fmt: skip
     """A dataclass field with its CLI help and flag names. A list/dict default becomes a default_factory.
 
     sep: a list flag also takes one value holding several items joined by `sep` (`--x a,b`).
-    cli: False keeps the field out of the flags (a nested mapping set with `--set STAGE.FIELD=VALUE`)."""
+    cli: False keeps the field out of the flags (a nested mapping set with `--set STAGE.FIELD=VALUE`).
+    identity: whether the field changes the stage's results, so its hash (sampler hash, judge hash): True (its
+      value enters the hash), "judge" (it enters through the judge's own record, `judge.config()`), False (it
+      does not change results: transport, batching, paths). Read by `identity_fields`; a test requires it on
+      every field of the hashed configs, so a new field cannot fall out of the hash unnoticed.
+    training_only: a generate setting of the training samples that eval's greedy answers do not take."""
     meta: dict[str, Any] = {"help": help, "cli": cli}
     if flag is not None:
         meta["flag"] = flag
     if sep is not None:
         meta["sep"] = sep
+    if identity is not None:
+        meta["identity"] = identity
+    if training_only:
+        meta["training_only"] = True
     if isinstance(default, list | dict):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)  # type: ignore[arg-type]
     return dataclasses.field(default=default, metadata=meta)
+
+
+def identity_fields(cls: type, how: bool | str = True) -> tuple[str, ...]:
+    """The fields of `cls` whose `identity` marker is `how` (see `opt`), in declaration order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("identity") == how)
 
 
 def flag_names(f: Field) -> list[str]:

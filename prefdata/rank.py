@@ -40,11 +40,11 @@ from typing import Any
 
 import polars as pl
 
-from prefdata.config import check_env_name, check_range, check_seed
 from prefdata.console import captured
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
 from prefdata.judges.build import build_judge
+from prefdata.judges.config import JudgeConfig, judge_field, to_judge_config
 from prefdata.judges.verdict import (
     Candidate,
     PairJudge,
@@ -54,9 +54,8 @@ from prefdata.judges.verdict import (
     ScoreResult,
     Verdict,
 )
-from prefdata.options import opt
+from prefdata.options import identity_fields, opt
 from prefdata.ranking import (
-    POLICIES,
     STRATEGIES,
     Pair,
     PairOutcome,
@@ -88,71 +87,54 @@ class JudgeUnreachable(PrefdataError):
 class RankConfig:
     """Config of `prefdata rank` (the same object for the library, the CLI flags and --config YAML).
 
-    Fields that change results (judge, model, template, sampling, logprob mode, policy, strategy, seed for
-    `random`, min_margin, kinds) enter the judge hash; transport settings (base_url, concurrency, retries,
-    rate limit, batch sizes) do not, so they can change between a run and its resume.
+    The judge's options are JudgeConfig's (declared there, carried here flat: `judge_field`). Fields that change
+    results (judge, model, template, sampling, logprob mode, policy, strategy, seed for `random`, min_margin,
+    kinds) enter the judge hash; transport settings (base_url, concurrency, retries, rate limit, batch sizes) do
+    not, so they can change between a run and its resume.
     """
 
-    judge: str = opt("mt-bench-pair-v2", "Template name (judges/), template .yaml path, reward-model folder, verify:number, "
-                     "verify:exact, or python:FILE.py:FUNCTION.")
-    judge_model: str | None = opt(None, "Served model name (OpenAI), or model path for in-process vLLM; none: the first "
-                                  "served model / the demo model.")
-    base_url: list[str] = opt([], "OpenAI-compatible server URL (repeat to spread load); none: in-process vLLM.")
-    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never recorded).")
-    position_bias: str = opt("both", f"Order policy: {' | '.join(POLICIES)}.")
-    strategy: str | None = opt(None, "iterative | round-robin | scores; none: iterative (LLM judge) or scores (reward model).")
-    seed: int = opt(0, "Seed of the `random` order policy and the vLLM engine.")
-    temperature: float = opt(0.0, "Judge sampling temperature.")
-    max_tokens: int | None = opt(None, "Judge reply limit; none: the template's.")
-    logprobs: bool = opt(False, "One-token verdict read from log-probs (the template needs logprob_labels).")
-    tie_band: float = opt(0.05, "Logprob mode: |P(first) - 0.5| <= band is a tie.")
-    min_margin: float = opt(0.0, "Scores: candidates within this score difference tie.")
-    kinds: list[str] = opt([], "Rank only candidates of this kind (repeatable); none: all.", flag=("--kind", "--kinds"))
+    judge: str = judge_field("judge")
+    judge_model: str | None = judge_field("judge_model")
+    base_url: list[str] = judge_field("base_url")
+    api_key_env: str = judge_field("api_key_env")
+    position_bias: str = judge_field("position_bias")
+    strategy: str | None = opt(None, "iterative | round-robin | scores; none: iterative (LLM judge) or scores (reward model).", identity=True)
+    seed: int = judge_field("seed")
+    temperature: float = judge_field("temperature")
+    max_tokens: int | None = judge_field("max_tokens")
+    logprobs: bool = judge_field("logprobs")
+    tie_band: float = judge_field("tie_band")
+    min_margin: float = opt(0.0, "Scores: candidates within this score difference tie.", identity=True)
+    kinds: list[str] = opt([], "Rank only candidates of this kind (repeatable); none: all.", flag=("--kind", "--kinds"), identity=True)
     sampler: str | None = opt(None, "Rank only this sampler's candidates (its hash; a unique prefix will do); needed when "
-                              "the run holds several samplers. `all`: rank them together (pairs may mix samplers).")
-    concurrency: int = opt(8, "OpenAI: requests in flight.")
-    max_retries: int = opt(4, "OpenAI: retries per call (connection errors, 5xx, 429, garbage replies).")
-    backoff_s: float = opt(0.5, "OpenAI: first retry delay in seconds, doubled each time.")
-    requests_per_minute: float | None = opt(None, "OpenAI: requests per minute over all URLs.",
-                                            flag=("--rpm", "--requests-per-minute"))
-    timeout_s: float = opt(120.0, "OpenAI: seconds per request.")
-    unreachable_after: int = opt(8, "OpenAI: stop the run after this many connection failures in a row.")
-    batch_size: int = opt(64, "Judge calls per round and per judgments shard (the most a crash can lose).")
+                              "the run holds several samplers. `all`: rank them together (pairs may mix samplers).", identity=True)
+    concurrency: int = judge_field("concurrency")
+    max_retries: int = judge_field("max_retries")
+    backoff_s: float = judge_field("backoff_s")
+    requests_per_minute: float | None = judge_field("requests_per_minute")
+    timeout_s: float = judge_field("timeout_s")
+    unreachable_after: int = judge_field("unreachable_after")
+    batch_size: int = opt(64, "Judge calls per round and per judgments shard (the most a crash can lose).", identity=False)
     group_size: int = opt(4096, "Prompts read, judged and written together, then dropped: memory follows this, not the "
-                          "size of the run.")
-    rm_batch_size: int = opt(16, "Reward-model forward batch (halved on out-of-memory).")
-    rm_max_length: int | None = opt(None, "Reward-model input limit; longer inputs are cut and flagged.")
-    rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "
-                          "(transformers) | vllm (pooling runner); see prefdata.judges.build.rm_backend_for.")
-    max_model_len: int = opt(4096, "In-process vLLM judge context.")
-    dtype: str = opt("auto", "In-process judge / reward-model dtype: auto (bf16 where the CPU or GPU computes it natively, "
-                     "else float32 on CPU, float16 on GPU) | float32 | bfloat16 | float16.")
-    progress: bool = opt(True, "Show the progress bar.")
+                          "size of the run.", identity=False)
+    rm_batch_size: int = judge_field("rm_batch_size")
+    rm_max_length: int | None = judge_field("rm_max_length")
+    rm_backend: str = judge_field("rm_backend")
+    max_model_len: int = judge_field("max_model_len")
+    dtype: str = judge_field("dtype")
+    progress: bool = opt(True, "Show the progress bar.", identity=False)
 
     def __post_init__(self) -> None:
-        if self.position_bias not in POLICIES:
-            raise ValueError(f"position_bias must be one of {', '.join(POLICIES)}, got {self.position_bias!r}")
         if self.strategy is not None and self.strategy not in (*STRATEGIES, "scores"):
             raise ValueError(f"strategy must be iterative, round-robin or scores, got {self.strategy!r}")
-        if self.batch_size < 1 or self.concurrency < 1 or self.rm_batch_size < 1 or self.group_size < 1:
+        if self.batch_size < 1 or self.group_size < 1:
             raise ValueError("batch_size, concurrency, rm_batch_size and group_size must be at least 1")
-        if not 0.0 <= self.tie_band < 0.5:
-            raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
-        if self.rm_backend not in ("auto", "hf", "vllm"):
-            raise ValueError(f"rm_backend must be auto, hf or vllm, got {self.rm_backend!r}")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
-        check_env_name("--api-key-env", self.api_key_env)
-        check_range("--temperature", self.temperature, 0)
-        for flag, value in (("--max-tokens", self.max_tokens), ("--rm-max-length", self.rm_max_length),
-                            ("max_model_len", self.max_model_len)):
-            check_range(flag, value, 1)
-        check_range("--max-retries", self.max_retries, 0)
-        check_range("--unreachable-after", self.unreachable_after, 1)  # 0 or -1 once meant 1, silently
-        check_range("--rpm", self.requests_per_minute, 0, lo_open=True)
-        check_range("timeout_s", self.timeout_s, 0, lo_open=True)
-        check_range("backoff_s", self.backoff_s, 0)
-        check_seed("--seed", self.seed)
+        self.judge_config()  # the judge's own checks
+
+    def judge_config(self) -> JudgeConfig:
+        return to_judge_config(self)
 
 
 def content_key(
@@ -175,16 +157,27 @@ class _Prompt:
     cands: list[Candidate]
 
 
-def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy: str) -> dict[str, Any]:
+def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy: str, sampler: str | None = None
+                   ) -> dict[str, Any]:  # fmt: skip
+    """What the judge hash is made of: the judge's own record (the fields marked identity="judge" enter there)
+    and every field marked identity=True, as it applies to this kind of judge (None where it does not).
+    `sampler` enters only when the run holds several samplers, so a one-sampler run's hash is unchanged."""
     pointwise = strategy == "scores"
-    return {
-        "judge": judge.config(),
-        "strategy": strategy,
+    applied = {
+        "strategy": strategy,  # resolved: none means iterative or scores by the judge's kind
         "position_bias": None if pointwise else cfg.position_bias,
         "seed": cfg.seed if (cfg.position_bias == "random" and not pointwise) else None,
         "min_margin": cfg.min_margin if pointwise else None,
         "kinds": sorted(cfg.kinds),
+        "sampler": sampler,
     }
+    identity: dict[str, Any] = {"judge": judge.config()}
+    order = list(applied)  # run.json shows the identity in this order (the hash sorts its keys)
+    for name in sorted(identity_fields(RankConfig), key=lambda n: order.index(n) if n in order else len(order)):
+        value = applied.get(name, getattr(cfg, name))
+        if name != "sampler" or value is not None:
+            identity[name] = value
+    return identity
 
 
 # -- reading the run in groups of prompts ---------------------------------------------------------
@@ -466,9 +459,7 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
             "strategy scores needs a reward-model judge" if strategy == "scores"
             else f"a reward-model judge ranks by score; use --strategy scores, not {strategy}"
         )
-    identity = judge_identity(cfg, judge, strategy)
-    if groups.sampler is not None:  # one of several samplers: its own judge hash (a one-sampler run's is unchanged)
-        identity["sampler"] = groups.sampler
+    identity = judge_identity(cfg, judge, strategy, groups.sampler)  # one of several samplers: its own judge hash
     jh = stable_hash(identity)
     t0 = time.monotonic()
     cols = (["prompt_id", "a_id", "verdict", "score", "n_tokens", "truncated", "created", "content_key"] if pointwise

@@ -1,25 +1,24 @@
-"""Build the judge a `RankConfig` names: a verifier, a reward-model folder, or a template over an OpenAI-compatible
+"""Build the judge a `JudgeConfig` names: a verifier, a reward-model folder, or a template over an OpenAI-compatible
 server or an in-process vLLM engine. Rank, judge-eval and eval all get their judge here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefdata.errors import PrefdataError
+from prefdata.judges.config import HasJudge, JudgeConfig
 from prefdata.judges.verdict import PairJudge, PointwiseJudge
-
-if TYPE_CHECKING:
-    from prefdata.rank import RankConfig
 
 # Measured (bench/RESULTS.md 3.4): vLLM's pooling runner scores about 7x faster than transformers' best batch once
 # started, but its engine start (about 3 minutes on the 2-core CPU) makes it slower below ~750 candidates.
 RM_VLLM_MIN_ITEMS = 2000
 
 
-def rm_backend_for(cfg: RankConfig, n_items: int | None) -> str:
+def rm_backend_for(cfg: JudgeConfig | HasJudge, n_items: int | None) -> str:
     """`auto`: vLLM when it is installed and there are enough candidates to pay for its engine start, else hf."""
-    if cfg.rm_backend != "auto":
-        return cfg.rm_backend
+    backend = cfg.judge_config().rm_backend
+    if backend != "auto":
+        return backend
     if n_items is None or n_items < RM_VLLM_MIN_ITEMS:
         return "hf"
     import importlib.util
@@ -27,10 +26,12 @@ def rm_backend_for(cfg: RankConfig, n_items: int | None) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
 
 
-def build_judge(cfg: RankConfig, llm: Any = None, n_items: int | None = None) -> PairJudge | PointwiseJudge:
+def build_judge(config: JudgeConfig | HasJudge, llm: Any = None, n_items: int | None = None) -> PairJudge | PointwiseJudge:
     """The judge named by the config: a verifier, a reward-model folder, or a template over OpenAI / in-process vLLM.
 
-    `n_items`: how many candidates will be scored (picks the reward-model backend under rm_backend auto)."""
+    `config`: a JudgeConfig or a stage config carrying one (RankConfig). `n_items`: how many candidates will be
+    scored (picks the reward-model backend under rm_backend auto)."""
+    cfg = config.judge_config()
     from prefdata.judges.reward_model import RewardModelJudge, check_reward_model_dir, is_reward_model_dir
     from prefdata.judges.verifier import build_verifier, is_verifier
 

@@ -1,0 +1,108 @@
+"""`JudgeConfig`: every option of a judge, declared once.
+
+`build_judge` takes it. `RankConfig` and `EvalConfig` carry these options as their own flat fields (so the flags
+and YAML keys stay `--judge`, `--base-url`, ... and run.json keeps its shape): each of those fields is declared
+with `judge_field(name)`, a copy of the declaration here, and `judge_config()` hands the values to the judge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from prefdata.config import check_env_name, check_range, check_seed
+from prefdata.options import opt
+from prefdata.ranking import POLICIES
+
+RM_BACKENDS = ("auto", "hf", "vllm")
+
+
+@dataclass
+class JudgeConfig:
+    """Who judges, and how it is reached. Pairwise-only settings (logprobs, tie_band) and reward-model-only settings
+    (rm_*) sit together here because one `--judge` value decides which kind is built."""
+
+    judge: str = opt("mt-bench-pair-v2", "Template name (judges/), template .yaml path, reward-model folder, verify:number, "
+                     "verify:exact, or python:FILE.py:FUNCTION.", identity="judge")
+    judge_model: str | None = opt(None, "Served model name (OpenAI), or model path for in-process vLLM; none: the first "
+                                  "served model / the demo model.", identity="judge")
+    base_url: list[str] = opt([], "OpenAI-compatible server URL (repeat to spread load); none: in-process vLLM.", identity=False)
+    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never recorded).", identity=False)
+    position_bias: str = opt("both", f"Order policy: {' | '.join(POLICIES)}.", identity=True)
+    seed: int = opt(0, "Seed of the `random` order policy and the vLLM engine.", identity=True)
+    temperature: float = opt(0.0, "Judge sampling temperature.", identity="judge")
+    max_tokens: int | None = opt(None, "Judge reply limit; none: the template's.", identity="judge")
+    logprobs: bool = opt(False, "One-token verdict read from log-probs (the template needs logprob_labels).", identity="judge")
+    tie_band: float = opt(0.05, "Logprob mode: |P(first) - 0.5| <= band is a tie.", identity="judge")
+    concurrency: int = opt(8, "OpenAI: requests in flight.", identity=False)
+    max_retries: int = opt(4, "OpenAI: retries per call (connection errors, 5xx, 429, garbage replies).", identity=False)
+    backoff_s: float = opt(0.5, "OpenAI: first retry delay in seconds, doubled each time.", identity=False)
+    requests_per_minute: float | None = opt(None, "OpenAI: requests per minute over all URLs.",
+                                            flag=("--rpm", "--requests-per-minute"), identity=False)
+    timeout_s: float = opt(120.0, "OpenAI: seconds per request.", identity=False)
+    unreachable_after: int = opt(8, "OpenAI: stop the run after this many connection failures in a row.", identity=False)
+    rm_batch_size: int = opt(16, "Reward-model forward batch (halved on out-of-memory).", identity=False)
+    rm_max_length: int | None = opt(None, "Reward-model input limit; longer inputs are cut and flagged.", identity="judge")
+    rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "
+                          "(transformers) | vllm (pooling runner); see prefdata.judges.build.rm_backend_for.", identity=False)
+    max_model_len: int = opt(4096, "In-process vLLM judge context.", identity=False)
+    dtype: str = opt("auto", "In-process judge / reward-model dtype: auto (bf16 where the CPU or GPU computes it natively, "
+                     "else float32 on CPU, float16 on GPU) | float32 | bfloat16 | float16.", identity="judge")
+
+    def __post_init__(self) -> None:
+        if self.position_bias not in POLICIES:
+            raise ValueError(f"position_bias must be one of {', '.join(POLICIES)}, got {self.position_bias!r}")
+        if self.concurrency < 1 or self.rm_batch_size < 1:
+            raise ValueError("batch_size, concurrency, rm_batch_size and group_size must be at least 1")
+        if not 0.0 <= self.tie_band < 0.5:
+            raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
+        if self.rm_backend not in RM_BACKENDS:
+            raise ValueError(f"rm_backend must be auto, hf or vllm, got {self.rm_backend!r}")
+        check_env_name("--api-key-env", self.api_key_env)
+        check_range("--temperature", self.temperature, 0)
+        for flag, value in (("--max-tokens", self.max_tokens), ("--rm-max-length", self.rm_max_length),
+                            ("max_model_len", self.max_model_len)):  # fmt: skip
+            check_range(flag, value, 1)
+        check_range("--max-retries", self.max_retries, 0)
+        check_range("--unreachable-after", self.unreachable_after, 1)  # 0 or -1 once meant 1, silently
+        check_range("--rpm", self.requests_per_minute, 0, lo_open=True)
+        check_range("timeout_s", self.timeout_s, 0, lo_open=True)
+        check_range("backoff_s", self.backoff_s, 0)
+        check_seed("--seed", self.seed)
+
+    def judge_config(self) -> JudgeConfig:
+        return self
+
+
+class HasJudge(Protocol):
+    """A stage config that carries the judge's options as its own fields (RankConfig)."""
+
+    def judge_config(self) -> JudgeConfig: ...
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(JudgeConfig)}
+SHARED = "judge_config"  # metadata key: this field is JudgeConfig's, carried flat by a stage config
+
+
+def judge_field(name: str, **change: Any) -> Any:
+    """JudgeConfig's declaration of `name` (default, help, flags) for a stage config that carries it flat.
+
+    `change`: `default=` where the stage needs another one (eval's judge has none: it must be given)."""
+    f = _FIELDS[name]
+    meta = {**f.metadata, SHARED: True}
+    if "default" in change:
+        return dataclasses.field(default=change["default"], metadata=meta)
+    if f.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=f.default_factory, metadata=meta)
+    return dataclasses.field(default=f.default, metadata=meta)
+
+
+def judge_fields(cls: type) -> tuple[str, ...]:
+    """The names of the JudgeConfig fields `cls` carries (declared with `judge_field`)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(SHARED))
+
+
+def to_judge_config(cfg: Any) -> JudgeConfig:
+    """A JudgeConfig of the judge fields `cfg` carries (the others keep JudgeConfig's defaults)."""
+    return JudgeConfig(**{name: getattr(cfg, name) for name in judge_fields(type(cfg))})
