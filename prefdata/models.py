@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from prefdata.errors import PrefdataError
-from prefdata.store import file_lock
+from prefdata.run.store import file_lock
 
 DEMO_NAME = "SmolLM2-135M-Instruct"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -54,11 +54,13 @@ def _convert_gguf(gguf_dir: Path, gguf_file: str, target: Path) -> None:
     except ImportError as e:
         raise PrefdataError("converting the demo model needs the `gguf` package: pip install gguf") from e
     tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.bfloat16)
+    # dequantized in float32 (transformers' GGUF kernels compute there: a bf16 load only adds casts and a warning on
+    # the terminal), then stored in bf16 as before: the same bytes on disk
+    src = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
     cfg = AutoConfig.from_pretrained(gguf_dir, gguf_file=gguf_file)
     if hasattr(cfg, "quantization_config"):
         delattr(cfg, "quantization_config")
-    cfg.torch_dtype = torch.bfloat16
+    cfg.dtype = torch.bfloat16
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.load_state_dict(src.state_dict(), strict=False)
     if getattr(cfg, "tie_word_embeddings", False):
