@@ -7,7 +7,9 @@ cache folder ($PREFDATA_CACHE, default ~/.cache/prefdata) and reused.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
 from pathlib import Path
@@ -41,7 +43,19 @@ def demo_model_dir() -> Path:
     with file_lock(target.parent / f".{DEMO_NAME}.lock"):
         if (target / "model.safetensors").is_file():
             return target
-        _convert_gguf(gguf_dir, DEMO_GGUF, target)
+        from transformers.utils import logging as hf_logging
+
+        from prefdata.console import say
+
+        say(f"demo model: converting {DEMO_GGUF} once into {target}")
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # its load and save bars are not this command's progress
+        try:
+            with contextlib.redirect_stderr(io.StringIO()):  # nor the GGUF reader's own tqdm bar
+                _convert_gguf(gguf_dir, DEMO_GGUF, target)
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
     return target
 
 
