@@ -37,7 +37,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="keep the runs here (default: a temp folder)")
     a = ap.parse_args()
 
-    from prefdata.hardware import auto_dtype, cpu_flags, cpu_model
+    from prefdata.llm.hardware import auto_dtype, cpu_flags, cpu_model
 
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, flags {' '.join(flags)}; auto resolves to {auto_dtype()}")

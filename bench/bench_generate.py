@@ -38,8 +38,8 @@ def main() -> None:
 
     from prefdata.generate import GenerateConfig, generate_run
     from prefdata.models import resolve_model
-    from prefdata.prompts import load_prompts
-    from prefdata.store import RunDir
+    from prefdata.run.prompts import load_prompts
+    from prefdata.run.store import RunDir
 
     model = resolve_model(a.model)
     ps = load_prompts(None, limit=a.prompts)

@@ -1,6 +1,6 @@
 """Judge quality against human labels: the demo model (SmolLM2-135M-Instruct) as judge on HH-RLHF.
 
-Runs `prefdata.judge_eval.evaluate` with one in-process vLLM engine shared by several judge settings.
+Runs `prefdata.eval.judge_eval.evaluate` with one in-process vLLM engine shared by several judge settings.
 Usage: python bench/bench_judge_eval.py --data tests/data/hh_rlhf_helpful_test_300.jsonl [--limit 300]
        [--mt-bench-limit 40] [--out-dir /tmp/judge-eval]
 """
@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
     from vllm import LLM
 
-    from prefdata.judge_eval import JudgeEvalConfig, evaluate
+    from prefdata.eval.judge_eval import JudgeEvalConfig, evaluate
     from prefdata.models import demo_model_dir
 
     llm = LLM(model=str(demo_model_dir()), seed=0, max_model_len=4096, dtype="bfloat16")

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.bench_train import HH, hh_pairs  # noqa: E402
-from prefdata import hardware  # noqa: E402
+from prefdata.llm import hardware  # noqa: E402
 from prefdata.train import data as D  # noqa: E402
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prefdata.judges.verdict import PairRequest, Verdict
 from prefdata.rank import RankConfig, rank_run, read_rankings
-from prefdata.store import RunDir
+from prefdata.run.store import RunDir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.helpers import candidate_row, prompt_row, write_inputs  # noqa: E402

@@ -32,9 +32,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefdata.judges.verdict import Verdict  # noqa: E402
-from prefdata.pairs import ranking_pairs  # noqa: E402
 from prefdata.ranking import Pair, PairOutcome, Ranking, call_orders, combine, iterative, round_robin  # noqa: E402
 from prefdata.ranking_sort import sort  # noqa: E402
+from tests.pairs import ranking_pairs  # noqa: E402
 
 StrategyFn = Callable[[Sequence[str]], object]
 

@@ -57,7 +57,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
-    from prefdata.hardware import cpu_flags, cpu_model
+    from prefdata.llm.hardware import cpu_flags, cpu_model
     from prefdata.models import demo_model_dir
     from prefdata.train import train
 

@@ -57,7 +57,7 @@ class InstantPairJudge:
 
 def run_stage(stage: str, run_path: Path, size: int, per_prompt: int, out: Path, rank_batch: int = 4096) -> dict[str, object]:
     """Runs in the child: one stage, measured."""
-    from prefdata.store import RunDir
+    from prefdata.run.store import RunDir
 
     t0 = time.perf_counter()
     info: dict[str, object] = {}

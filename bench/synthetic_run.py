@@ -13,8 +13,8 @@ from pathlib import Path
 
 import polars as pl
 
-from prefdata.records import candidate_id, prompt_id
-from prefdata.store import MESSAGES_DTYPE, RunDir
+from prefdata.run.records import candidate_id, prompt_id
+from prefdata.run.store import MESSAGES_DTYPE, RunDir
 
 JUDGE_HASH = "j" * 16
 SAMPLER_HASH = "s" * 16

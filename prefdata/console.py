@@ -104,7 +104,7 @@ def captured(stage: str) -> Callable[[F], F]:
         @functools.wraps(f)
         def wrapper(run: Any, *args: Any, **kwargs: Any) -> Any:
             from prefdata.errors import PrefdataError
-            from prefdata.export_folder import refuse_export_folder
+            from prefdata.run.store import refuse_export_folder
 
             path = Path(getattr(run, "path", run))
             if path.exists() and not path.is_dir():  # logs/ cannot be made in a file: say so, not NotADirectoryError

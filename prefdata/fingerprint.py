@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from prefdata.records import TRAIN_SUMMARY
+from prefdata.run.records import TRAIN_SUMMARY
 
 _SKIP_SUFFIXES = (".md",)
 # Not part of the model: the trainer's summary (run times) and the pickled TrainingArguments, which hold the

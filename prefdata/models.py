@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from prefdata.errors import PrefdataError
-from prefdata.store import file_lock
+from prefdata.run.store import file_lock
 
 DEMO_NAME = "SmolLM2-135M-Instruct"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -292,10 +292,10 @@ def _check_unique(params: list[inspect.Parameter]) -> None:
 
 
 def build_verb_command(module: str, verb: str) -> Any:
-    """The click command of `prefdata.commands.<module>` (built on first use: imports its config class)."""
+    """The click command of `prefdata.cli.commands.<module>` (built on first use: imports its config class)."""
     import typer
 
-    mod = importlib.import_module(f"prefdata.commands.{module}")
+    mod = importlib.import_module(f"prefdata.cli.commands.{module}")
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(verb)(mod.command())
     return typer.main.get_command(app)

@@ -5,7 +5,7 @@ tasks: 1. ... 8. ... 9.") and lets the model continue; items 9 and 10 are new in
 pipeline's filters run: an item cut by max_tokens, length bounds, duplicates (of each other and of the pool), banned keywords,
 prompts that ask for images or files, leading punctuation or non-ASCII, and template leftovers.
 
-Reads:  a prompt pool (any file `prefdata.prompts` reads; the last user turn of each prompt is used).
+Reads:  a prompt pool (any file `prefdata.run.prompts` reads; the last user turn of each prompt is used).
 Writes: a jsonl file with one `{"prompt": ...}` per new instruction, written atomically once complete.
 """
 
@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.prompts import load_prompts
-from prefdata.store import atomic_write_bytes
+from prefdata.run.prompts import load_prompts
+from prefdata.run.store import atomic_write_bytes
 
 BANNED = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw", "plot", "go to")
 DROP_PREFIXES = ("write a program",)

@@ -112,7 +112,7 @@ def vllm_server(tmp_path_factory, demo_model_dir):
 def vllm_llm(tiny_llama_dir):
     """One in-process vLLM engine (tiny random Llama) per test session; tests share it (a test that loads other
     weights into it puts the tiny model's back). Started as prefdata starts its engines (compile cache, KV size)."""
-    from prefdata.backends.vllm_engine import shutdown_llm, start_engine
+    from prefdata.llm.vllm_engine import shutdown_llm, start_engine
 
     llm = start_engine(str(tiny_llama_dir), seed=0, max_model_len=1024)  # this machine's dtype, as prefdata picks it
     yield llm

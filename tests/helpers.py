@@ -23,8 +23,8 @@ import polars as pl
 import pytest
 
 from prefdata.judges.verdict import PairRequest, Verdict
-from prefdata.records import candidate_id, prompt_id
-from prefdata.store import MESSAGES_DTYPE, RunDir
+from prefdata.run.records import candidate_id, prompt_id
+from prefdata.run.store import MESSAGES_DTYPE, RunDir
 
 PROMPT_SCHEMA = {"prompt_id": pl.String, "messages": MESSAGES_DTYPE, "source": pl.String, "reference": pl.String}
 SAMPLER = "samplerhash00001"
@@ -427,7 +427,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 _HOLD = """
 import sys, time
 from pathlib import Path
-from prefdata.store import stage_lock
+from prefdata.run.store import stage_lock
 part = sys.argv[3] if len(sys.argv) > 3 else None
 with stage_lock(Path(sys.argv[1]), sys.argv[2], part):
     print("locked", flush=True)

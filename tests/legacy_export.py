@@ -1,5 +1,5 @@
 """Today's export, frozen as a test oracle: the row building of `prefdata.export.export_run` as it was before
-export streamed in groups of prompts (copied verbatim from prefdata/export.py at commit 73b7207).
+export streamed in groups of prompts (copied verbatim from prefdata/export/ at commit 73b7207).
 
 `legacy_export(run, cfg)` returns what that code would write: the split frames (rows in file order), the drop
 counts, the pairs considered, the length statistics and the sampler hashes, or the PrefdataError it would raise
@@ -18,7 +18,9 @@ import polars as pl
 
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, pick_judge
-from prefdata.pairs import (
+from prefdata.run.records import MESSAGES
+from prefdata.run.store import RunDir
+from tests.pairs import (
     DROP_REASONS,
     NEEDS_FULL_ORDER,
     RankedCandidate,
@@ -27,8 +29,6 @@ from prefdata.pairs import (
     pair_margin,
     ranking_pairs,
 )
-from prefdata.records import MESSAGES
-from prefdata.store import RunDir
 
 
 @dataclass
@@ -132,7 +132,7 @@ def legacy_export(run: RunDir, cfg: ExportConfig) -> LegacyExport:
     )
 
 
-# -- copied verbatim from prefdata/export.py (commit 73b7207) ------------------------------------
+# -- copied verbatim from prefdata/export/ (commit 73b7207) ------------------------------------
 
 
 def _final(rankings: pl.DataFrame) -> pl.DataFrame:
@@ -228,7 +228,7 @@ def _load_verdicts(
         return {}
     rows = list(df.iter_rows(named=True))
     if df["content_key"].null_count() < df.height:
-        from prefdata.rank import content_key
+        from prefdata.run.records import content_key
 
         has_ref = "reference" in prompts.columns
         context = {

@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from prefdata.backends.openai_client import ChatClient
 from prefdata.errors import PrefdataError
 from prefdata.generate import GenerateConfig
+from prefdata.llm.openai_client import ChatClient
 from prefdata.samplers import SampleSpec
 from prefdata.samplers.openai_api import OpenAISampler
 from tests.helpers import completion
@@ -122,7 +122,7 @@ def test_an_oversized_reply_fails_as_too_large_at_once_and_is_not_kept():
 
 
 def test_reply_cap_grows_with_max_tokens_n_and_logprobs():
-    from prefdata.backends.openai_client import REPLY_CAP_NO_LIMIT, reply_cap
+    from prefdata.llm.openai_client import REPLY_CAP_NO_LIMIT, reply_cap
 
     base = reply_cap({"max_tokens": 512})
     assert 64 * 1024 < base < 3_000_000

@@ -7,8 +7,8 @@ import sys
 
 import yaml
 
-from prefdata.card import size_category
 from prefdata.export import ExportConfig, export_run
+from prefdata.export.card import size_category
 from prefdata.secrets import redact, scrub
 from tests.helpers import JUDGE, SAMPLER, cand, four, make_ranked_run
 

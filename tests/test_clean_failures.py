@@ -133,7 +133,7 @@ def test_enospc_found_through_wrapped_errors():
 
 
 def test_atomic_write_removes_its_temp_file_on_any_failure(tmp_path):
-    from prefdata.store import atomic_write
+    from prefdata.run.store import atomic_write
 
     def half(tmp: Path) -> None:
         tmp.write_bytes(b"half")

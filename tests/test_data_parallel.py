@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from prefdata.commands import generate as gen_cmd
-from prefdata.interrupts import wait_gone
+from prefdata.cli.commands import generate as gen_cmd
+from prefdata.run.interrupts import wait_gone
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,8 +58,8 @@ def test_sigterm_to_the_launcher_reaches_the_children(tmp_path):
     child = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(120)"
     launcher = textwrap.dedent(f"""
         import os, sys
-        from prefdata import interrupts
-        from prefdata.commands.generate import run_children
+        from prefdata.run import interrupts
+        from prefdata.cli.commands.generate import run_children
         interrupts.install()
         children = [([sys.executable, "-c", {child!r}], dict(os.environ))] * 2
         try:

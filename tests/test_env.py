@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from prefdata import hardware
+from prefdata.llm import hardware
 
 
 def test_prefdata_env_prints_versions_cpu_decisions_and_caches(tmp_path):
@@ -37,6 +37,6 @@ def test_prefdata_env_prints_versions_cpu_decisions_and_caches(tmp_path):
 
 
 def test_prefdata_env_does_not_import_vllm():
-    code = "import sys; from prefdata.commands.env import env_lines; env_lines(); print('vllm' in sys.modules)"
+    code = "import sys; from prefdata.cli.commands.env import env_lines; env_lines(); print('vllm' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "False", r.stderr

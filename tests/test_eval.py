@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from prefdata.errors import PrefdataError
-from prefdata.eval import EvalConfig, Sides, eval_judge, eval_run, finish, table_rows
-from prefdata.stats import length_controlled_win_rate, wilson
-from prefdata.store import RunDir
+from prefdata.eval.run import EvalConfig, Sides, eval_judge, eval_run, finish, table_rows
+from prefdata.eval.stats import length_controlled_win_rate, wilson
+from prefdata.run.store import RunDir
 from tests.helpers import FaultServer, build_tiny_llama, candidate_row, make_pair_run, prompt_row, write_inputs
 
 

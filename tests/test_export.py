@@ -14,8 +14,8 @@ import pytest
 
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run, split_point, split_prompt_ids
-from prefdata.export_folder import MANIFEST
-from prefdata.store import RunDir
+from prefdata.export.folder import MANIFEST
+from prefdata.run.store import RunDir
 from tests.helpers import JUDGE, cand, four, make_ranked_run
 
 
@@ -269,7 +269,7 @@ def test_overwrite_refuses_a_project_folder_that_mentions_prefdata(tmp_path, cap
         export_run(run, ExportConfig(out=str(out), overwrite=True))
     assert (out / "data" / "mine.txt").exists()
     (out / "data" / "mine.txt").unlink()
-    from prefdata.export_folder import OWNED_EXTRAS
+    from prefdata.export.folder import OWNED_EXTRAS
     from prefdata.train.data import REF_CACHE_FOLDER
 
     assert REF_CACHE_FOLDER in OWNED_EXTRAS  # `prefdata train EXPORT` caches reference log-probs inside it
@@ -291,7 +291,7 @@ def test_stale_temp_folders_of_killed_exports_are_cleaned(tmp_path):
     run = make_ranked_run(tmp_path / "run", [("q", four())])
     exports = tmp_path / "exports"
     code = (
-        "import os, signal, sys; from pathlib import Path; from prefdata.export_folder import temp_folder\n"
+        "import os, signal, sys; from pathlib import Path; from prefdata.export.folder import temp_folder\n"
         "t = temp_folder(Path(sys.argv[1])); t.mkdir(parents=True); (t / 'half.parquet').write_bytes(b'x')\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )

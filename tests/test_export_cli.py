@@ -97,7 +97,7 @@ def test_console_script_error_line(tmp_path):
 
 _HOLD_EXPORT = """import sys, time
 from pathlib import Path
-from prefdata.export_folder import export_lock
+from prefdata.export.folder import export_lock
 with export_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(600)

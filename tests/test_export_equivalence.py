@@ -13,11 +13,11 @@ from typing import Any
 import polars as pl
 import pytest
 
-import prefdata.export as export_mod
+import prefdata.export.run as export_mod
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run
-from prefdata.rank import content_key
-from prefdata.store import RunDir
+from prefdata.run.records import content_key
+from prefdata.run.store import RunDir
 from tests.helpers import JUDGE, RANKING_SCHEMA, cand, make_ranked_run
 from tests.legacy_export import LegacyExport, legacy_export
 
@@ -211,7 +211,7 @@ def test_every_prompt_in_test_is_refused(tmp_path, monkeypatch):
 def test_identical_text_strips_what_python_strips():
     import sys
 
-    from prefdata.export_tables import SPACE
+    from prefdata.export.tables import SPACE
 
     assert SPACE == "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
 

@@ -13,8 +13,8 @@ import pytest
 from prefdata.cli import main
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run
-from prefdata.push import push_export
-from prefdata.store import RunDir, stage_lock
+from prefdata.export.push import push_export
+from prefdata.run.store import RunDir, stage_lock
 from tests.helpers import four, make_ranked_run, write_jsonl
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import prefdata.console as console
-import prefdata.export as export_mod
+import prefdata.export.run as export_mod
 from prefdata.export import ExportConfig, export_run
 from tests.helpers import four, make_ranked_run
 

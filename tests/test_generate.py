@@ -18,7 +18,7 @@ import pytest
 
 from prefdata.errors import PrefdataError
 from prefdata.generate import GenerateConfig, generate_run, in_shard
-from prefdata.store import RunDir
+from prefdata.run.store import RunDir
 
 PROMPTS = [
     "What is the capital of France?",

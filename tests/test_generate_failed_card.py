@@ -10,7 +10,7 @@ import sys
 
 from prefdata.export import ExportConfig, export_run
 from prefdata.rank import RankConfig, rank_run
-from prefdata.store import RunDir
+from prefdata.run.store import RunDir
 from tests.helpers import cand, cli, make_ranked_run
 
 

@@ -23,7 +23,7 @@ def _prompts(tmp: Path) -> Path:
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])
 def test_reward_model_as_generate_model_is_refused(tmp_path, capsys, monkeypatch, tiny_rm_dir, backend):
-    import prefdata.backends.vllm_engine as engine
+    import prefdata.llm.vllm_engine as engine
 
     def no_engine(*a: object, **k: object) -> None:
         raise AssertionError("vLLM must not start for a model that is refused")

@@ -1,4 +1,4 @@
-"""The one precision decision (prefdata.hardware): given flags, this machine's own flags, and every model load."""
+"""The one precision decision (prefdata.llm.hardware): given flags, this machine's own flags, and every model load."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prefdata.errors import PrefdataError
-from prefdata.hardware import auto_dtype, cpu_flags, cpu_has_native_bf16, resolve_dtype
+from prefdata.llm.hardware import auto_dtype, cpu_flags, cpu_has_native_bf16, resolve_dtype
 
 AVX2_EPYC = {"fpu", "sse4_2", "avx", "avx2", "fma"}  # the AVX2-only AMD EPYC of the issue
 SAPPHIRE = AVX2_EPYC | {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}

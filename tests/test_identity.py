@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from prefdata.generate import GenerateConfig, sampler_hash
-from prefdata.iterate_eval import training_only
+from prefdata.iterate.eval import training_only
 from prefdata.judges.config import JudgeConfig
 from prefdata.options import identity_fields
 from prefdata.rank import RankConfig, judge_identity

@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from prefdata.interrupts import reap, wait_gone
-from prefdata.store import RunDir
+from prefdata.run.interrupts import reap, wait_gone
+from prefdata.run.store import RunDir
 from tests.helpers import write_jsonl
 
 CHILD_IGNORING_TERM = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(120)"

@@ -13,7 +13,7 @@ import pytest
 
 from prefdata.errors import PrefdataError
 from prefdata.iterate import IterateConfig, iterate
-from prefdata.store import RunDir
+from prefdata.run.store import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from prefdata.iterate import IterateConfig, iterate
-from prefdata.store import RunDir
+from prefdata.run.store import RunDir
 
 PARITY = '''
 def even_words(messages, completion, reference):

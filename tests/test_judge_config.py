@@ -6,8 +6,8 @@ import dataclasses
 import subprocess
 import sys
 
-from prefdata.eval import EvalConfig
-from prefdata.judge_eval import JudgeEvalConfig
+from prefdata.eval.judge_eval import JudgeEvalConfig
+from prefdata.eval.run import EvalConfig
 from prefdata.judges.config import JudgeConfig, judge_fields, to_judge_config
 from prefdata.rank import RankConfig
 
@@ -32,6 +32,6 @@ def test_eval_and_judge_eval_carry_judge_fields_declared_once() -> None:
 
 def test_judges_never_import_a_stage() -> None:
     """The judge builder takes a JudgeConfig: importing it loads no stage module (the old rank <-> build circle)."""
-    code = "import sys, prefdata.judges.build; print(sorted(m for m in sys.modules if m in ('prefdata.rank', 'prefdata.eval')))"
+    code = "import sys, prefdata.judges.build; print(sorted(m for m in sys.modules if m in ('prefdata.rank', 'prefdata.eval.run')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

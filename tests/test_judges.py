@@ -7,7 +7,7 @@ import json
 import pytest
 
 from prefdata.errors import PrefdataError
-from prefdata.judge_eval import JudgeEvalConfig, evaluate, split_transcript
+from prefdata.eval.judge_eval import JudgeEvalConfig, evaluate, split_transcript
 from prefdata.judges.llm_judge import ChatOut, LLMPairJudge
 from prefdata.judges.templates import available_templates, load_template
 from prefdata.judges.verdict import Candidate, PairRequest, Verdict

@@ -12,7 +12,7 @@ import pytest
 
 from prefdata.errors import PrefdataError
 from prefdata.rank import read_judgments
-from prefdata.store import stage_lock
+from prefdata.run.store import stage_lock
 from tests.helpers import FaultServer, hold_stage_lock, make_candidates_run, quality_texts
 
 

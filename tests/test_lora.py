@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prefdata.hardware import cpu_has_native_bf16
+from prefdata.llm.hardware import cpu_has_native_bf16
 from prefdata.train.data import PairCollator, compute_logps, tokenize_pairs
 from tests.helpers import FAST, build_tiny_llama, cli, pair_rows, write_jsonl
 
@@ -209,8 +209,8 @@ def test_vllm_serves_the_no_merge_adapter(tmp_path, tiny_llama_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from vllm import SamplingParams
 
-    from prefdata.backends.vllm_engine import build_llm, lora_request, shutdown_llm
     from prefdata.generate import GenerateConfig
+    from prefdata.llm.vllm_engine import build_llm, lora_request, shutdown_llm
     from prefdata.samplers import SampleSpec
     from prefdata.samplers.vllm_local import VLLMSampler
     from prefdata.train import train

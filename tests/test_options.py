@@ -23,11 +23,11 @@ CONFIGS = {
     "generate": "prefdata.generate:GenerateConfig",
     "rank": "prefdata.rank:RankConfig",
     "export": "prefdata.export:ExportConfig",
-    "push": "prefdata.push:PushConfig",
+    "push": "prefdata.export.push:PushConfig",
     "train": "prefdata.train.config:AIPOConfig",
     "iterate": "prefdata.iterate:IterateConfig",
-    "eval": "prefdata.eval:EvalConfig",
-    "judge_eval": "prefdata.judge_eval:JudgeEvalConfig",
+    "eval": "prefdata.eval.run:EvalConfig",
+    "judge_eval": "prefdata.eval.judge_eval:JudgeEvalConfig",
 }
 # Values for fields whose default is None (a flag cannot say None), valid for their config.
 SAMPLES = {
@@ -156,7 +156,7 @@ def test_help_lists_every_field_with_its_default(verb, capsys, monkeypatch):
 def test_commands_declare_no_options_of_their_own():
     """Option declarations live on the config fields and in prefdata/options.py, not in the verbs: a verb takes its
     run directory, input argument, --config, --quiet and --set from the helpers there, and declares nothing."""
-    for path in (Path(__file__).parents[1] / "prefdata" / "commands").glob("*.py"):
+    for path in (Path(__file__).parents[1] / "prefdata" / "cli" / "commands").glob("*.py"):
         text = path.read_text()
         for declaration in ("typer.Option(", "typer.Argument(", "verb_option(", "inspect.Parameter("):
             assert declaration not in text, f"{path.name} declares an option: {declaration}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from prefdata.pairs import RankedCandidate, direct_verdicts, pair_drop_reason, ranking_pairs
+from tests.pairs import RankedCandidate, direct_verdicts, pair_drop_reason, ranking_pairs
 
 
 def _rk(ranks: list[int | None], best: str | None = "a", worst: str | None = None) -> dict:

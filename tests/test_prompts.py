@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from prefdata.errors import PrefdataError
-from prefdata.prompts import load_prompts
-from prefdata.records import prompt_id
+from prefdata.run.prompts import load_prompts
+from prefdata.run.records import prompt_id
 from tests.conftest import SHARED_DATA
 
 
@@ -111,7 +111,7 @@ def test_bad_input_cli_one_line(tmp_path, content, args, needle):
 
 
 def test_bundled_arithmetic_sets_by_name_and_disjoint():
-    from prefdata.prompts import BUNDLED_SETS
+    from prefdata.run.prompts import BUNDLED_SETS
 
     train = load_prompts("arithmetic", reference_field="answer")
     evals = load_prompts("bundled:arithmetic-eval", reference_field="answer")
@@ -133,7 +133,7 @@ def test_bundled_arithmetic_sets_by_name_and_disjoint():
 def test_make_arithmetic_is_reproducible(tmp_path):
     from pathlib import Path
 
-    from prefdata.prompts import BUNDLED_SETS
+    from prefdata.run.prompts import BUNDLED_SETS
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "make_arithmetic.py"
     subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True, capture_output=True)

@@ -22,7 +22,7 @@ import pytest
 
 from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run
-from prefdata.push import push_export
+from prefdata.export.push import push_export
 from tests.helpers import four, make_ranked_run
 
 TOKEN = "hf_FakeTokenForTheLocalServer123"

@@ -15,8 +15,8 @@ from prefdata.errors import PrefdataError
 from prefdata.export import ExportConfig, export_run
 from prefdata.judges.build import build_judge
 from prefdata.rank import RankConfig, judge_identity, rank_run
-from prefdata.records import stable_hash
-from prefdata.store import RunDir
+from prefdata.run.records import stable_hash
+from prefdata.run.store import RunDir
 from tests.helpers import candidate_row, cli, prompt_row, write_inputs
 
 A, B = "aaaa11112222", "aaaa33334444"

@@ -11,8 +11,11 @@ import polars as pl
 import pytest
 
 from prefdata.judges.verdict import Candidate, PairRequest, ScoreRequest, ScoreResult, Verdict
-from prefdata.rank import RankConfig, _Keys, _Prompt, content_key, rank_run
-from prefdata.store import RunDir
+from prefdata.rank import RankConfig, rank_run
+from prefdata.rank.output import _Keys
+from prefdata.run.groups import Prompt
+from prefdata.run.records import content_key
+from prefdata.run.store import RunDir
 from tests.helpers import OrderJudge, candidate_row, prompt_row, quality, write_inputs
 
 
@@ -128,7 +131,7 @@ def test_a_crash_in_a_later_group_keeps_the_earlier_judgments(tmp_path):
 def test_fast_content_keys_equal_content_key(reference):
     msgs = (("system", 'Be "brief"\n'), ("user", "ünïcode ✓ \\ \t end"))
     texts = {"a": 'He said "hi"\n\\n', "b": "", "c": "日本語 🙂 \u2028"}
-    p = _Prompt("pid", msgs, reference, [Candidate(k, v) for k, v in texts.items()])
+    p = Prompt("pid", msgs, reference, [Candidate(k, v) for k, v in texts.items()])
     keys = _Keys("judgehash", p)
     for a in texts:
         assert keys.score(a) == content_key("judgehash", msgs, reference, texts[a], None)

@@ -24,7 +24,7 @@ from prefdata.ranking import (
     rank_by_scores,
     strictly_above,
 )
-from prefdata.store import RunDir
+from prefdata.run.store import RunDir
 from tests.helpers import FirstJudge, OrderJudge, make_candidates_run, quality
 
 RANKING_COLUMNS = [

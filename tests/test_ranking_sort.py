@@ -9,9 +9,9 @@ from collections.abc import Callable
 import pytest
 
 from prefdata.judges.verdict import Verdict
-from prefdata.pairs import ranking_pairs
 from prefdata.ranking import Pair, PairOutcome, call_orders, combine, strictly_above
 from prefdata.ranking_sort import SortRanking, merge_sort_bound, sort, sort_budget
+from tests.pairs import ranking_pairs
 
 Call = Callable[[str, str], Verdict]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from prefdata.records import CANDIDATE_SCHEMA, JUDGMENT_SCHEMA, RANKING_SCHEMA
-from prefdata.store import RunDir
+from prefdata.run.records import CANDIDATE_SCHEMA, JUDGMENT_SCHEMA, RANKING_SCHEMA
+from prefdata.run.store import RunDir
 
 
 def _cand(cid: str, text: str) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from prefdata.backends.openai_client import ChatClient
+from prefdata.llm.openai_client import ChatClient
 from tests.helpers import FaultServer, completion, write_jsonl
 
 SAMPLER_KEY = "sk-proj-" + "Zq8Xw2Lm5Np7Rt4Vb6Hc9Jd1"

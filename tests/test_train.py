@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prefdata.errors import PrefdataError
-from prefdata.hardware import cpu_has_native_bf16
+from prefdata.llm.hardware import cpu_has_native_bf16
 from prefdata.train.data import PairCollator, load_pairs, tokenize_pair, tokenize_pairs
 from tests.helpers import FAST, build_tiny_llama, cli, four, hold_stage_lock, make_ranked_run, pair_rows, write_jsonl
 

@@ -21,7 +21,7 @@ from prefdata.judges.verifier import (
     verify_number,
 )
 from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
-from prefdata.records import candidate_id
+from prefdata.run.records import candidate_id
 from tests.helpers import make_ref_run
 
 
@@ -246,7 +246,7 @@ def test_builtin_descriptors_carry_a_version_so_changed_verdicts_get_a_new_judge
     run, _ = make_ref_run(tmp_path / "r", [("What is 2+3?", "5", ["It is 5.", "It is 6"])])
     first = rank_run(run, RankConfig(judge="verify:number", progress=False))
     from prefdata.rank import judge_identity
-    from prefdata.records import stable_hash
+    from prefdata.run.records import stable_hash
 
     # the descriptor before the version was added (the last-number rule): that hash is not this one
     old = V.VerifierJudge("verify:number", verify_number)

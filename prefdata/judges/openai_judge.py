@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefdata.backends.openai_client import ChatClient
 from prefdata.judges.llm_judge import ChatOut
+from prefdata.llm.openai_client import ChatClient
 
 
 class OpenAIBackend:

@@ -92,7 +92,7 @@ class RewardModelJudge:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from prefdata.hardware import resolve_dtype
+        from prefdata.llm.hardware import resolve_dtype
 
         p = check_reward_model_dir(model_dir)
         self.model_dir = str(p.resolve())

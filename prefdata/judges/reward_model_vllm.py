@@ -74,11 +74,11 @@ class VLLMRewardModelJudge:
         limit = text_cfg.get("max_position_embeddings") or cfg.get("max_position_embeddings") or 4096
         self.max_length = int(max_length or min(int(limit), 8192))
         self.label_index = label_index
-        from prefdata.hardware import resolve_dtype
+        from prefdata.llm.hardware import resolve_dtype
 
         self.dtype = dtype = resolve_dtype(dtype)
         if llm is None:
-            from prefdata.backends.vllm_engine import start_engine
+            from prefdata.llm.vllm_engine import start_engine
 
             llm = start_engine(self.model_dir, runner="pooling", dtype=dtype, max_model_len=self.max_length, seed=seed)
         self.llm = llm

@@ -34,7 +34,7 @@ class VLLMBackend:
 
     @classmethod
     def load(cls, model: str, *, seed: int = 0, max_model_len: int = 4096, dtype: str = "auto") -> VLLMBackend:
-        from prefdata.backends.vllm_engine import start_engine
+        from prefdata.llm.vllm_engine import start_engine
 
         return cls(start_engine(model, seed=seed, max_model_len=max_model_len, dtype=dtype), model)
 

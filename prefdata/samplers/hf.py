@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.hardware import resolve_dtype
+from prefdata.llm.hardware import resolve_dtype
 from prefdata.samplers import Completion, SampleSpec
 
 

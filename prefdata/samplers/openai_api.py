@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prefdata.backends.openai_client import TOO_LONG, ChatClient, ChatResult
 from prefdata.errors import PrefdataError
+from prefdata.llm.openai_client import TOO_LONG, ChatClient, ChatResult
 from prefdata.samplers import Completion, SampleSpec, normalize_finish
 
 

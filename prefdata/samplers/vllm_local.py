@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prefdata.backends.vllm_engine import lora_request
 from prefdata.errors import PrefdataError
+from prefdata.llm.vllm_engine import lora_request
 from prefdata.samplers import Completion, SampleSpec, normalize_finish
 
 

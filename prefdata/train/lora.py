@@ -63,12 +63,12 @@ def validate_lora_fields(cfg: Any) -> None:
 
 def weight_dtype(cfg: Any) -> torch.dtype:
     """Dtype of the loaded weights: float32 master weights for a full fine-tune; for LoRA a frozen base in this
-    machine's fast dtype (`prefdata.hardware.auto_dtype`: bf16 where it is native, float32 on an AVX2-only CPU)."""
+    machine's fast dtype (`prefdata.llm.hardware.auto_dtype`: bf16 where it is native, float32 on an AVX2-only CPU)."""
     if cfg.dtype != "auto":
         return DTYPES[cfg.dtype]
     if cfg.lora_r <= 0:
         return torch.float32
-    from prefdata.hardware import auto_dtype
+    from prefdata.llm.hardware import auto_dtype
 
     return DTYPES[auto_dtype(on_gpu=not trains_on_cpu(getattr(cfg, "use_cpu", False)) and torch.cuda.is_available())]
 
@@ -79,7 +79,7 @@ def bf16_supported(use_cpu: bool = False) -> bool:
     matmul speed (bench/RESULTS.md §4d). Not on an older CPU, where bf16 is emulated and slower."""
     if not use_cpu and torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
-    from prefdata.hardware import cpu_has_native_bf16
+    from prefdata.llm.hardware import cpu_has_native_bf16
 
     return trains_on_cpu(use_cpu) and cpu_has_native_bf16()
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.records import TRAIN_SUMMARY, stable_hash
+from prefdata.run.records import TRAIN_SUMMARY, stable_hash
 
 logger = logging.getLogger(__name__)
 

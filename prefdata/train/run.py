@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.records import TRAIN_SUMMARY
-from prefdata.store import stage_lock
+from prefdata.run.records import TRAIN_SUMMARY
+from prefdata.run.store import stage_lock
 from prefdata.summary import RecordSummary
 from prefdata.train.resume import (
     checkpoints,
