@@ -7,8 +7,9 @@ import polars as pl
 import pytest
 
 from prefdata.export import ExportConfig, export_run
-from prefdata.judges.llm_judge import ChatOut, LLMPairJudge, TokenBudget, fit_context
+from prefdata.judges.llm_judge import ChatOut, LLMPairJudge, fit_context
 from prefdata.judges.templates import load_template
+from prefdata.llm.context import TokenBudget
 from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
 from tests.helpers import FaultServer, make_candidates_run, quality
 

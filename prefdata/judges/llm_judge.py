@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from prefdata.judges.templates import JudgeTemplate
 from prefdata.judges.verdict import PairRequest, Verdict
+from prefdata.llm.context import TokenBudget
 
 TOP_LOGPROBS = 20
 
@@ -26,33 +27,6 @@ class ChatOut:
     error: str | None = None
     latency_s: float = 0.0
     attempts: int = 1
-
-
-TOO_LONG = "too_long"  # error prefix of a call whose prompt does not fit the judge's context (never sent)
-
-
-@dataclass
-class TokenBudget:
-    """The judge's context: its tokenizer (with its chat template) and its context length in tokens.
-
-    A call fits when its prompt tokens plus the reply limit (max_tokens) fit the context; one that does not is
-    failed alone as too_long, before anything is sent, so it can never abort the batch it would be part of.
-    """
-
-    tokenizer: Any
-    max_len: int
-
-    def count(self, conv: list[dict[str, str]]) -> int:
-        ids = self.tokenizer.apply_chat_template(conv, tokenize=True, add_generation_prompt=True)
-        if isinstance(ids, dict) or hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
-            ids = ids["input_ids"]
-        return len(ids)
-
-    def too_long(self, conv: list[dict[str, str]], max_tokens: int) -> str | None:
-        n = self.count(conv)
-        if n + max_tokens <= self.max_len:
-            return None
-        return f"{TOO_LONG}: the judge prompt has {n} tokens and the reply up to {max_tokens}, more than the judge's context of {self.max_len}"
 
 
 def fit_context(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefdata.judges.llm_judge import ChatOut, TokenBudget, fit_context
+from prefdata.judges.llm_judge import ChatOut, fit_context
+from prefdata.llm.context import TokenBudget
 
 
 class VLLMBackend:

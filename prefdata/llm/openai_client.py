@@ -45,9 +45,9 @@ from typing import Any
 import httpx
 
 from prefdata.errors import PrefdataError
+from prefdata.llm.context import TOO_LONG, too_long_reason
 from prefdata.secrets import MASK, known_secrets, mask_known
 
-TOO_LONG = "too_long"  # error prefix of a call whose prompt does not fit the model's context
 TOO_LARGE = "too_large"  # error prefix of a reply over its byte cap (see `reply_cap`)
 # Byte cap of a reply: a fixed allowance for the JSON around the choices, plus per allowed token (max_tokens x n)
 # room for a long token JSON-escaped, and for each of its log-probs (vLLM lists the bytes of every top token).
@@ -296,10 +296,7 @@ class ChatClient:
             n = int(r.json()["count"])
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return None  # no count: the request is sent, and a refusal is still recognised
-        if n + max_tokens <= self.max_model_len:
-            return None
-        return (f"{TOO_LONG}: the judge prompt has {n} tokens and the reply up to {max_tokens}, more than the judge's "
-                f"context of {self.max_model_len}")
+        return too_long_reason(n, max_tokens, self.max_model_len)
 
 
 def reply_cap(body: dict[str, Any]) -> int:

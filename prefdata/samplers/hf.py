@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefdata.errors import PrefdataError
+from prefdata.llm.context import chat_token_ids
 from prefdata.llm.hardware import resolve_dtype
 from prefdata.samplers import Completion, SampleSpec
 
@@ -43,10 +44,7 @@ class HFSampler:
         torch.manual_seed(cfg.seed)
 
     def _encode(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
+        return chat_token_ids(self.tokenizer, messages)
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self._encode(messages))

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.llm.openai_client import TOO_LONG, ChatClient, ChatResult
+from prefdata.llm.context import TOO_LONG
+from prefdata.llm.openai_client import ChatClient, ChatResult
 from prefdata.samplers import Completion, SampleSpec, normalize_finish
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefdata.errors import PrefdataError
+from prefdata.llm.context import chat_token_ids
 from prefdata.llm.vllm_engine import lora_request
 from prefdata.samplers import Completion, SampleSpec, normalize_finish
 
@@ -25,10 +26,7 @@ class VLLMSampler:
         self.max_model_len = int(llm.llm_engine.model_config.max_model_len)
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> int:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return len(ids)
+        return len(chat_token_ids(self.tokenizer, messages))
 
     def _params(self, spec: SampleSpec) -> Any:
         from vllm import SamplingParams
