@@ -12,7 +12,7 @@ import pytest
 
 from prefdata.judges.verdict import Candidate, PairRequest, ScoreRequest, ScoreResult, Verdict
 from prefdata.rank import RankConfig, rank_run
-from prefdata.rank.output import _Keys
+from prefdata.rank.output import ContentKeys
 from prefdata.run.groups import Prompt
 from prefdata.run.records import content_key
 from prefdata.run.store import RunDir
@@ -132,7 +132,7 @@ def test_fast_content_keys_equal_content_key(reference):
     msgs = (("system", 'Be "brief"\n'), ("user", "ünïcode ✓ \\ \t end"))
     texts = {"a": 'He said "hi"\n\\n', "b": "", "c": "日本語 🙂 \u2028"}
     p = Prompt("pid", msgs, reference, [Candidate(k, v) for k, v in texts.items()])
-    keys = _Keys("judgehash", p)
+    keys = ContentKeys("judgehash", p)
     for a in texts:
         assert keys.score(a) == content_key("judgehash", msgs, reference, texts[a], None)
         for b in texts:

@@ -69,12 +69,12 @@ class EvalConfig:
 
 def baseline_kind(cfg: EvalConfig) -> tuple[str, str]:
     """("model", name) or ("column", column): a folder, `demo` or a hub name (with a '/') is a model."""
-    from prefdata.run.prompts import _read_rows, resolve_prompt_path
+    from prefdata.run.prompts import read_rows, resolve_prompt_path
 
     b = str(cfg.baseline)
     if b in DEMO_ALIASES or Path(b).expanduser().exists():
         return "model", b
-    rows = _read_rows(resolve_prompt_path(cfg.prompts))
+    rows = read_rows(resolve_prompt_path(cfg.prompts))
     columns = set().union(*(r.keys() for r in rows[:50])) if rows else set()
     if b in columns:
         return "column", b

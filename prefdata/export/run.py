@@ -29,12 +29,12 @@ from prefdata.export.inputs import (
     pick_judge,
     split_prompt_ids,
 )
-from prefdata.export.summary import ExportSummary, _drops_text, _length_summary, _relax_hint, ranking_stats
+from prefdata.export.summary import ExportSummary, drops_text, length_summary, ranking_stats, relax_hint
 from prefdata.export.tables import (
     build_group,
     merge_events,
 )
-from prefdata.export.writers import WRITERS, _Background, _data_file_patterns, _SplitFiles
+from prefdata.export.writers import WRITERS, Background, SplitFiles, data_file_patterns
 from prefdata.run.records import MESSAGES
 from prefdata.run.store import RunDir, check_writable, command_line
 
@@ -122,7 +122,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         drops = Counter({k: n for k, (n, _) in sorted(events.items(), key=lambda kv: kv[1][1]) if n})
         if not n_rows:
             raise PrefdataError(
-                f"nothing to export: every pair was filtered out ({_drops_text(drops) or 'no pairs'}); " + _relax_hint(drops)
+                f"nothing to export: every pair was filtered out ({drops_text(drops) or 'no pairs'}); " + relax_hint(drops)
             )
         if cfg.shape == "string" and n_multi:
             raise PrefdataError(
@@ -132,7 +132,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
         if setup_error is not None:
             raise setup_error
         splits, files = writer.finish()
-        lengths = _length_summary(pl.concat(lengths_parts, how="vertical_relaxed"))
+        lengths = length_summary(pl.concat(lengths_parts, how="vertical_relaxed"))
         del lengths_parts
         warnings = []
         share = lengths.get("chosen_longer_share")
@@ -178,7 +178,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
             summary=summary,
             cfg=cfg,
             meta=meta,
-            data_files=_data_file_patterns(cfg.format, list(splits)),
+            data_files=data_file_patterns(cfg.format, list(splits)),
             command=command_line(),
             plot_name=plot_name,
         )
@@ -287,8 +287,8 @@ class _DataWriter:
     def __init__(self, folder: Path | None, cfg: ExportConfig) -> None:
         self.folder, self.cfg = folder, cfg
         self.schema = {k: v for k, v in _schema(cfg.shape).items() if k != "_n_turns"}
-        self.splits: dict[str, _SplitFiles] = {}
-        self.bg = _Background()
+        self.splits: dict[str, SplitFiles] = {}
+        self.bg = Background()
         if folder is not None:
             folder.mkdir(parents=True)
             (folder / WRITERS[cfg.format].staging).mkdir()
@@ -302,7 +302,7 @@ class _DataWriter:
             part = rows.filter(mask)
             if part.height:
                 if split not in self.splits:
-                    self.splits[split] = _SplitFiles(self.folder / WRITERS[self.cfg.format].staging, split, self.cfg.format,
+                    self.splits[split] = SplitFiles(self.folder / WRITERS[self.cfg.format].staging, split, self.cfg.format,
                                                      self.cfg.max_rows_per_file, self.bg)
                 self.splits[split].write(part)
 

@@ -41,7 +41,7 @@ class ExportSummary:
         out = [
             f"exported {self.n_rows} rows ({split}) from {self.n_ranked}/{self.n_prompts} ranked prompts "
             f"[judge {self.judge_hash}, --pairs {self.pairs}, --shape {self.shape}, --format {self.format}]",
-            f"  pairs considered: {self.n_considered}; dropped: {_drops_text(self.drops) or 'none'}",
+            f"  pairs considered: {self.n_considered}; dropped: {drops_text(self.drops) or 'none'}",
             f"  written to {self.out}",
         ]
         out += [f"warning: {w}" for w in self.warnings]
@@ -51,7 +51,7 @@ class ExportSummary:
         return dataclasses.asdict(self)
 
 
-def _length_summary(df: pl.DataFrame) -> dict[str, Any]:
+def length_summary(df: pl.DataFrame) -> dict[str, Any]:
     """Chosen vs rejected lengths over the kept pairs (tokens where every candidate has a count, else characters),
     with the exact results `statistics.mean` and `median` would give."""
     n = df.height
@@ -118,13 +118,13 @@ def ranking_stats(rankings: pl.DataFrame) -> dict[str, Any]:
     return out
 
 
-def _drops_text(drops: dict[str, int] | Counter[str]) -> str:
+def drops_text(drops: dict[str, int] | Counter[str]) -> str:
     order = list(DROP_REASONS)
     items = sorted(((k, v) for k, v in drops.items() if v), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
     return ", ".join(f"{k} {v}" for k, v in items)
 
 
-def _relax_hint(drops: Counter[str]) -> str:
+def relax_hint(drops: Counter[str]) -> str:
     hints = {
         "truncated": "--keep-truncated",
         "judge_input_truncated": "--keep-truncated (or rank again with a larger --rm-max-length)",

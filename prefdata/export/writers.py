@@ -11,11 +11,11 @@ from typing import Any
 import polars as pl
 
 
-def _data_file_patterns(fmt: str, splits: list[str]) -> dict[str, str]:
+def data_file_patterns(fmt: str, splits: list[str]) -> dict[str, str]:
     return {s: WRITERS[fmt].pattern(s) for s in splits}
 
 
-class _Background:
+class Background:
     """One worker thread that writes the data files in submission order while the next rows are built: pyarrow's
     writer releases the GIL, so a second core compresses (wall time of a best-vs-each export at 1M candidates:
     bench/RESULTS.md 6.1). At most `depth` chunks wait, so memory stays bounded; a write's error is raised here."""
@@ -45,7 +45,7 @@ class _Background:
 class _ParquetFile:
     """An open parquet data file (zstd level 3, like polars' default); every chunk is cast to the first one's schema."""
 
-    def __init__(self, path: Path, bg: _Background) -> None:
+    def __init__(self, path: Path, bg: Background) -> None:
         self.path, self.bg = path, bg
         self._w: Any = None
         self.schema: Any = None
@@ -69,7 +69,7 @@ class _ParquetFile:
 class _JsonlFile:
     """An open jsonl data file, one row per line."""
 
-    def __init__(self, path: Path, bg: _Background) -> None:
+    def __init__(self, path: Path, bg: Background) -> None:
         self.fh = open(path, "wb")  # noqa: SIM115 - closed in close()
 
     def write(self, part: pl.DataFrame) -> None:
@@ -82,7 +82,7 @@ class _JsonlFile:
 class _ArrowFile:
     """An Arrow IPC file: the datasets format's staging, turned into a `datasets` folder when the export ends."""
 
-    def __init__(self, path: Path, bg: _Background) -> None:
+    def __init__(self, path: Path, bg: Background) -> None:
         self.path, self.bg = path, bg
         self._w: Any = None
 
@@ -116,7 +116,7 @@ class _DataFiles:
     def final_names(self, split: str, n: int) -> list[str]:
         return [f"data/{split}-{i:05d}-of-{n:05d}.{self.ext}" for i in range(n)]
 
-    def finish(self, folder: Path, splits: dict[str, _SplitFiles], files: list[str]) -> list[str]:
+    def finish(self, folder: Path, splits: dict[str, SplitFiles], files: list[str]) -> list[str]:
         return files
 
 
@@ -135,7 +135,7 @@ class _DatasetsFolder:
     def final_names(self, split: str, n: int) -> list[str]:
         return []
 
-    def finish(self, folder: Path, splits: dict[str, _SplitFiles], files: list[str]) -> list[str]:
+    def finish(self, folder: Path, splits: dict[str, SplitFiles], files: list[str]) -> list[str]:
         import datasets
         import pyarrow as pa
 
@@ -155,11 +155,11 @@ WRITERS: dict[str, _DataFiles | _DatasetsFolder] = {
 FORMATS = tuple(WRITERS)
 
 
-class _SplitFiles:
+class SplitFiles:
     """One split's data files, appended to a chunk at a time: `max_rows_per_file` rows each, as when the whole
     split was sliced at once; named `<split>-<i>-of-<n>` once n is known."""
 
-    def __init__(self, folder: Path, split: str, fmt: str, max_rows: int, bg: _Background) -> None:
+    def __init__(self, folder: Path, split: str, fmt: str, max_rows: int, bg: Background) -> None:
         self.writer = WRITERS[fmt]
         self.folder, self.split, self.max_rows, self.bg = folder, split, self.writer.rows_per_file(max_rows), bg
         self.parts: list[Path] = []

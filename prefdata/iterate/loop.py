@@ -14,7 +14,7 @@ import polars as pl
 from prefdata.console import captured, say
 from prefdata.errors import PrefdataError
 from prefdata.iterate.config import IterateConfig, RoundNotFinal, round_dir
-from prefdata.iterate.report import IterateSummary, _effective, write_round_table
+from prefdata.iterate.report import IterateSummary, effective_config, write_round_table
 from prefdata.run.records import TRAIN_SUMMARY
 from prefdata.run.store import RunDir, atomic_write_bytes, check_writable, command_line
 
@@ -236,8 +236,8 @@ def _brief(summary: Any) -> str:
 def _record(workdir: Path, cfg: IterateConfig) -> None:
     path = workdir / "iterate.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"commands": []}
-    same = _effective(dataclasses.asdict(cfg))
-    if meta.get("config") and _effective(meta["config"]) != same:
+    same = effective_config(dataclasses.asdict(cfg))
+    if meta.get("config") and effective_config(meta["config"]) != same:
         raise PrefdataError(
             f"{workdir} was started with a different loop config; use a new workdir, or rerun with the same flags "
             f"(only --rounds may change; recorded in {path})"

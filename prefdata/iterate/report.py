@@ -57,7 +57,7 @@ _OLD_SHORTCUTS = IterateConfig.MOVED_FIELDS
 _TRAIN_DEFAULTS = {"loss_type": "aipo", "max_steps": -1}
 
 
-def _effective(config: dict[str, Any]) -> dict[str, Any]:
+def effective_config(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded loop config as its stages see it, for comparing a rerun with the first run: the shortcut fields
     of earlier versions folded into their stage, LOOP_DEFAULTS applied, values equal to the stage's own default
     dropped (so `-n 4` and no -n are the same loop), and `rounds` left out (it may grow)."""

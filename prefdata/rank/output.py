@@ -23,7 +23,7 @@ from prefdata.summary import RecordSummary
 _JSON = json.JSONEncoder(ensure_ascii=False)  # what json.dumps(..., ensure_ascii=False) builds on every call
 
 
-class _Keys:
+class ContentKeys:
     """`content_key` for the calls of one prompt: the prompt's part of the JSON is hashed once and each text is
     JSON-encoded once. The bytes hashed are exactly content_key's (`[jh, msgs, ref, first, second]` dumped with
     the default ", " separator), so the keys equal those already on disk."""
@@ -58,7 +58,7 @@ class _Keys:
         return h.hexdigest()[:32]
 
 
-class _Out:
+class RankingRows:
     """The ranking rows of the current group, column by column (the three list columns flat, one value per
     candidate), and the run's totals for the summary. `flush` writes the group's rows as one part (hidden until the
     run ends) and drops them."""
@@ -192,7 +192,7 @@ class RankSummary(RecordSummary):
         return out
 
 
-def _summarize(out: _Out, stats: dict[str, Any], jh: str, strategy: str, elapsed: float) -> dict[str, Any]:
+def summarize(out: RankingRows, stats: dict[str, Any], jh: str, strategy: str, elapsed: float) -> dict[str, Any]:
     n = out.prompts
     agreed = stats.pop("agreed_pairs", None)
     consistency = None
@@ -218,5 +218,5 @@ def _summarize(out: _Out, stats: dict[str, Any], jh: str, strategy: str, elapsed
     }
 
 
-def _progress(cfg: RankConfig, total: int) -> Any:
+def progress_bar(cfg: RankConfig, total: int) -> Any:
     return console_progress(total, "rank", "cmp", disable=not cfg.progress, smoothing=0.1)

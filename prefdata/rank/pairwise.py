@@ -16,7 +16,7 @@ from prefdata.judges.verdict import (
     Verdict,
 )
 from prefdata.rank.config import JudgeUnreachable, RankConfig
-from prefdata.rank.output import _Keys, _Out, _progress, is_too_long
+from prefdata.rank.output import ContentKeys, RankingRows, is_too_long, progress_bar
 from prefdata.ranking import (
     STRATEGIES,
     Pair,
@@ -40,7 +40,7 @@ class _State:
     p: Prompt
     gen: Any
     index: dict[str, int]
-    keys: _Keys
+    keys: ContentKeys
     needs: list[tuple[Pair, list[Key]]] = field(default_factory=list)  # the pairs asked for, with their calls
     outcomes: dict[Pair, PairOutcome] = field(default_factory=dict)
     calls: set[Key] = field(default_factory=set)
@@ -83,9 +83,9 @@ class _Pairwise:
                 st.result = stop.value
         return used
 
-    def group(self, prompts: list[Prompt], old: pl.DataFrame | None, out: _Out) -> None:
+    def group(self, prompts: list[Prompt], old: pl.DataFrame | None, out: RankingRows) -> None:
         resolved: dict[Key, Verdict] = {}
-        keys = {p.pid: _Keys(self.jh, p) for p in prompts}
+        keys = {p.pid: ContentKeys(self.jh, p) for p in prompts}
         if old is not None:
             sel = old.select("prompt_id", "a_id", "b_id", "verdict", "winner_id", "content_key")
             for pid, a, b, verdict, winner, ck in sel.iter_rows():
@@ -188,11 +188,11 @@ def _bound(groups: Groups, strategy: str, policy: str) -> int:
     return sum(comparison_bound(strategy, n, policy) * k for n, k in sizes.iter_rows())
 
 
-def _run_pairwise(
+def run_pairwise(
     run: RunDir, cfg: RankConfig, judge: PairJudge, jh: str, strategy: str, groups: Groups,
-    old: Callable[[int], pl.DataFrame | None], out: _Out,
+    old: Callable[[int], pl.DataFrame | None], out: RankingRows,
 ) -> dict[str, Any]:  # fmt: skip
-    bar = _progress(cfg, _bound(groups, strategy, cfg.position_bias))
+    bar = progress_bar(cfg, _bound(groups, strategy, cfg.position_bias))
     pw = _Pairwise(run, cfg, judge, jh, strategy, bar)
     try:
         for g in range(groups.n_groups):

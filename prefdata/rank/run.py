@@ -16,9 +16,9 @@ from prefdata.judges.verdict import (
     PointwiseJudge,
 )
 from prefdata.rank.config import RankConfig, judge_identity
-from prefdata.rank.output import RankSummary, _Out, _summarize
-from prefdata.rank.pairwise import _run_pairwise
-from prefdata.rank.scores import _run_scores
+from prefdata.rank.output import RankingRows, RankSummary, summarize
+from prefdata.rank.pairwise import run_pairwise
+from prefdata.rank.scores import run_scores
 from prefdata.run.groups import Groups
 from prefdata.run.records import stable_hash
 from prefdata.run.store import RunDir
@@ -57,18 +57,18 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
         old = old.filter((pl.col("verdict") != "fail") & pl.col("content_key").is_not_null())
     old_of = groups.split(old)
     del old  # only the split copy stays
-    out = _Out(run, jh, strategy)
+    out = RankingRows(run, jh, strategy)
     run.drop_ranking_parts(jh)  # left by a run that was killed
     try:
         if pointwise:
-            stats = _run_scores(run, cfg, judge, jh, groups, old_of, out)  # type: ignore[arg-type]
+            stats = run_scores(run, cfg, judge, jh, groups, old_of, out)  # type: ignore[arg-type]
         else:
-            stats = _run_pairwise(run, cfg, judge, jh, strategy, groups, old_of, out)  # type: ignore[arg-type]
+            stats = run_pairwise(run, cfg, judge, jh, strategy, groups, old_of, out)  # type: ignore[arg-type]
         run.replace_rankings(jh, out.parts)
     finally:
         run.drop_ranking_parts(jh)
     elapsed = time.monotonic() - t0
-    summary = _summarize(out, stats, jh, strategy, elapsed)
+    summary = summarize(out, stats, jh, strategy, elapsed)
     summary["prompts_without_candidates"] = groups.n_prompts_file - groups.n_prompts
     summary["dtype"] = judge_dtype(judge)  # an in-process judge's compute dtype (None: a server or a verifier)
     if getattr(judge, "needs_reference", False):

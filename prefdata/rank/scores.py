@@ -17,7 +17,7 @@ from prefdata.judges.verdict import (
     ScoreResult,
 )
 from prefdata.rank.config import RankConfig
-from prefdata.rank.output import _Keys, _Out, _progress
+from prefdata.rank.output import ContentKeys, RankingRows, progress_bar
 from prefdata.ranking import (
     rank_by_scores,
 )
@@ -48,8 +48,8 @@ class _Scores:
         self.waiting: deque[_ScoreGroup] = deque()
         self.new = self.cached = self.failures = self.truncated = self.failed_calls = self.truncated_total = 0
 
-    def prepare(self, prompts: list[Prompt], old: pl.DataFrame | None) -> tuple[_ScoreGroup, dict[str, _Keys]]:
-        keys = {p.pid: _Keys(self.jh, p) for p in prompts}
+    def prepare(self, prompts: list[Prompt], old: pl.DataFrame | None) -> tuple[_ScoreGroup, dict[str, ContentKeys]]:
+        keys = {p.pid: ContentKeys(self.jh, p) for p in prompts}
         done: dict[tuple[str, str], ScoreResult] = {}
         if old is not None:
             sel = old.select("prompt_id", "a_id", "score", "n_tokens", "truncated", "content_key")
@@ -69,7 +69,7 @@ class _Scores:
                     todo.append((p, c))
         return _ScoreGroup(ranked, done, rep, todo), keys
 
-    def add(self, prompts: list[Prompt], old: pl.DataFrame | None, out: _Out) -> None:
+    def add(self, prompts: list[Prompt], old: pl.DataFrame | None, out: RankingRows) -> None:
         sg, keys = self.prepare(prompts, old)
         self.cached += len(sg.done)
         for p, c in sg.todo:
@@ -81,7 +81,7 @@ class _Scores:
             self._score()
         self._finish(out)
 
-    def close(self, out: _Out) -> None:
+    def close(self, out: RankingRows) -> None:
         while self.pending:
             self._score()
         self._finish(out)
@@ -111,7 +111,7 @@ class _Scores:
         self.bar.update(n)
         self.bar.set_postfix(failures=self.failures, truncated=self.truncated, refresh=False)
 
-    def _finish(self, out: _Out) -> None:
+    def _finish(self, out: RankingRows) -> None:
         while self.waiting and self.waiting[0].outstanding == 0:
             sg = self.waiting.popleft()
             for p in sg.ranked:
@@ -134,9 +134,9 @@ class _Scores:
                 "failed_calls": self.failed_calls, "too_long": 0, "truncated_inputs": self.truncated_total}
 
 
-def _run_scores(
+def run_scores(
     run: RunDir, cfg: RankConfig, judge: PointwiseJudge, jh: str, groups: Groups,
-    old: Callable[[int], pl.DataFrame | None], out: _Out,
+    old: Callable[[int], pl.DataFrame | None], out: RankingRows,
 ) -> dict[str, Any]:  # fmt: skip
     sc = _Scores(run, cfg, judge, jh)
     # The bar counts the calls to make, so they are counted first, group by group: the distinct texts of each prompt
@@ -149,7 +149,7 @@ def _run_scores(
             total += len(sc.prepare(only if only is not None else groups.load(g), old(g))[0].todo)
         else:
             total += groups.distinct_texts(g, with_reference_only)
-    sc.bar = _progress(cfg, total)
+    sc.bar = progress_bar(cfg, total)
     try:
         for g in range(groups.n_groups):
             sc.add(only if only is not None else groups.load(g), old(g), out)

@@ -73,7 +73,7 @@ def _first_line(e: Exception) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
+def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         raise PrefdataError(
             f"prompt file {path} does not exist; pass a .jsonl/.json/.parquet/.csv file, a datasets folder, or a bundled "
@@ -171,7 +171,7 @@ def load_prompts(
 ) -> PromptSet:
     """Read prompts, build canonical messages, give each a stable id, drop duplicates (counted)."""
     p = resolve_prompt_path(path)
-    rows = _read_rows(p)
+    rows = read_rows(p)
     if not rows:
         raise PrefdataError(f"{p} has no rows; give a file with at least one prompt")
     if field is None:
