@@ -33,18 +33,17 @@ def test_a_child_killed_by_a_signal_fails_the_launch():
 
 def test_verbose_before_the_verb_is_not_passed_as_a_second_verb(tmp_path, monkeypatch, capsys):
     """`prefdata --verbose generate ... --dp 2` gave each child `generate generate ...`."""
-    from prefdata import console
     from prefdata.cli import main
 
     started: list[list[str]] = []
     monkeypatch.setattr(gen_cmd, "run_children", lambda children: started.extend(c for c, _ in children) or 0)
     argv = ["--verbose", "generate", "p.jsonl", "--run", str(tmp_path / "run"), "--dp", "2", "-n", "1"]
     monkeypatch.setattr(sys, "argv", ["prefdata", *argv])
-    try:
-        with pytest.raises(SystemExit) as e:
-            main(argv)
-    finally:
-        console.set_verbose(False)
+    # --verbose sets PREFDATA_VERBOSE in this process; unset again after the test, or every later subprocess test
+    # runs verbose (no logs/ file: test_secrets_leak; and test_interrupts' Ctrl-C case failed after it)
+    monkeypatch.setenv("PREFDATA_VERBOSE", "")
+    with pytest.raises(SystemExit) as e:
+        main(argv)
     assert e.value.code == 0, capsys.readouterr().err
     assert len(started) == 2
     for i, cmd in enumerate(started):
@@ -55,7 +54,9 @@ def test_verbose_before_the_verb_is_not_passed_as_a_second_verb(tmp_path, monkey
 
 def test_sigterm_to_the_launcher_reaches_the_children(tmp_path):
     """SIGTERM (raised like Ctrl-C in the CLI process) stops every child, and the launcher exits non-zero."""
-    child = "import os, sys, time; print(os.getpid(), flush=True); time.sleep(120)"
+    # one write per line: under PYTHONUNBUFFERED print() writes the pid and its newline apart, and the two children
+    # interleave them on the shared pipe (a line that is only a newline)
+    child = "import os, time; os.write(1, b\"%d\\n\" % os.getpid()); time.sleep(120)"
     launcher = textwrap.dedent(f"""
         import os, sys
         from prefdata.run import interrupts
