@@ -36,11 +36,16 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+def _ignore(signum: int, frame: Any) -> None:
+    """Ignore a signal without SIG_IGN: a process started meanwhile would inherit SIG_IGN (a Python child then
+    ignores Ctrl-C for good), while a handler resets to the default in the child."""
+
+
 def _raise(signum: int, frame: Any) -> None:
     global _received
     _received = signum
     for sig in HANDLED:  # one is enough: a second must not cut the cleanup short (the reaper still ends all)
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)
     raise Terminated(signum)
 
 
@@ -65,8 +70,9 @@ def restore(saved: tuple[Any, ...]) -> None:
     """Put back the handlers `install` replaced (the CLI called in-process, as tests and notebooks do)."""
     *handlers, old_fd = saved
     for sig, handler in zip((*HANDLED, signal.SIGINT), handlers, strict=True):
-        if handler is not None:
-            signal.signal(sig, handler)
+        if handler is None:  # installed outside Python: the closest Python equivalent of the default
+            handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        signal.signal(sig, handler)
     signal.set_wakeup_fd(old_fd)
 
 
@@ -99,7 +105,7 @@ def _watch(read_fd: int) -> None:
 def finished() -> None:
     """The work is done and reported: a late signal must not turn a finished run into a failed exit code."""
     for sig in (*HANDLED, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, _ignore)
 
 
 def received() -> int | None:
