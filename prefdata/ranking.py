@@ -26,6 +26,7 @@ import itertools
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from prefdata.judges.verdict import Verdict
 
@@ -234,17 +235,12 @@ def aggregate_round_robin(ids: list[str], outcomes: dict[Pair, PairOutcome]) -> 
     )
 
 
-def bradley_terry(ids: list[str], outcomes: dict[Pair, PairOutcome], prior: float = 0.1, iters: int = 500) -> dict[str, float]:
-    """Bradley-Terry strengths by Hunter's MM updates; a tie counts half a win for each side.
-
-    p_i <- W_i / sum_j n_ij / (p_i + p_j), W_i = wins + ties/2, plus `prior` pseudo-ties on every pair so
-    a candidate that never wins keeps a finite strength. Returned as log-strengths centred on 0.
-    """
+def win_matrix(ids: list[str], outcomes: dict[Pair, PairOutcome]) -> Any:
+    """W[i, j]: wins of ids[i] over ids[j], a tie half a win for each side; failures left out."""
     import numpy as np
 
-    n = len(ids)
     k = {c: i for i, c in enumerate(ids)}
-    wins = np.zeros((n, n))
+    wins = np.zeros((len(ids), len(ids)))
     for o in outcomes.values():
         if o.fail:
             continue
@@ -256,6 +252,20 @@ def bradley_terry(ids: list[str], outcomes: dict[Pair, PairOutcome], prior: floa
             wins[i, j] += 1.0
         else:
             wins[j, i] += 1.0
+    return wins
+
+
+def bradley_terry(ids: list[str], outcomes: dict[Pair, PairOutcome], prior: float = 0.1, iters: int = 500) -> dict[str, float]:
+    """Bradley-Terry strengths by Hunter's MM updates; a tie counts half a win for each side.
+
+    p_i <- W_i / sum_j n_ij / (p_i + p_j), W_i = wins + ties/2, plus `prior` pseudo-ties on every pair so
+    a candidate that never wins keeps a finite strength. Returned as log-strengths centred on 0.
+    """
+    import numpy as np
+
+    n = len(ids)
+    k = {c: i for i, c in enumerate(ids)}
+    wins = win_matrix(ids, outcomes)
     wins += (prior / 2) * (1.0 - np.eye(n))
     games = wins + wins.T
     w = wins.sum(axis=1)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from prefdata.ranking import Pair, PairOutcome, Ranking, canon, count_cycles
+from prefdata.ranking import Pair, PairOutcome, Ranking, canon, count_cycles, win_matrix
 
 PRIOR = 0.1  # Gaussian prior precision on each log-strength (variance 10): finite strengths under perfect separation
 REFINE_SHARE = 0.25  # a refinement round asks at most N/4 pairs: smaller rounds adapt more often
@@ -128,19 +128,7 @@ def fit_strengths(ids: list[str], outcomes: dict[Pair, PairOutcome], prior: floa
     objective is concave); the prior centres θ on 0.
     """
     n = len(ids)
-    k = {c: i for i, c in enumerate(ids)}
-    w = np.zeros((n, n))
-    for o in outcomes.values():
-        if o.fail:
-            continue
-        i, j = k[o.x], k[o.y]
-        if o.winner is None:
-            w[i, j] += 0.5
-            w[j, i] += 0.5
-        elif o.winner == o.x:
-            w[i, j] += 1.0
-        else:
-            w[j, i] += 1.0
+    w = win_matrix(ids, outcomes)
     games = w + w.T
 
     def objective(t: np.ndarray) -> float:

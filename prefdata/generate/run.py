@@ -88,8 +88,10 @@ def sampler_dtype(cfg: GenerateConfig, llm: Any = None) -> str | None:
     (None for a server, whose dtype is its own business)."""
     if cfg.backend == "openai":
         return None
-    if llm is not None and getattr(llm, "prefdata_dtype", None):
-        return str(llm.prefdata_dtype)
+    from prefdata.llm.vllm_engine import engine_dtype
+
+    if engine_dtype(llm):
+        return engine_dtype(llm)
     from prefdata.llm.hardware import resolve_dtype
 
     return resolve_dtype(cfg.dtype)

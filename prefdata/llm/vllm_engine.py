@@ -19,12 +19,9 @@ from prefdata.errors import PrefdataError
 
 
 def _on_cpu() -> bool:
-    try:
-        import torch
+    from prefdata.llm.hardware import cuda_available
 
-        return not torch.cuda.is_available()
-    except Exception:  # noqa: BLE001 - no torch means no GPU either
-        return True
+    return not cuda_available()
 
 
 def start_engine(

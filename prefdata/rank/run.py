@@ -91,8 +91,10 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
 
 def judge_dtype(judge: Any) -> str | None:
     """The dtype an in-process judge computes in (None for a server or a verifier)."""
+    from prefdata.llm.vllm_engine import engine_dtype
+
     for obj in (judge, getattr(judge, "backend", None)):
-        dtype = getattr(obj, "dtype", None) or getattr(getattr(obj, "llm", None), "prefdata_dtype", None)
+        dtype = getattr(obj, "dtype", None) or engine_dtype(getattr(obj, "llm", None))
         if isinstance(dtype, str):
             return dtype
     torch_dtype = getattr(judge, "torch_dtype", None)
