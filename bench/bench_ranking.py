@@ -1,6 +1,6 @@
 """Ranking strategies against a simulated position-biased, noisy judge, through the strategies' generator protocol.
 
-Why: the `sort` strategy (prefdata/ranking_sort.py) must rank as well as round robin with both orders at a fraction
+Why: the `sort` strategy (prefdata/rank/sort.py) must rank as well as round robin with both orders at a fraction
 of its calls (issue 23). The judge: true qualities q ~ N(0, 1); one call with `first` shown first gives
 z = (q_first - q_second)/T + b + ε, ε ~ Logistic(0, 1), so P(first wins) = σ((q₁ - q₂)/T + b) with no tie band;
 with a tie band δ it says first if z > δ, second if z < -δ, else tie; each call fails with probability `fail`.
@@ -32,8 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prefdata.judges.verdict import Verdict  # noqa: E402
-from prefdata.ranking import Pair, PairOutcome, Ranking, call_orders, combine, iterative, round_robin  # noqa: E402
-from prefdata.ranking_sort import sort  # noqa: E402
+from prefdata.rank.ranking import Pair, PairOutcome, Ranking, call_orders, combine, iterative, round_robin  # noqa: E402
+from prefdata.rank.sort import sort  # noqa: E402
 from tests.pairs import ranking_pairs  # noqa: E402
 
 StrategyFn = Callable[[Sequence[str]], object]

@@ -13,7 +13,7 @@ import pytest
 from prefdata.errors import PrefdataError
 from prefdata.judges.verdict import Candidate, PairRequest, Verdict
 from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
-from prefdata.ranking import (
+from prefdata.rank.ranking import (
     PairOutcome,
     aggregate_round_robin,
     bradley_terry,

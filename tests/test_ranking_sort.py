@@ -1,4 +1,4 @@
-"""The `sort` ranking strategy (prefdata/ranking_sort.py), driven through its generator protocol with both orders."""
+"""The `sort` ranking strategy (prefdata/rank/sort.py), driven through its generator protocol with both orders."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 
 from prefdata.judges.verdict import Verdict
-from prefdata.ranking import Pair, PairOutcome, call_orders, combine, strictly_above
-from prefdata.ranking_sort import SortRanking, merge_sort_bound, sort, sort_budget
+from prefdata.rank.ranking import Pair, PairOutcome, call_orders, combine, strictly_above
+from prefdata.rank.sort import SortRanking, merge_sort_bound, sort, sort_budget
 from tests.pairs import ranking_pairs
 
 Call = Callable[[str, str], Verdict]

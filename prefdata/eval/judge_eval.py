@@ -23,7 +23,7 @@ from prefdata.errors import PrefdataError
 from prefdata.judges.config import judge_field, to_judge_config
 from prefdata.judges.verdict import Candidate, PairJudge, PairRequest, PointwiseJudge, ScoreRequest
 from prefdata.options import opt
-from prefdata.ranking import combine
+from prefdata.rank.ranking import combine
 from prefdata.summary import RecordSummary
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"

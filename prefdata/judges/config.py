@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from prefdata.config import check_env_name, check_range, check_seed
 from prefdata.options import opt
-from prefdata.ranking import POLICIES
+from prefdata.rank.ranking import POLICIES
 
 RM_BACKENDS = ("auto", "hf", "vllm")
 

@@ -1,8 +1,10 @@
 """The `rank` stage: judge the candidates of every prompt and write judgments and one ranking per prompt.
 
 Modules: `config` (RankConfig, the judge hash), `run` (the run), `pairwise` and `scores` (the two drivers),
-`output` (content keys, ranking rows, the summary). The judge comes from `prefdata.judges`, the run's groups of
-prompts from `prefdata.run.groups`, the ranking algorithms from `prefdata.ranking`.
+`output` (content keys, ranking rows, the summary), and the ranking algorithms as pure functions: `ranking`
+(types, position-bias policy, iterative, round robin, Bradley-Terry, scores), `sort` (the sort strategy) and
+`strategies` (the registry). The judge comes from `prefdata.judges`, the run's groups of prompts from
+`prefdata.run.groups`.
 
 Flow: read the ids of prompts and candidates (joined by prompt_id, counts checked; no text yet), build the
 judge, compute the judge hash, load the answered judgments already in `judgments/<judge_hash>/` (without their
@@ -27,11 +29,33 @@ Rows written before content keys existed (no `content_key`) are asked again once
 
 Candidates with identical text in one prompt tie without a judge call (no row), so a tie can never turn into
 a chosen/rejected pair with the same text.
+
+The stage's API is imported on first use (PEP 562): `judges.config` imports `rank.ranking` (the position-bias
+policies), and `rank.config` imports `judges.config`, so an eager import here would close that into a circle.
 """
 
-from prefdata.rank.config import EXIT_FAILURES, JudgeUnreachable, RankConfig, judge_identity
-from prefdata.rank.output import RankSummary, read_judgments, read_rankings
-from prefdata.rank.run import rank_run
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prefdata.rank.config import EXIT_FAILURES, JudgeUnreachable, RankConfig, judge_identity
+    from prefdata.rank.output import RankSummary, read_judgments, read_rankings
+    from prefdata.rank.run import rank_run
+
+_API = {
+    "EXIT_FAILURES": "config", "JudgeUnreachable": "config", "RankConfig": "config", "judge_identity": "config",
+    "RankSummary": "output", "read_judgments": "output", "read_rankings": "output", "rank_run": "run",
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'prefdata.rank' has no attribute {name!r}")
+    return getattr(import_module(f"prefdata.rank.{module}"), name)
+
 
 __all__ = ["EXIT_FAILURES", "JudgeUnreachable", "RankConfig", "RankSummary", "judge_identity", "rank_run",
            "read_judgments", "read_rankings"]  # fmt: skip

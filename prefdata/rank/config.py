@@ -12,9 +12,7 @@ from prefdata.judges.verdict import (
     PointwiseJudge,
 )
 from prefdata.options import identity_fields, opt
-from prefdata.ranking import (
-    STRATEGIES,
-)
+from prefdata.rank.strategies import STRATEGIES
 
 # `prefdata rank` exits with this when judge calls failed (or the endpoint went away): the rankings of some
 # prompts are not final; a rerun of the same command retries exactly those calls.

@@ -12,7 +12,7 @@ import polars as pl
 
 from prefdata.console import progress as console_progress
 from prefdata.rank.config import RankConfig
-from prefdata.ranking import (
+from prefdata.rank.ranking import (
     Ranking,
 )
 from prefdata.run.groups import Prompt

@@ -17,17 +17,16 @@ from prefdata.judges.verdict import (
 )
 from prefdata.rank.config import JudgeUnreachable, RankConfig
 from prefdata.rank.output import ContentKeys, RankingRows, is_too_long, progress_bar
-from prefdata.ranking import (
-    STRATEGIES,
+from prefdata.rank.ranking import (
     Pair,
     PairOutcome,
     Ranking,
     call_orders,
     combine,
-    comparison_bound,
     count,
     identical_outcome,
 )
+from prefdata.rank.strategies import STRATEGIES, comparison_bound
 from prefdata.run.groups import Groups, Prompt
 from prefdata.run.store import RunDir
 

@@ -18,7 +18,7 @@ from prefdata.judges.verdict import (
 )
 from prefdata.rank.config import RankConfig
 from prefdata.rank.output import ContentKeys, RankingRows, progress_bar
-from prefdata.ranking import (
+from prefdata.rank.ranking import (
     rank_by_scores,
 )
 from prefdata.run.groups import Groups, Prompt

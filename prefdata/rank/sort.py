@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from prefdata.ranking import Pair, PairOutcome, Ranking, canon, count_cycles, win_matrix
+from prefdata.rank.ranking import Pair, PairOutcome, Ranking, canon, count_cycles, win_matrix
 
 PRIOR = 0.1  # Gaussian prior precision on each log-strength (variance 10): finite strengths under perfect separation
 REFINE_SHARE = 0.25  # a refinement round asks at most N/4 pairs: smaller rounds adapt more often

@@ -1,8 +1,9 @@
 """Ranking algorithms over pairwise outcomes, as pure functions (no I/O, no judge).
 
-Strategies are generators: they yield the pairs they need next, receive the outcomes, and return a
-`Ranking`. That lets the stage batch the needs of many prompts into one judge round and resume from cached
-judgments, while the algorithms stay plain sequential code.
+Strategies are generators (here: iterative and round robin; `sort.py`: sort; `strategies.py` lists them): they
+yield the pairs they need next, receive the outcomes, and return a `Ranking`. That lets the stage batch the needs
+of many prompts into one judge round and resume from cached judgments, while the algorithms stay plain
+sequential code.
 
 Pairs are canonical (x, y) = the candidate listed first in the prompt's candidate order first. How a pair
 is shown to the judge (which id goes first) is the position-bias policy's business (`call_orders`); the
@@ -316,21 +317,8 @@ def rank_by_scores(ids: list[str], scores: dict[str, float | None], min_margin: 
     return Ranking(order, ranks, [scores.get(c) for c in order], best, worst, not failed)
 
 
-STRATEGIES = {"iterative": iterative, "round-robin": round_robin}
-
-
-def comparison_bound(strategy: str, n: int, policy: str) -> int:
-    """Upper bound of judge calls for one prompt (used for the progress bar and tests)."""
-    per = 2 if policy == "both" else 1
-    if n < 2:
-        return 0
-    if strategy == "iterative":
-        return per * (2 * (n - 1) - 1)
-    return per * n * (n - 1) // 2
-
-
 __all__ = [
-    "POLICIES", "STRATEGIES", "Counts", "Pair", "PairOutcome", "Ranking", "aggregate_round_robin", "bradley_terry",
-    "call_orders", "canon", "combine", "comparison_bound", "count", "count_cycles", "identical_outcome", "iterative",
+    "POLICIES", "Counts", "Pair", "PairOutcome", "Ranking", "aggregate_round_robin", "bradley_terry",
+    "call_orders", "canon", "combine", "count", "count_cycles", "identical_outcome", "iterative",
     "rank_by_scores", "round_robin", "strictly_above",
 ]
