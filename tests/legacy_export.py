@@ -154,7 +154,8 @@ def _check_full_order(rankings: pl.DataFrame, pairs: str, shape: str, judge_hash
         via = f" ({'/'.join(strategies)})" if strategies else ""
         raise PrefdataError(
             f"{what} needs a full order but {partial.height} rankings of judge {judge_hash}{via} are incomplete; "
-            "rank with --strategy round-robin or scores, or export with --pairs best-worst"
+            f"rank with --pairs {'ranking' if shape == 'ranking' else pairs} (sort: a full order in about N·log₂N "
+            "comparisons), --strategy round-robin or scores, or export with --pairs best-worst"
         )
 
 
@@ -189,8 +190,9 @@ def _ranked_candidates(
     ids = list(rk.get("candidate_ids") or [])
     ranks = list(rk.get("ranks") or [None] * len(ids))
     scores = list(rk.get("scores") or [None] * len(ids))
+    stderrs = list(rk.get("score_stderr") or [None] * len(ids))
     out = {}
-    for cid, rank, score in zip(ids, ranks, scores, strict=True):
+    for cid, rank, score, se in zip(ids, ranks, scores, stderrs, strict=True):
         c = cands[cid]
         out[cid] = RankedCandidate(
             candidate_id=cid,
@@ -202,6 +204,7 @@ def _ranked_candidates(
             model=c.get("model"),
             rank=rank,
             score=score,
+            stderr=se,
             input_truncated=(rk["prompt_id"], cid) in (cut_inputs or set()),
         )
     return out

@@ -10,6 +10,7 @@ exactly what was filtered and how much.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class RankedCandidate:
     rank: int | None = None
     score: float | None = None
     input_truncated: bool = False  # the reward model saw this completion cut from the left: its score is unreliable
+    stderr: float | None = None  # sort rankings: the standard error of the score (a Bradley-Terry log-strength)
 
 
 def ranking_pairs(ranking: Mapping[str, Any], strategy: str) -> tuple[list[tuple[str, str]], Counter[str]]:
@@ -129,7 +131,10 @@ def pair_drop_reason(
         m = pair_margin(chosen, rejected)
         if m is None:
             return "margin_unknown"
-        if m < min_margin:
+        need = min_margin
+        if chosen.stderr is not None and rejected.stderr is not None:  # in standard errors of the gap
+            need = min_margin * math.sqrt(chosen.stderr * chosen.stderr + rejected.stderr * rejected.stderr)
+        if m < need:
             return "below_margin"
     return None
 

@@ -58,7 +58,7 @@ def test_export_cli_bad_runs(tmp_path, capsys):
     _one_line_error(code, err, "nothing to export: every pair was filtered out (no_preference 1, truncated 1)")
     run = make_ranked_run(tmp_path / "iter", [("q", [cand("a", 1), cand("b", None), cand("c", 3)])])
     code, _, err = cli(capsys, "export", "--run", str(run.path), "--pairs", "all")
-    _one_line_error(code, err, "rank with --strategy round-robin or scores")
+    _one_line_error(code, err, "rank with --pairs all (sort: a full order")
 
 
 def test_export_cli_out_not_empty(tmp_path, capsys):

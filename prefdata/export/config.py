@@ -24,15 +24,16 @@ class ExportConfig:
     sampler: str | None = opt(None, "Export the rankings of this sampler (its hash; a unique prefix will do) where the run "
                               "holds several. `all`: also rankings that pool several samplers (pairs may mix them).")
     pairs: str = opt("best-worst", "best-worst (one pair per prompt) | best-vs-each | all (every ordered pair) | adjacent "
-                     "(neighbours in the ranking); all but best-worst need a complete ranking (round-robin or scores).")
+                     "(neighbours in the ranking); all but best-worst need a complete ranking (sort, round-robin or scores).")
     shape: str = opt("conversational", "conversational (prompt/chosen/rejected as message lists) | string (plain strings; "
                      "single-turn prompts only) | ranking (one row per prompt with every candidate, rank and score) | kto "
                      "(unpaired prompt/completion/label rows taken from the kept pairs).")
     format: str = opt("parquet", "parquet (data/*.parquet) | jsonl (data/*.jsonl) | datasets (a `save_to_disk` folder).")
     out: str | None = opt(None, "Output folder; none: <run>/exports/<name>.")
     name: str | None = opt(None, "Export name under <run>/exports/; none: derived from the judge and strategy.")
-    min_margin: float = opt(0.0, "Minimum score difference chosen - rejected; 0 disables it (pairs without scores are "
-                            "then kept).")
+    min_margin: float = opt(0.0, "Minimum score difference chosen - rejected; for sort rankings in standard errors of "
+                            "the strength gap, sqrt(se_chosen² + se_rejected²) (1 halves inverted pairs: bench/RESULTS.md); "
+                            "0 disables it (pairs without scores are then kept).")
     keep_truncated: bool = opt(False, "Keep completions that hit the token limit (finish_reason=length), and pairs whose "
                                "reward-model score came from an input cut to --rm-max-length.",
                                flag="--keep-truncated/--drop-truncated")

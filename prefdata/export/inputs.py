@@ -58,7 +58,8 @@ def _check_full_order(rankings: pl.DataFrame, pairs: str, shape: str, judge_hash
         via = f" ({'/'.join(strategies)})" if strategies else ""
         raise PrefdataError(
             f"{what} needs a full order but {partial.height} rankings of judge {judge_hash}{via} are incomplete; "
-            "rank with --strategy round-robin or scores, or export with --pairs best-worst"
+            f"rank with --pairs {'ranking' if shape == 'ranking' else pairs} (sort: a full order in about N·log₂N "
+            "comparisons), --strategy round-robin or scores, or export with --pairs best-worst"
         )
 
 
@@ -94,6 +95,7 @@ _RANKING_COLS: dict[str, pl.DataType] = {
     "candidate_ids": pl.List(pl.String),
     "ranks": pl.List(pl.Int64),
     "scores": pl.List(pl.Float64),
+    "score_stderr": pl.List(pl.Float64),  # sort rankings only (null for the others)
     "best_id": pl.String(),
     "worst_id": pl.String(),
     "failures": pl.Int64(),

@@ -163,15 +163,16 @@ def _candidate_table(ok: pl.DataFrame, g: GroupInput, keep_truncated: bool, exac
     `exact_tid`, `tid`: the stripped text's id (equal ids exactly when the stripped texts are equal); else
     `_sp`: whether the text starts or ends with a space (`_identical` strips only those)."""
     c = (
-        ok.select("_p", "_order", "prompt_id", "candidate_ids", "ranks", "scores")
+        ok.select("_p", "_order", "prompt_id", "candidate_ids", "ranks", "scores", "score_stderr")
         .with_columns(pl.int_ranges(0, pl.col("candidate_ids").list.len()).alias("pos"))
         .explode("candidate_ids", "pos")
         .filter(pl.col("pos").is_not_null())
         .with_columns(
             pl.col("ranks").list.get(pl.col("pos"), null_on_oob=True).alias("rank"),
             pl.col("scores").list.get(pl.col("pos"), null_on_oob=True).alias("score"),
+            pl.col("score_stderr").list.get(pl.col("pos"), null_on_oob=True).alias("stderr"),
         )
-        .drop("ranks", "scores")
+        .drop("ranks", "scores", "score_stderr")
         .rename({"candidate_ids": "cid"})
         .join(g.candidates, left_on="cid", right_on="candidate_id", how="left", maintain_order="left")
         .with_columns(pl.col("text").fill_null(""))
@@ -252,7 +253,7 @@ def _first_order(df: pl.DataFrame) -> int:
     return int(df["_order"].min()) if df.height else 0  # type: ignore[arg-type]
 
 
-SIDE_COLS = ("cid", "rank", "score", "finish_reason", "_cut", "_sp", "n_tokens", "chars", "sampler_hash")
+SIDE_COLS = ("cid", "rank", "score", "stderr", "finish_reason", "_cut", "_sp", "n_tokens", "chars", "sampler_hash")
 
 
 def _with_sides(t: pl.DataFrame, cands: pl.DataFrame) -> pl.DataFrame:
@@ -323,8 +324,8 @@ def _direct_verdicts(g: GroupInput, cands: pl.DataFrame, judge_hash: str) -> pl.
 
 def _reason(t: pl.DataFrame, verdicts: pl.DataFrame | None, min_margin: float, keep_truncated: bool) -> pl.Series:
     """`pair_drop_reason` for every pair at once (None: kept)."""
-    df = t.select("prompt_id", "c_cid", "r_cid", "c_score", "r_score", "c_finish_reason", "r_finish_reason",
-                  "c__cut", "r__cut", "_same")  # fmt: skip
+    df = t.select("prompt_id", "c_cid", "r_cid", "c_score", "r_score", "c_stderr", "r_stderr", "c_finish_reason",
+                  "r_finish_reason", "c__cut", "r__cut", "_same")  # fmt: skip
     inconsistent: pl.Expr = pl.lit(False)
     if verdicts is not None and verdicts.height:
         lo, hi = pl.min_horizontal("c_cid", "r_cid"), pl.max_horizontal("c_cid", "r_cid")
@@ -341,7 +342,10 @@ def _reason(t: pl.DataFrame, verdicts: pl.DataFrame | None, min_margin: float, k
     expr = expr.when(pl.col("_same")).then(pl.lit("identical_text"))
     if min_margin > 0:
         expr = expr.when(margin.is_null()).then(pl.lit("margin_unknown"))
-        expr = expr.when(margin < min_margin).then(pl.lit("below_margin"))
+        # sort rankings carry each strength's standard error: the margin is then in standard errors of the gap
+        se = (pl.col("c_stderr") * pl.col("c_stderr") + pl.col("r_stderr") * pl.col("r_stderr")).sqrt()
+        need = pl.when(se.is_not_null()).then(min_margin * se).otherwise(pl.lit(min_margin))
+        expr = expr.when(margin < need).then(pl.lit("below_margin"))
     return df.select(expr.otherwise(pl.lit(None, dtype=pl.String)).alias("_reason"))["_reason"]
 
 

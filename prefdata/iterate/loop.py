@@ -155,6 +155,9 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
             finally:
                 release(policy_llm)
             rank_fields: dict[str, Any] = {"progress": progress}
+            if "pairs" not in cfg.stage("rank"):  # what export will form picks rank's default strategy (sort: a full order)
+                ex = cfg.stage("export")
+                rank_fields["pairs"] = "ranking" if ex.get("shape") == "ranking" else ex.get("pairs", "best-worst")
             if in_process_judge:
                 rank_fields["judge_model"] = judge_path
             rs = rank_run(run, cfg.stage_config("rank", **rank_fields), llm=judge_llm)

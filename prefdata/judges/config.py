@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prefdata.config import check_env_name, check_range, check_seed
+from prefdata.judges.verdict import POLICIES
 from prefdata.options import opt
-from prefdata.rank.ranking import POLICIES
 
 RM_BACKENDS = ("auto", "hf", "vllm")
 

@@ -14,6 +14,10 @@ from typing import Literal, Protocol, runtime_checkable
 
 VerdictKind = Literal["a", "b", "tie", "fail"]
 
+# Position-bias policies: which orders a pair is shown in (`prefdata.rank.ranking.call_orders` applies them). Here,
+# not in rank, so the judge's config can check the option without importing a stage.
+POLICIES = ("both", "random", "fixed")
+
 
 @dataclass(frozen=True)
 class Candidate:

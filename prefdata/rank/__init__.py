@@ -29,33 +29,11 @@ Rows written before content keys existed (no `content_key`) are asked again once
 
 Candidates with identical text in one prompt tie without a judge call (no row), so a tie can never turn into
 a chosen/rejected pair with the same text.
-
-The stage's API is imported on first use (PEP 562): `judges.config` imports `rank.ranking` (the position-bias
-policies), and `rank.config` imports `judges.config`, so an eager import here would close that into a circle.
 """
 
-from __future__ import annotations
-
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from prefdata.rank.config import EXIT_FAILURES, JudgeUnreachable, RankConfig, judge_identity
-    from prefdata.rank.output import RankSummary, read_judgments, read_rankings
-    from prefdata.rank.run import rank_run
-
-_API = {
-    "EXIT_FAILURES": "config", "JudgeUnreachable": "config", "RankConfig": "config", "judge_identity": "config",
-    "RankSummary": "output", "read_judgments": "output", "read_rankings": "output", "rank_run": "run",
-}  # fmt: skip
-
-
-def __getattr__(name: str) -> Any:
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'prefdata.rank' has no attribute {name!r}")
-    return getattr(import_module(f"prefdata.rank.{module}"), name)
-
+from prefdata.rank.config import EXIT_FAILURES, JudgeUnreachable, RankConfig, judge_identity
+from prefdata.rank.output import RankSummary, read_judgments, read_rankings
+from prefdata.rank.run import rank_run
 
 __all__ = ["EXIT_FAILURES", "JudgeUnreachable", "RankConfig", "RankSummary", "judge_identity", "rank_run",
            "read_judgments", "read_rankings"]  # fmt: skip

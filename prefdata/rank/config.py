@@ -14,6 +14,9 @@ from prefdata.judges.verdict import (
 from prefdata.options import identity_fields, opt
 from prefdata.rank.strategies import STRATEGIES
 
+# What rankings are for (export's --pairs, and `ranking` for --shape ranking); all but best-worst need a full order.
+RANK_FOR = ("best-worst", "best-vs-each", "all", "adjacent", "ranking")
+
 # `prefdata rank` exits with this when judge calls failed (or the endpoint went away): the rankings of some
 # prompts are not final; a rerun of the same command retries exactly those calls.
 EXIT_FAILURES = 3
@@ -40,7 +43,11 @@ class RankConfig:
     base_url: list[str] = judge_field("base_url")
     api_key_env: str = judge_field("api_key_env")
     position_bias: str = judge_field("position_bias")
-    strategy: str | None = opt(None, "iterative | round-robin | scores; none: iterative (LLM judge) or scores (reward model).", identity=True)
+    strategy: str | None = opt(None, "iterative | sort | round-robin | scores; none: scores for a reward model, and for an LLM "
+                               "judge sort when --pairs needs every candidate's place, else iterative.", identity=True)
+    pairs: str = opt("best-worst", "The export these rankings are for: best-worst | best-vs-each | all | adjacent | ranking "
+                     "(the ranking shape). Picks the strategy when --strategy is not given: all but best-worst need a "
+                     "complete order, which sort gives in about N·log₂N comparisons.", identity=False)
     seed: int = judge_field("seed")
     temperature: float = judge_field("temperature")
     max_tokens: int | None = judge_field("max_tokens")
@@ -68,7 +75,9 @@ class RankConfig:
 
     def __post_init__(self) -> None:
         if self.strategy is not None and self.strategy not in (*STRATEGIES, "scores"):
-            raise ValueError(f"strategy must be iterative, round-robin or scores, got {self.strategy!r}")
+            raise ValueError(f"strategy must be one of {', '.join((*STRATEGIES, 'scores'))}, got {self.strategy!r}")
+        if self.pairs not in RANK_FOR:
+            raise ValueError(f"pairs must be one of {', '.join(RANK_FOR)}, got {self.pairs!r}")
         if self.batch_size < 1 or self.group_size < 1:
             raise ValueError("batch_size, concurrency, rm_batch_size and group_size must be at least 1")
         if self.min_margin < 0:
@@ -78,6 +87,18 @@ class RankConfig:
     def judge_config(self) -> JudgeConfig:
         return to_judge_config(self)
 
+    def resolve_strategy(self, pointwise: bool) -> tuple[str, str]:
+        """(strategy, why it was chosen). The choice is explicit in the judge hash and run.json (`strategy`,
+        `strategy_chosen_by`): a run ranked before sort existed resolved to iterative and still does, because
+        --pairs defaults to best-worst, so its rankings keep their judge hash."""
+        if self.strategy is not None:
+            return self.strategy, "--strategy"
+        if pointwise:
+            return "scores", "the default for a reward model or verifier"
+        if self.pairs == "best-worst":
+            return "iterative", "the default for --pairs best-worst"
+        return "sort", f"the default for --pairs {self.pairs}, which needs every candidate's place"
+
 
 def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy: str, sampler: str | None = None
                    ) -> dict[str, Any]:  # fmt: skip
@@ -86,7 +107,7 @@ def judge_identity(cfg: RankConfig, judge: PairJudge | PointwiseJudge, strategy:
     `sampler` enters only when the run holds several samplers, so a one-sampler run's hash is unchanged."""
     pointwise = strategy == "scores"
     applied = {
-        "strategy": strategy,  # resolved: none means iterative or scores by the judge's kind
+        "strategy": strategy,  # resolved (RankConfig.resolve_strategy): none means scores, sort or iterative
         "position_bias": None if pointwise else cfg.position_bias,
         "seed": cfg.seed if (cfg.position_bias == "random" and not pointwise) else None,
         "min_margin": cfg.min_margin if pointwise else None,

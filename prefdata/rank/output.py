@@ -12,11 +12,10 @@ import polars as pl
 
 from prefdata.console import progress as console_progress
 from prefdata.rank.config import RankConfig
-from prefdata.rank.ranking import (
-    Ranking,
-)
+from prefdata.rank.ranking import Ranking
+from prefdata.rank.sort import SortRanking
 from prefdata.run.groups import Prompt
-from prefdata.run.records import RANKING_SCHEMA
+from prefdata.run.records import RANKING_SCHEMA, SORT_RANKING_SCHEMA
 from prefdata.run.store import RunDir
 from prefdata.summary import RecordSummary
 
@@ -59,15 +58,15 @@ class ContentKeys:
 
 
 class RankingRows:
-    """The ranking rows of the current group, column by column (the three list columns flat, one value per
-    candidate), and the run's totals for the summary. `flush` writes the group's rows as one part (hidden until the
-    run ends) and drops them."""
-
-    LISTS = ("candidate_ids", "ranks", "scores")
+    """The ranking rows of the current group, column by column (the list columns flat, one value per candidate),
+    and the run's totals for the summary. `flush` writes the group's rows as one part (hidden until the run ends)
+    and drops them. Sort rankings add SORT_RANKING_SCHEMA's columns; the others' files keep RANKING_SCHEMA alone."""
 
     def __init__(self, run: RunDir, jh: str, strategy: str):
         self.run, self.jh, self.strategy = run, jh, strategy
-        self.cols: dict[str, list[Any]] = {c: [] for c in RANKING_SCHEMA}
+        self.schema = RANKING_SCHEMA | (SORT_RANKING_SCHEMA if strategy == "sort" else {})
+        self.lists = ("candidate_ids", "ranks", "scores", *(("score_stderr",) if strategy == "sort" else ()))
+        self.cols: dict[str, list[Any]] = {c: [] for c in self.schema}
         self.lens: list[int] = []  # each row's number of list values
         self.parts: list[Path] = []
         self.prompts = self.candidates = self.comparisons = self.ties = self.failures = self.inconsistent = 0
@@ -85,6 +84,11 @@ class RankingRows:
         c["candidate_ids"].extend(r.candidate_ids)
         c["ranks"].extend(r.ranks)
         c["scores"].extend(r.scores)
+        if "score_stderr" in c:
+            sr = r if isinstance(r, SortRanking) else None  # a prompt with under two candidates: no strengths
+            c["score_stderr"].extend(sr.stderr if sr is not None else [None] * len(r.candidate_ids))
+            c["pairs_compared"].append(sr.pairs if sr is not None else 0)
+            c["rounds"].append(sr.rounds if sr is not None else 0)
         self.lens.append(len(r.candidate_ids))
         for name, value in (
             ("best_id", r.best_id), ("worst_id", r.worst_id), ("complete", r.complete), ("n_candidates", n),
@@ -109,20 +113,20 @@ class RankingRows:
         lens = self.lens
         lists = (
             pl.DataFrame(
-                {"_row": [i for i, k in enumerate(lens) for _ in range(k)], **{name: c[name] for name in self.LISTS}},
-                schema={"_row": pl.Int64, **{name: RANKING_SCHEMA[name].inner for name in self.LISTS}},  # type: ignore[union-attr]
+                {"_row": [i for i, k in enumerate(lens) for _ in range(k)], **{name: c[name] for name in self.lists}},
+                schema={"_row": pl.Int64, **{name: self.schema[name].inner for name in self.lists}},  # type: ignore[union-attr]
             )
             .group_by("_row", maintain_order=True)
-            .agg(*self.LISTS)
+            .agg(*self.lists)
         )
         if lists.height != n:  # a ranking without candidates (never written by a strategy): build the lists row by row
-            lists = pl.DataFrame({name: pl.Series(name, self._rows(name, lens), dtype=RANKING_SCHEMA[name]) for name in self.LISTS})
+            lists = pl.DataFrame({name: pl.Series(name, self._rows(name, lens), dtype=self.schema[name]) for name in self.lists})
         c["judge_hash"] = [self.jh] * n
         c["strategy"] = [self.strategy] * n
-        scalars = pl.DataFrame({k: v for k, v in c.items() if k not in self.LISTS},
-                               schema={k: t for k, t in RANKING_SCHEMA.items() if k not in self.LISTS})  # fmt: skip
-        self.parts.append(self.run.write_ranking_part(self.jh, pl.concat([scalars, lists.select(self.LISTS)], how="horizontal")))
-        self.cols = {c: [] for c in RANKING_SCHEMA}
+        scalars = pl.DataFrame({k: v for k, v in c.items() if k not in self.lists},
+                               schema={k: t for k, t in self.schema.items() if k not in self.lists})  # fmt: skip
+        self.parts.append(self.run.write_ranking_part(self.jh, pl.concat([scalars, lists.select(self.lists)], how="horizontal")))
+        self.cols = {c: [] for c in self.schema}
         self.lens = []
 
     def _rows(self, name: str, lens: list[int]) -> list[list[Any]]:

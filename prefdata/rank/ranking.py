@@ -29,7 +29,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prefdata.judges.verdict import Verdict
+from prefdata.judges.verdict import POLICIES, Verdict
 
 Pair = tuple[str, str]
 
@@ -79,7 +79,6 @@ class Counts:
 
 Strategy = Generator[list[Pair], dict[Pair, PairOutcome], Ranking]
 
-POLICIES = ("both", "random", "fixed")
 
 
 def call_orders(pair: Pair, policy: str, seed: int, prompt_id: str) -> list[Pair]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from prefdata.console import captured
+from prefdata.console import captured, say
 from prefdata.errors import PrefdataError
 from prefdata.judges.build import build_judge
 from prefdata.judges.verdict import (
@@ -41,7 +41,7 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
     if judge is None:
         judge = build_judge(cfg, llm, n_items=groups.n_candidates)
     pointwise = isinstance(judge, PointwiseJudge) and not isinstance(judge, PairJudge)
-    strategy = cfg.strategy or ("scores" if pointwise else "iterative")
+    strategy, chosen_by = cfg.resolve_strategy(pointwise)
     if pointwise != (strategy == "scores"):
         raise PrefdataError(
             "strategy scores needs a reward-model judge" if strategy == "scores"
@@ -49,6 +49,8 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
         )
     identity = judge_identity(cfg, judge, strategy, groups.sampler)  # one of several samplers: its own judge hash
     jh = stable_hash(identity)
+    for line in earlier_rankings(run, identity, jh, strategy, chosen_by):
+        say(line)
     t0 = time.monotonic()
     cols = (["prompt_id", "a_id", "verdict", "score", "n_tokens", "truncated", "created", "content_key"] if pointwise
             else ["prompt_id", "a_id", "b_id", "verdict", "winner_id", "created", "content_key"])
@@ -78,6 +80,7 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
         "judge_hash": jh,
         "config": dataclasses.asdict(cfg),
         "identity": identity,
+        "strategy_chosen_by": chosen_by,
         "template": getattr(template, "name", None),
         "template_sha256": getattr(template, "sha256", None),
         "rm_backend": getattr(judge, "backend", None),  # which engine scored (auto picks by size)
@@ -87,6 +90,21 @@ def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | Pointwi
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     return RankSummary(summary, run=str(run.path))
+
+
+def earlier_rankings(run: RunDir, identity: dict[str, Any], jh: str, strategy: str, chosen_by: str) -> list[str]:
+    """One line per earlier rankings of this judge under another strategy (rank recorded them in run.json): they
+    stay as they are in their own folder, so choosing a strategy (or its new default) never changes them."""
+    same = {k: v for k, v in identity.items() if k != "strategy"}
+    out, ranked = [], set(run.judge_hashes())
+    for h, rec in (run.read_meta().get("stages", {}).get("rank", {}) or {}).items():
+        old = (rec or {}).get("identity") if isinstance(rec, dict) else None
+        if h == jh or not isinstance(old, dict) or old.get("strategy") == strategy or h not in ranked:
+            continue
+        if {k: v for k, v in old.items() if k != "strategy"} == same:
+            out.append(f"rank: strategy {strategy} ({chosen_by}) under judge {jh}; this judge's {old.get('strategy')} "
+                       f"rankings stay in rankings/{h}/ (export them with --judge {h})")
+    return out
 
 
 def judge_dtype(judge: Any) -> str | None:

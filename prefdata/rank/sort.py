@@ -40,8 +40,8 @@ REFINE_SHARE = 0.25  # a refinement round asks at most N/4 pairs: smaller rounds
 
 @dataclass
 class SortRanking(Ranking):
-    """A `Ranking` plus what `Ranking` has no field for (aligned with candidate_ids): strength standard errors
-    from the Fisher information, and the pairs and rounds the strategy used."""
+    """A `Ranking` plus what `Ranking` has no field for: strength standard errors from the Fisher information
+    (aligned with candidate_ids, about the mean strength: `centred_stderr`), and the pairs and rounds used."""
 
     stderr: list[float | None] = field(default_factory=list)
     pairs: int = 0
@@ -218,6 +218,17 @@ def _closure(adj: np.ndarray) -> np.ndarray:
     return r
 
 
+def centred_stderr(cov: np.ndarray) -> np.ndarray:
+    """Each strength's standard error about the prompt's mean strength: sqrt(diag(P Σ P)), P = I - 11ᵀ/n.
+
+    The prior alone fixes the strengths' common level, so raw variances share a large common part that cancels in
+    any difference. Without it, sqrt(se_i² + se_j²) is close to the exact se(θ_i - θ_j) (measured: export keeps
+    the same pairs either way), which lets export judge any pair from one number per candidate."""
+    n = len(cov)
+    p = np.eye(n) - 1.0 / n
+    return np.sqrt(np.maximum(np.diag(p @ cov @ p), 0.0))
+
+
 def finish(ids: list[str], outcomes: dict[Pair, PairOutcome], theta: np.ndarray, cov: np.ndarray,
            tiebreak: list[str], rounds: int = 0) -> SortRanking:  # fmt: skip
     """Order, tie groups, best/worst and strengths from every outcome (see the module docstring)."""
@@ -239,7 +250,7 @@ def finish(ids: list[str], outcomes: dict[Pair, PairOutcome], theta: np.ndarray,
         cut = at > 0 and bool(s[np.ix_(order[:at], order[at:])].all())
         ranks.append(at + 1 if at == 0 or cut else ranks[-1])
     separated = ranks[0] != ranks[-1]
-    se = np.sqrt(np.maximum(np.diag(cov), 0.0))
+    se = centred_stderr(cov)
     complete = not any(o.fail for o in outcomes.values())
     return SortRanking(
         [ids[i] for i in order], list(ranks), [float(theta[i]) for i in order],
@@ -248,4 +259,4 @@ def finish(ids: list[str], outcomes: dict[Pair, PairOutcome], theta: np.ndarray,
     )  # fmt: skip
 
 
-__all__ = ["PRIOR", "SortRanking", "above_matrix", "finish", "fit_strengths", "least_certain", "merge_sort_bound", "sort", "sort_budget"]
+__all__ = ["PRIOR", "SortRanking", "above_matrix", "centred_stderr", "finish", "fit_strengths", "least_certain", "merge_sort_bound", "sort", "sort_budget"]

@@ -47,6 +47,11 @@ RANKING_SCHEMA = {
     "complete": pl.Boolean, "n_candidates": pl.Int64, "comparisons": pl.Int64, "ties": pl.Int64, "failures": pl.Int64,
     "inconsistent": pl.Int64, "consistency": pl.Float64, "margin": pl.Float64, "too_long": pl.Int64,
 }
+# Columns only rankings of the `sort` strategy carry (other strategies' files keep RANKING_SCHEMA alone):
+# score_stderr, aligned with candidate_ids, is the standard error of each Bradley-Terry log-strength about the
+# prompt's mean strength (Fisher information); pairs_compared and rounds: the distinct pairs and the synchronous
+# rounds the strategy used (`comparisons` counts the judge calls).
+SORT_RANKING_SCHEMA = {"score_stderr": pl.List(pl.Float64), "pairs_compared": pl.Int64, "rounds": pl.Int64}
 
 # The trainer's summary in its output folder, written last: its presence means the final model is complete.
 TRAIN_SUMMARY = "prefdata_train.json"

@@ -29,7 +29,7 @@ import polars as pl
 
 from prefdata import __version__
 from prefdata.errors import PrefdataError
-from prefdata.run.records import CANDIDATE_SCHEMA, JUDGMENT_SCHEMA, MESSAGES, RANKING_SCHEMA
+from prefdata.run.records import CANDIDATE_SCHEMA, JUDGMENT_SCHEMA, MESSAGES, RANKING_SCHEMA, SORT_RANKING_SCHEMA
 from prefdata.secrets import command_line
 
 # The file that marks an export folder (prefdata.export.folder writes it): no run is ever written in one.
@@ -426,8 +426,10 @@ class RunDir:
         return self.path / f".rank-parts-{judge_hash}"
 
     def write_ranking_part(self, judge_hash: str, df: pl.DataFrame) -> Path:
-        """One group's ranking rows (the columns of RANKING_SCHEMA) into ranking_parts_dir."""
-        return self.write_shard(self.ranking_parts_dir(judge_hash), df.select(list(RANKING_SCHEMA)).cast(RANKING_SCHEMA))
+        """One group's ranking rows (the columns of RANKING_SCHEMA, and those of SORT_RANKING_SCHEMA it has) into
+        ranking_parts_dir."""
+        schema = RANKING_SCHEMA | {k: t for k, t in SORT_RANKING_SCHEMA.items() if k in df.columns}
+        return self.write_shard(self.ranking_parts_dir(judge_hash), df.select(list(schema)).cast(schema))  # type: ignore[arg-type]
 
     def drop_ranking_parts(self, judge_hash: str) -> None:
         shutil.rmtree(self.ranking_parts_dir(judge_hash), ignore_errors=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-HELP = "Rank each prompt's candidates with a judge (iterative pairwise, round-robin, or reward-model scores)."
+HELP = "Rank each prompt's candidates with a judge (iterative pairwise, sort, round-robin, or reward-model scores)."
 
 
 def command() -> Any:
