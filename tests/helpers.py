@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -333,6 +335,87 @@ class FaultServer:
                 return 200, completion("Both answers have merit; hard to say.")
         qa, qb = (int(x) for x in re.findall(r"q=(\d+)", user)[:2])
         return 200, completion("[[A]]" if qa > qb else "[[B]]" if qb > qa else "[[C]]")
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class QualityServer:
+    """A scripted OpenAI-compatible judge on 127.0.0.1 that decides from true qualities, with position bias and noise.
+
+    Candidate texts carry their quality as `q=<number>`; the first two in the judge prompt are the answers shown
+    first and second. As bench/bench_ranking.py's simulated judge: z = (q₁ - q₂)/temp + bias + ε, ε ~ Logistic(0, 1)
+    drawn from a hash of the request (the same call always gets the same verdict: a rerun or another strategy sees
+    what a cache would give); first wins if z > tie_band, second if z < -tie_band, else a tie. temp 0: no noise and
+    no bias (the higher quality wins, equal qualities tie). `always_first`: pure position bias. While not `healthy`,
+    a `fail_rate` share of the calls (by hash) get HTTP 503.
+    """
+
+    def __init__(self, temp: float = 0.0, bias: float = 0.0, tie_band: float = 0.0, seed: int = 0,
+                 always_first: bool = False, fail_rate: float = 0.0, delay_s: float = 0.0) -> None:  # fmt: skip
+        self.temp, self.bias, self.tie_band, self.seed = temp, bias, tie_band, seed
+        self.always_first, self.fail_rate, self.delay_s = always_first, fail_rate, delay_s
+        self.healthy = False
+        self.lock = threading.Lock()
+        self.requests: list[str] = []  # the user message of every chat request (failed ones too)
+        self.failed: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def _send(self, code: int, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:  # noqa: N802
+                if self.path.endswith("/models"):
+                    self._send(200, json.dumps({"object": "list", "data": [{"id": "fake-judge", "object": "model"}]}).encode())
+                else:
+                    self._send(404, b"{}")
+
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if not self.path.endswith("/chat/completions"):
+                    self._send(404, b'{"detail": "Not Found"}')
+                    return
+                self._send(*outer.answer(body))
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def uniform(self, key: str, salt: str) -> float:
+        h = hashlib.sha256(f"{self.seed}:{salt}:{key}".encode()).digest()
+        return (int.from_bytes(h[:8], "big") + 0.5) / 2**64
+
+    def verdict(self, user: str) -> str:
+        """A, B or C for one judge prompt."""
+        q1, q2 = (float(x) for x in re.findall(r"q=(-?\d+(?:\.\d+)?)", user)[:2])
+        if self.always_first:
+            return "A"
+        if self.temp == 0:
+            return "A" if q1 > q2 else "B" if q2 > q1 else "C"
+        u = self.uniform(user, "noise")
+        z = (q1 - q2) / self.temp + self.bias + math.log(u / (1.0 - u))
+        return "A" if z > self.tie_band else "B" if z < -self.tie_band else "C"
+
+    def answer(self, body: dict) -> tuple[int, bytes]:
+        user = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        with self.lock:
+            self.requests.append(user)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if not self.healthy and self.fail_rate and self.uniform(user, "fail") < self.fail_rate:
+            with self.lock:
+                self.failed.append(user)
+            return 503, b'{"error": "down"}'
+        return 200, completion(f"[[{self.verdict(user)}]]")
 
     def close(self) -> None:
         self.httpd.shutdown()
