@@ -15,6 +15,7 @@ and for best-worst.
 
     .venv/bin/python bench/bench_ranking.py            # full grid, ~3 min of one core
     .venv/bin/python bench/bench_ranking.py --quick    # N=16 only, fewer trials
+    .venv/bin/python bench/bench_ranking.py --margin-rules   # export's --min-margin rule on sort rankings
 """
 
 from __future__ import annotations
@@ -154,12 +155,68 @@ def strategies(variants: bool) -> dict[str, StrategyFn]:
     return out
 
 
+def margin_rules(seed: int, tie_band: float, trials: int) -> None:
+    """Export's margin rule on sort rankings, N=16: which standard error of a strength gap to compare it with.
+
+    exact: sqrt(var_i + var_j - 2 cov_ij) from the covariance; centred: sqrt(se_i² + se_j²) with each se about the
+    mean strength (what the rankings store, `centred_stderr`); raw: the same with the prior's common variance left
+    in. Pairs: best-vs-each as export forms them (direct calls that disagree dropped)."""
+    from prefdata.rank.sort import centred_stderr, fit_strengths
+
+    n = 16
+    print(f"Margin rules on sort rankings (N={n}, {trials} trials): best-vs-each pairs/prompt and inverted share")
+    print()
+    print("| T | b | round robin | sort, no margin | rule | k = 0.5 | k = 1 | k = 1.5 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for temp in (0.3, 1.0):
+        for bias in (0.0, 0.5, 1.0):
+            kept: dict[tuple[str, float], list[int]] = {}
+            base, rr = [0, 0], [0, 0]
+            for t in range(trials):
+                rng = np.random.default_rng([seed, n, int(temp * 100), int(bias * 100), int(tie_band * 100), 0, t])
+                q = rng.standard_normal(n)
+                judge = Judge(q, temp, bias, tie_band, 0.0, rng)
+                ids = [f"c{i}" for i in range(n)]
+                qv = dict(zip(ids, q, strict=True))
+                r, by_pair, _ = drive(sort, ids, judge)
+                theta, cov = fit_strengths(ids, {p: combine(p, vs) for p, vs in by_pair.items()})
+                var, cvar = np.diag(cov), centred_stderr(cov) ** 2
+                e = exported(r, by_pair, "best-vs-each")
+                base[0] += len(e)
+                base[1] += sum(qv[c] < qv[d] for c, d in e)
+                for c, d in e:
+                    i, j = int(c[1:]), int(d[1:])
+                    ses = {"exact": math.sqrt(var[i] + var[j] - 2 * cov[i, j]), "centred": math.sqrt(cvar[i] + cvar[j]),
+                           "raw": math.sqrt(var[i] + var[j])}  # fmt: skip
+                    for name, se in ses.items():
+                        for k in (0.5, 1.0, 1.5):
+                            cell = kept.setdefault((name, k), [0, 0])
+                            if theta[i] - theta[j] >= k * se:
+                                cell[0] += 1
+                                cell[1] += qv[c] < qv[d]
+                r2, by2, _ = drive(round_robin, ids, judge)
+                e2 = exported(r2, by2, "best-vs-each")
+                rr[0] += len(e2)
+                rr[1] += sum(qv[c] < qv[d] for c, d in e2)
+
+            def cell(x: list[int]) -> str:
+                return f"{x[0] / trials:.1f} / {x[1] / x[0] if x[0] else float('nan'):.4f}"
+
+            for name in ("exact", "centred", "raw"):
+                ks = " | ".join(cell(kept[(name, k)]) for k in (0.5, 1.0, 1.5))
+                print(f"| {temp} | {bias} | {cell(rr)} | {cell(base)} | {name} | {ks} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="N=16 only, 100 trials")
     ap.add_argument("--seed", type=int, default=23)
     ap.add_argument("--tie-band", type=float, default=0.25)
+    ap.add_argument("--margin-rules", action="store_true", help="only the margin-rule table (export --min-margin on sort)")
     args = ap.parse_args()
+    if args.margin_rules:
+        margin_rules(args.seed, args.tie_band, 100 if args.quick else 300)
+        return
     sizes = [16] if args.quick else [4, 8, 16, 32]
     trials = {4: 400, 8: 300, 16: 300, 32: 60}
     temps = [0.3, 1.0]
