@@ -119,7 +119,10 @@ def legacy_export(run: RunDir, cfg: ExportConfig) -> LegacyExport:
     if cfg.shape == "string":
         _check_single_turn(rows)
 
-    df = pl.DataFrame(rows, schema=_schema(cfg.shape), orient="row")
+    stderr = "score_stderr" in rankings.columns
+    schema = _schema(cfg.shape, stderr)
+    df = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows] if cfg.shape == "ranking" else rows,
+                      schema=schema, orient="row")  # fmt: skip
     splits = _split(df, cfg.test_size, cfg.seed)
     lengths = length_stats(kept_pairs)
     return LegacyExport(
@@ -359,6 +362,7 @@ def _ranking_row(
         "candidate_ids": [c.candidate_id for c in keep],
         "ranks": [c.rank for c in keep],
         "scores": [c.score for c in keep],
+        "score_stderrs": [c.stderr for c in keep],
         "finish_reasons": [c.finish_reason for c in keep],
         "n_tokens": [c.n_tokens for c in keep],
         "kinds": [c.kind for c in keep],
@@ -370,7 +374,7 @@ def _ranking_row(
     return row, drops
 
 
-def _schema(shape: str) -> dict[str, pl.DataType]:
+def _schema(shape: str, stderr: bool = False) -> dict[str, pl.DataType]:
     if shape == "ranking":
         return {
             "prompt_id": pl.String(),
@@ -379,6 +383,7 @@ def _schema(shape: str) -> dict[str, pl.DataType]:
             "candidate_ids": pl.List(pl.String),
             "ranks": pl.List(pl.Int64),
             "scores": pl.List(pl.Float64),
+            **({"score_stderrs": pl.List(pl.Float64)} if stderr else {}),
             "finish_reasons": pl.List(pl.String),
             "n_tokens": pl.List(pl.Int64),
             "kinds": pl.List(pl.String),

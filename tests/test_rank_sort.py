@@ -274,6 +274,19 @@ def test_min_margin_counts_standard_errors_on_sort_rankings(tmp_path, capsys, no
         _compare(run, cfg, tmp_path)
 
 
+def test_ranking_shape_carries_the_standard_errors(tmp_path, capsys, noisy):
+    run, _ = make_candidates_run(tmp_path / "r", [_texts(q) for q in _qs(9, [7, 5])])
+    assert _rank(capsys, run, noisy.url, "--pairs", "ranking").code == 0  # the ranking shape's default: sort
+    rk = read_rankings(run, _only_judge(run)).sort("prompt_id")
+    out = tmp_path / "x"
+    assert cli(capsys, "export", "--run", str(run.path), "--shape", "ranking", "--out", str(out), "--no-plot").code == 0
+    df = pl.read_parquet(out / "data" / "*.parquet").sort("prompt_id")
+    assert df.columns.index("score_stderrs") == df.columns.index("scores") + 1
+    assert df["candidate_ids"].to_list() == rk["candidate_ids"].to_list()
+    assert df["score_stderrs"].to_list() == rk["score_stderr"].to_list()
+    _compare(run, ExportConfig(shape="ranking", out=str(tmp_path / "eq"), plot=False), tmp_path)
+
+
 def test_rank_refuses_an_unknown_pairs_value(tmp_path, capsys, exact):
     run, _ = make_candidates_run(tmp_path / "r", [_texts([1, 2])])
     r = _rank(capsys, run, exact.url, "--pairs", "every")

@@ -67,6 +67,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
     chars = bool(cand_scan.select(pl.col("n_tokens").is_null().any()).collect().item())
 
     _check_full_order(_final(rankings), cfg.pairs, cfg.shape, judge_hash)
+    stderr = "score_stderr" in rankings.columns  # sort rankings: strengths with standard errors
     ordered = _in_prompt_order(_normalized(rankings), prompts)
     _check_ranked_candidates(ordered, ids_df["candidate_id"])
     _check_samplers(run, meta, ordered, ids_df, judge_hash, cfg.sampler)
@@ -95,7 +96,7 @@ def export_run(run: RunDir, cfg: ExportConfig) -> ExportSummary:
                 check_out(out, cfg.overwrite)
             except PrefdataError as e:
                 setup_error = e
-        writer = _DataWriter(None if setup_error else tmp, cfg)
+        writer = _DataWriter(None if setup_error else tmp, cfg, stderr)
         events: dict[str, tuple[int, tuple[int, int]]] = {}
         n_considered = n_rows = n_multi = 0
         samplers: set[str] = set()
@@ -215,7 +216,9 @@ class _NoBar:
         return None
 
 
-def _schema(shape: str) -> dict[str, pl.DataType]:
+def _schema(shape: str, stderr: bool = False) -> dict[str, pl.DataType]:
+    """The columns of a shape; `stderr`: the rankings carry the scores' standard errors (sort), and the ranking
+    shape then has them too, as `score_stderrs` (other rankings keep the columns they always had)."""
     if shape == "ranking":
         return {
             "prompt_id": pl.String(),
@@ -224,6 +227,7 @@ def _schema(shape: str) -> dict[str, pl.DataType]:
             "candidate_ids": pl.List(pl.String),
             "ranks": pl.List(pl.Int64),
             "scores": pl.List(pl.Float64),
+            **({"score_stderrs": pl.List(pl.Float64)} if stderr else {}),
             "finish_reasons": pl.List(pl.String),
             "n_tokens": pl.List(pl.Int64),
             "kinds": pl.List(pl.String),
@@ -284,9 +288,9 @@ class _DataWriter:
     """The data files of an export, written a chunk of rows at a time into its temp folder (or nowhere, when
     the folder cannot be written: the export then only counts, to raise its own errors first)."""
 
-    def __init__(self, folder: Path | None, cfg: ExportConfig) -> None:
+    def __init__(self, folder: Path | None, cfg: ExportConfig, stderr: bool = False) -> None:
         self.folder, self.cfg = folder, cfg
-        self.schema = {k: v for k, v in _schema(cfg.shape).items() if k != "_n_turns"}
+        self.schema = {k: v for k, v in _schema(cfg.shape, stderr).items() if k != "_n_turns"}
         self.splits: dict[str, SplitFiles] = {}
         self.bg = Background()
         if folder is not None:

@@ -399,6 +399,7 @@ def _ranking_group(ok: pl.DataFrame, cands: pl.DataFrame, meta: _Meta, events: d
         pl.col("cid").alias("candidate_ids"),
         pl.col("rank").alias("ranks"),
         pl.col("score").alias("scores"),
+        pl.col("stderr").alias("score_stderrs"),
         pl.col("finish_reason").alias("finish_reasons"),
         pl.col("n_tokens").alias("n_tokens"),
         pl.col("kind").alias("kinds"),
