@@ -45,6 +45,9 @@ def build_config(cls: type[T], config_file: str | Path | None = None, **flags: A
     if config_file is not None:
         data = load_yaml(config_file)
         data = {k.replace("-", "_"): v for k, v in data.items()}
+        from prefdata.options import rename_aliases
+
+        data = rename_aliases(cls, data, f"config file {config_file}")
         unknown = sorted(set(data) - set(fields))
         moved = getattr(cls, "MOVED_FIELDS", {})  # fields an earlier version had here, now under a stage mapping
         if any(k in moved for k in unknown):
@@ -155,6 +158,9 @@ def stage_fields(
 
     `reserved`: fields `who` (the command) sets itself. Returns the values coerced to the fields' types (an int
     given for a float field becomes a float)."""
+    from prefdata.options import rename_aliases
+
+    values = rename_aliases(cls, values, where)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:

@@ -28,7 +28,8 @@ _UNSET: Any = object()
 
 
 def opt(default: Any = MISSING, help: str = "", *, flag: str | tuple[str, ...] | None = None, sep: str | None = None,
-        cli: bool = True, identity: bool | str | None = None, training_only: bool = False) -> Any:  # fmt: skip
+        cli: bool = True, identity: bool | str | None = None, training_only: bool = False,
+        aliases: tuple[str, ...] = ()) -> Any:  # fmt: skip
     """A dataclass field with its CLI help and flag names. A list/dict default becomes a default_factory.
 
     sep: a list flag also takes one value holding several items joined by `sep` (`--x a,b`).
@@ -37,7 +38,9 @@ def opt(default: Any = MISSING, help: str = "", *, flag: str | tuple[str, ...] |
       value enters the hash), "judge" (it enters through the judge's own record, `judge.config()`), False (it
       does not change results: transport, batching, paths). Read by `identity_fields`; a test requires it on
       every field of the hashed configs, so a new field cannot fall out of the hash unnoticed.
-    training_only: a generate setting of the training samples that eval's greedy answers do not take."""
+    training_only: a generate setting of the training samples that eval's greedy answers do not take.
+    aliases: names an earlier version gave the field, still accepted as YAML keys and `--set` names (give the old
+      flag in `flag=` too), so a user's config keeps working after a rename."""
     meta: dict[str, Any] = {"help": help, "cli": cli}
     if flag is not None:
         meta["flag"] = flag
@@ -47,6 +50,8 @@ def opt(default: Any = MISSING, help: str = "", *, flag: str | tuple[str, ...] |
         meta["identity"] = identity
     if training_only:
         meta["training_only"] = True
+    if aliases:
+        meta["aliases"] = tuple(aliases)
     if isinstance(default, list | dict):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)  # type: ignore[arg-type]
@@ -56,6 +61,25 @@ def opt(default: Any = MISSING, help: str = "", *, flag: str | tuple[str, ...] |
 def identity_fields(cls: type, how: bool | str = True) -> tuple[str, ...]:
     """The fields of `cls` whose `identity` marker is `how` (see `opt`), in declaration order."""
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("identity") == how)
+
+
+def field_aliases(cls: type) -> dict[str, str]:
+    """{old name: field name} for the renamed fields of `cls` (see `opt`'s `aliases`)."""
+    return {old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("aliases", ())}
+
+
+def rename_aliases(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` with old field names put under their new ones; both names given at once is one error line."""
+    renamed = field_aliases(cls)
+    out = dict(values)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                from prefdata.errors import PrefdataError
+
+                raise PrefdataError(f"{where}: {old} is the old name of {new}; give only {new}")
+            out[new] = out.pop(old)
+    return out
 
 
 def flag_names(f: Field) -> list[str]:
