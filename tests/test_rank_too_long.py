@@ -9,8 +9,8 @@ import pytest
 from prefdata.export import ExportConfig, export_run
 from prefdata.judges.llm_judge import LLMPairJudge
 from prefdata.judges.templates import load_template
-from prefdata.llm.chat import ChatOut
-from prefdata.llm.context import TokenBudget, fit_context
+from prefdata.llm.chat import ChatOut, fit_context
+from prefdata.llm.context import TokenBudget
 from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
 from tests.helpers import FaultServer, make_candidates_run, quality
 

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 
 from prefdata.config import check_range, check_seed
 from prefdata.errors import PrefdataError
+from prefdata.llm.chat import ENGINES
 from prefdata.llm.endpoint import check_endpoint, endpoint_field, normalize_urls
 from prefdata.models import DEMO_NAME
 from prefdata.options import identity_fields, opt
 from prefdata.run.records import TRAIN_SUMMARY, stable_hash
 
-BACKENDS = ("vllm", "openai", "hf")  # the engines of prefdata.llm.chat.ENGINES that sample
+BACKENDS = tuple(ENGINES)  # every engine of the model layer samples
 
 
 @dataclass(frozen=True)

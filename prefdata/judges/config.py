@@ -30,6 +30,7 @@ class JudgeConfig:
                                   "served model / the demo model.", identity="judge")
     base_url: list[str] = endpoint_field("base_url")  # none: the in-process vLLM judge
     api_key_env: str = endpoint_field("api_key_env")
+    unreachable_after: int = endpoint_field("unreachable_after")
     position_bias: str = opt("both", f"Order policy: {' | '.join(POLICIES)}.", identity=True)
     seed: int = opt(0, "Seed of the `random` order policy and the vLLM engine.", identity=True)
     temperature: float = opt(0.0, "Judge sampling temperature.", identity="judge")
@@ -43,7 +44,6 @@ class JudgeConfig:
     backoff_s: float = endpoint_field("backoff_s")
     requests_per_minute: float | None = endpoint_field("requests_per_minute")
     timeout_s: float = endpoint_field("timeout_s")
-    unreachable_after: int = endpoint_field("unreachable_after")
     rm_batch_size: int = opt(16, "Reward-model forward batch (halved on out-of-memory).", identity=False)
     rm_max_length: int | None = opt(None, "Reward-model input limit; longer inputs are cut and flagged.", identity="judge")
     rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "

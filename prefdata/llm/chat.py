@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prefdata.errors import PrefdataError
+from prefdata.llm.context import TOO_LONG, TokenBudget, too_long_reasons
 from prefdata.llm.endpoint import Endpoint
 
 Conversation = list[dict[str, str]]
@@ -98,6 +99,44 @@ class ChatModel(Protocol):
         ...
 
 
+class EngineModel:
+    """What the engines share: `chat` sends only the conversations that fit `budget()` (the others fail alone as
+    too_long) to the engine's `answer`, in one call, and puts the answers back in order."""
+
+    engine = "?"
+    name = "?"
+    tokenizer: Any = None
+    max_model_len: int | None = None
+    dtype: str | None = None
+    unavailable: str | None = None
+
+    def budget(self) -> TokenBudget | None:
+        """The context the engine counts against; None where the server counts (openai)."""
+        return None
+
+    def chat(self, convs: Sequence[Conversation], sampling: Sampling | Sequence[Sampling], *,
+             on_done: OnDone | None = None, on_tick: OnTick | None = None) -> list[ChatOut]:  # fmt: skip
+        if not convs:
+            return []
+        samplings = per_conversation(convs, sampling)
+        reasons = too_long_reasons(convs, self.budget(), [s.max_tokens if s.whole_reply else 1 for s in samplings])
+        keep = [i for i, r in enumerate(reasons) if r is None]
+        fit = [convs[i] for i in keep], [samplings[i] for i in keep]
+        outs = iter(self.answer(*fit, on_done=on_done, on_tick=on_tick) if keep else [])
+        return [ChatOut(error=r, kind=TOO_LONG) if r is not None else next(outs) for r in reasons]
+
+    def answer(self, convs: list[Conversation], samplings: list[Sampling], *, on_done: OnDone | None,
+               on_tick: OnTick | None) -> list[ChatOut]:  # fmt: skip
+        """One ChatOut per conversation, every one of which fits the context."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, object]:
+        return {"backend": self.engine, "model": self.name}
+
+    def close(self) -> None:
+        pass
+
+
 ENGINES = {"vllm": "prefdata.llm.vllm_model", "openai": "prefdata.llm.openai_model", "hf": "prefdata.llm.hf_model"}
 
 
@@ -141,6 +180,22 @@ def per_conversation(convs: Sequence[Conversation], sampling: Sampling | Sequenc
     if len(sampling) != len(convs):
         raise ValueError(f"{len(convs)} conversations but {len(sampling)} samplings")
     return list(sampling)
+
+
+def fit_context(
+    convs: Sequence[list[dict[str, str]]],
+    budget: TokenBudget | None,
+    max_tokens: int | Sequence[int],
+    send: Callable[[list[list[dict[str, str]]]], list[ChatOut]],
+) -> list[ChatOut]:
+    """Send only the conversations that fit the budget (all of them when there is none); the others get a
+    too_long `ChatOut` in their place. `max_tokens`: the reply room each needs (one for all, or one each).
+    Outputs stay in input order."""
+    rooms = [max_tokens] * len(convs) if isinstance(max_tokens, int) else list(max_tokens)
+    reasons = too_long_reasons(convs, budget, rooms)
+    fitting = [c for c, r in zip(convs, reasons, strict=True) if r is None]
+    sent = iter(send(fitting) if fitting else [])
+    return [ChatOut(error=r, kind=TOO_LONG) if r is not None else next(sent) for r in reasons]
 
 
 def normalize_finish(reason: str | None) -> str:

@@ -6,7 +6,7 @@ A call whose prompt tokens plus its reply limit do not fit the context is never 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,21 +56,3 @@ def too_long_reasons(convs: Sequence[list[dict[str, str]]], budget: TokenBudget 
             counted[id(c)] = budget.count(c)
         reasons.append(too_long_reason(counted[id(c)], room, budget.max_len))
     return reasons
-
-
-def fit_context(
-    convs: Sequence[list[dict[str, str]]],
-    budget: TokenBudget | None,
-    max_tokens: int | Sequence[int],
-    send: Callable[[list[list[dict[str, str]]]], list[Any]],
-) -> list[Any]:
-    """Send only the conversations that fit the budget (all of them when there is none); the others get a
-    too_long `ChatOut` in their place. `max_tokens`: the reply room each needs (one for all, or one each).
-    Outputs stay in input order."""
-    from prefdata.llm.chat import ChatOut
-
-    rooms = [max_tokens] * len(convs) if isinstance(max_tokens, int) else list(max_tokens)
-    reasons = too_long_reasons(convs, budget, rooms)
-    fitting = [c for c, r in zip(convs, reasons, strict=True) if r is None]
-    sent = iter(send(fitting) if fitting else [])
-    return [ChatOut(error=r, kind=TOO_LONG) if r is not None else next(sent) for r in reasons]

@@ -6,30 +6,18 @@ logprob mode needs vllm or openai.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.llm.chat import (
-    ChatOut,
-    Completion,
-    Conversation,
-    ModelSpec,
-    OnDone,
-    OnTick,
-    Sampling,
-    answered,
-    per_conversation,
-)
-from prefdata.llm.context import TOO_LONG, TokenBudget, chat_token_ids, too_long_reasons
+from prefdata.llm.chat import ChatOut, Completion, EngineModel, ModelSpec, OnDone, OnTick, Sampling, answered
+from prefdata.llm.context import TokenBudget, chat_token_ids
 from prefdata.llm.hardware import resolve_dtype
 
 
-class HFChatModel:
+class HFChatModel(EngineModel):
     """A ChatModel over `AutoModelForCausalLM.generate`, `batch_size` conversations per call."""
 
     engine = "hf"
-    unavailable: str | None = None
 
     def __init__(self, model_path: str, *, dtype: str = "auto", seed: int = 0, max_model_len: int | None = None,
                  batch_size: int = 8, label: str | None = None) -> None:  # fmt: skip
@@ -62,33 +50,24 @@ class HFChatModel:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else {self.tokenizer.eos_token_id}
         torch.manual_seed(seed)
 
-    def config(self) -> dict[str, object]:
-        return {"backend": "hf", "model": self.name}
+    def budget(self) -> TokenBudget:
+        return TokenBudget(self.tokenizer, self.max_model_len)
 
-    def close(self) -> None:
-        pass
-
-    def chat(self, convs: Sequence[Conversation], sampling: Sampling | Sequence[Sampling], *,
-             on_done: OnDone | None = None, on_tick: OnTick | None = None) -> list[ChatOut]:  # fmt: skip
+    def answer(self, convs: list[list[dict[str, str]]], samplings: list[Sampling], *, on_done: OnDone | None,
+               on_tick: OnTick | None) -> list[ChatOut]:  # fmt: skip
         """Runs of conversations with the same Sampling go through `generate` together, `batch_size` at a time;
         `on_done(completions, tokens)` after each generate call."""
-        samplings = per_conversation(convs, sampling)
         if any(s.top_logprobs for s in samplings):
             raise PrefdataError("the transformers engine gives no log-probs; a judge in logprob mode needs vllm or openai")
-        budget = TokenBudget(self.tokenizer, self.max_model_len)
-        reasons = too_long_reasons(convs, budget, [s.max_tokens if s.whole_reply else 1 for s in samplings])
-        out: list[ChatOut] = [ChatOut(error=r, kind=TOO_LONG) for r in reasons]
-        keep = [i for i, r in enumerate(reasons) if r is None]
+        out: list[ChatOut] = []
         start = 0
-        while start < len(keep):  # a run of one Sampling, cut into batches
-            s = samplings[keep[start]]
+        while start < len(convs):  # a run of one Sampling, cut into batches
+            s = samplings[start]
             end = start
-            while end < len(keep) and end - start < self.batch_size and samplings[keep[end]] == s:
+            while end < len(convs) and end - start < self.batch_size and samplings[end] == s:
                 end += 1
-            chunk = keep[start:end]
-            for i, comps in zip(chunk, self._generate([chat_token_ids(self.tokenizer, convs[i]) for i in chunk], s, on_done),
-                                strict=True):  # fmt: skip
-                out[i] = answered(comps)
+            encoded = [chat_token_ids(self.tokenizer, c) for c in convs[start:end]]
+            out.extend(answered(comps) for comps in self._generate(encoded, s, on_done))
             start = end
         return out
 

@@ -8,32 +8,18 @@ The API key is read from the environment variable the endpoint names and is neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.llm.chat import (
-    ChatOut,
-    Completion,
-    Conversation,
-    ModelSpec,
-    OnDone,
-    OnTick,
-    Sampling,
-    answered,
-    normalize_finish,
-    per_conversation,
-)
+from prefdata.llm.chat import ChatOut, Completion, EngineModel, ModelSpec, OnDone, OnTick, Sampling, answered, normalize_finish
 from prefdata.llm.endpoint import Endpoint
 from prefdata.llm.openai_client import ChatResult
 
 
-class OpenAIChatModel:
+class OpenAIChatModel(EngineModel):
     """A ChatModel over one or more OpenAI-compatible URLs. The server counts tokens (no local tokenizer)."""
 
     engine = "openai"
-    tokenizer = None
-    dtype = None
 
     def __init__(self, endpoint: Endpoint, model: str | None, *, what: str = "server", server_token_ids: bool = False) -> None:
         self.endpoint = endpoint
@@ -41,14 +27,16 @@ class OpenAIChatModel:
         self.server_token_ids = server_token_ids
 
     @property
-    def model(self) -> str | None:
+    def name(self) -> str | None:  # type: ignore[override]
         return self.client.model
 
-    @property
+    model = name
+
+    @property  # type: ignore[override]
     def max_model_len(self) -> int | None:
         return self.client.max_model_len
 
-    @property
+    @property  # type: ignore[override]
     def unavailable(self) -> str | None:
         """Why the server counts as down (the run then stops early), else None."""
         return self.client.unavailable
@@ -56,14 +44,7 @@ class OpenAIChatModel:
     def preflight(self) -> list[str]:
         return self.client.preflight()
 
-    def config(self) -> dict[str, object]:
-        """What changes verdicts (the model); URLs, concurrency and retries do not."""
-        return {"backend": "openai", "model": self.model}
-
-    def close(self) -> None:
-        pass
-
-    def body(self, conv: Conversation, s: Sampling) -> dict[str, Any]:
+    def body(self, conv: list[dict[str, str]], s: Sampling) -> dict[str, Any]:
         """The request body: only what differs from the server's defaults, vLLM's extra parameters where set."""
         body: dict[str, Any] = {"messages": conv, "n": s.n, "temperature": s.temperature, "max_tokens": s.max_tokens}
         if not s.greedy and s.top_p < 1.0:
@@ -82,15 +63,15 @@ class OpenAIChatModel:
             body["return_token_ids"] = True  # vLLM: exact completion token counts per choice
         return body
 
-    def chat(self, convs: Sequence[Conversation], sampling: Sampling | Sequence[Sampling], *,
-             on_done: OnDone | None = None, on_tick: OnTick | None = None) -> list[ChatOut]:  # fmt: skip
-        """One request per conversation (n completions each); `on_done(completions, tokens)` per answered request."""
+    def answer(self, convs: list[list[dict[str, str]]], samplings: list[Sampling], *, on_done: OnDone | None,
+               on_tick: OnTick | None) -> list[ChatOut]:  # fmt: skip
+        """One request per conversation (n completions each); `on_done(completions, tokens)` per answered request. The
+        server counts the tokens: a conversation too long for it comes back as too_long."""
 
         def done(r: ChatResult) -> None:
             if on_done is not None and r.error is None:
                 on_done(len(r.choices), sum(ch.n_tokens or 0 for ch in r.choices))
 
-        samplings = per_conversation(convs, sampling)
         results = self.client.chat([self.body(c, s) for c, s in zip(convs, samplings, strict=True)], on_done=done)
         return [_out(r) for r in results]
 

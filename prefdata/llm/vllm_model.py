@@ -9,32 +9,19 @@ longer than the engine's context would make vLLM abort the whole batch, so it fa
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from prefdata.errors import PrefdataError
-from prefdata.llm.chat import (
-    ChatOut,
-    Completion,
-    Conversation,
-    ModelSpec,
-    OnDone,
-    OnTick,
-    Sampling,
-    answered,
-    normalize_finish,
-    per_conversation,
-)
-from prefdata.llm.context import TOO_LONG, TokenBudget, too_long_reasons
+from prefdata.llm.chat import ChatOut, Completion, EngineModel, ModelSpec, OnDone, OnTick, Sampling, answered, normalize_finish
+from prefdata.llm.context import TokenBudget
 
 
-class VLLMChatModel:
+class VLLMChatModel(EngineModel):
     """A ChatModel over `vllm.LLM`. `lora`: the LoRA request every call sends (an engine serving a policy adapter);
     `owns`: the model started the engine, so `close` stops it."""
 
     engine = "vllm"
     tick_s = 1.0  # seconds between `on_tick` reports
-    unavailable: str | None = None
 
     def __init__(self, llm: Any, name: str, *, lora: Any = None, owns: bool = False) -> None:
         self.llm = llm
@@ -43,18 +30,18 @@ class VLLMChatModel:
         self.owns = owns
         self._budget: TokenBudget | None = None
 
-    @property
+    @property  # type: ignore[override]
     def tokenizer(self) -> Any:
         return self.llm.get_tokenizer()
 
-    @property
+    @property  # type: ignore[override]
     def max_model_len(self) -> int | None:
         try:
             return int(self.llm.llm_engine.model_config.max_model_len)
         except (AttributeError, TypeError, ValueError):
             return None
 
-    @property
+    @property  # type: ignore[override]
     def dtype(self) -> str | None:
         from prefdata.llm.vllm_engine import engine_dtype
 
@@ -69,30 +56,18 @@ class VLLMChatModel:
             self._budget = TokenBudget(self.tokenizer, max_len)
         return self._budget
 
-    def config(self) -> dict[str, object]:
-        return {"backend": "vllm", "model": self.name}
-
     def close(self) -> None:
         if self.owns:
             from prefdata.llm.vllm_engine import shutdown_llm
 
             shutdown_llm(self.llm)
 
-    def chat(self, convs: Sequence[Conversation], sampling: Sampling | Sequence[Sampling], *,
-             on_done: OnDone | None = None, on_tick: OnTick | None = None) -> list[ChatOut]:  # fmt: skip
+    def answer(self, convs: list[list[dict[str, str]]], samplings: list[Sampling], *, on_done: OnDone | None,
+               on_tick: OnTick | None) -> list[ChatOut]:  # fmt: skip
         """All conversations go to the engine at once; `on_done(completions, tokens)` as each request finishes,
-        `on_tick(requests in flight, tokens decoded)` about every `tick_s` seconds while they decode."""
-        if not convs:
-            return []
-        samplings = per_conversation(convs, sampling)
-        reasons = too_long_reasons(convs, self.budget(), [s.max_tokens if s.whole_reply else 1 for s in samplings])
-        keep = [i for i, r in enumerate(reasons) if r is None]
-        outs = iter(self._run([convs[i] for i in keep], [samplings[i] for i in keep], on_done, on_tick) if keep else [])
-        return [ChatOut(error=r, kind=TOO_LONG) if r is not None else next(outs) for r in reasons]
+        `on_tick(requests in flight, tokens decoded)` about every `tick_s` seconds while they decode.
 
-    def _run(self, convs: list[Conversation], samplings: list[Sampling], on_done: OnDone | None,
-             on_tick: OnTick | None) -> list[ChatOut]:  # fmt: skip
-        """The requests are queued, then the engine is stepped here (as `LLM.chat` does inside), so that each
+        The requests are queued, then the engine is stepped here (as `LLM.chat` does inside), so that each
         finished request reports while the rest of the batch still runs: with the whole batch in flight no request
         finishes until near the end, and a progress bar would sit at 0% while the engine works. The token count of
         `on_tick` is an estimate: each engine step decodes one token per unfinished sequence."""
