@@ -36,7 +36,7 @@ class Sampling:
 
     max_tokens: int
     temperature: float = 0.0
-    n: int = 1
+    n: int | None = None  # completions; None: one, and a server request leaves `n` to the server's default
     top_p: float = 1.0
     top_k: int = 0  # 0: off
     min_p: float = 0.0
@@ -48,6 +48,10 @@ class Sampling:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def count(self) -> int:
+        return 1 if self.n is None else self.n
 
 
 @dataclass

@@ -77,7 +77,7 @@ class HFChatModel(EngineModel):
         batch = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt")
         gen: dict[str, Any] = {
             "max_new_tokens": s.max_tokens,
-            "num_return_sequences": s.n,
+            "num_return_sequences": s.count,
             "pad_token_id": self.tokenizer.pad_token_id,
             "repetition_penalty": s.repetition_penalty,
         }
@@ -104,7 +104,7 @@ class HFChatModel(EngineModel):
                 if stop in text:
                     text = text[: text.index(stop)]
                     finish = "stop"
-            result[k // s.n].append(Completion(text=text, finish_reason=finish, n_tokens=n_tok))
+            result[k // s.count].append(Completion(text=text, finish_reason=finish, n_tokens=n_tok))
             done_tokens += n_tok
         if on_done is not None:
             on_done(new.shape[0], done_tokens)

@@ -46,7 +46,9 @@ class OpenAIChatModel(EngineModel):
 
     def body(self, conv: list[dict[str, str]], s: Sampling) -> dict[str, Any]:
         """The request body: only what differs from the server's defaults, vLLM's extra parameters where set."""
-        body: dict[str, Any] = {"messages": conv, "n": s.n, "temperature": s.temperature, "max_tokens": s.max_tokens}
+        body: dict[str, Any] = {"messages": conv, "temperature": s.temperature, "max_tokens": s.max_tokens}
+        if s.n is not None:
+            body["n"] = s.n
         if not s.greedy and s.top_p < 1.0:
             body["top_p"] = s.top_p
         if s.stop:

@@ -110,7 +110,7 @@ def _params(s: Sampling) -> Any:
     from vllm import SamplingParams
 
     return SamplingParams(
-        n=s.n,
+        n=s.count,
         temperature=s.temperature,
         top_p=1.0 if s.greedy else s.top_p,
         top_k=0 if (s.greedy or not s.top_k) else s.top_k,
