@@ -60,10 +60,11 @@ class GenerateConfig:
     gpu_memory_utilization: float = opt(0.9, "vLLM share of GPU memory.", identity=False)
     batch_size: int = opt(64, "Prompts per shard: the most a crash can lose.", identity=False)
     hf_batch_size: int = opt(8, "Prompts per transformers generate call (--backend hf).", identity=False)
-    # --backend openai: the endpoint's fields, with sampling's own defaults where they differ from judging's. A sampling
-    # request asks for n completions of up to max_tokens each: it runs for minutes where a verdict takes seconds (timeout
-    # 600 s, not 120). A server batches the requests in flight, and each one that fails is lost work (generate has no
-    # row to record it in and stops), so more in flight (32, not 8) and more patient retries (6, from 1 s, not 4 from 0.5 s).
+    # --backend openai: the endpoint's fields (llm/endpoint.py), with sampling's own defaults where they differ from the
+    # judge's. A sampling request asks for n completions of up to max_tokens each: it runs for minutes where a verdict
+    # takes seconds (timeout 600 s, not 120). A failed request stops generate (it has no row to record a failure in, as
+    # a judge has), so retries are more patient (6 from 1 s, not 4 from 0.5 s). The server batches what is in flight,
+    # and sampling is its whole load, so 32 in flight (the judge's 8 leaves room on an endpoint that also serves others).
     concurrency: int = endpoint_field("concurrency", default=32)
     max_retries: int = endpoint_field("max_retries", default=6)
     backoff_s: float = endpoint_field("backoff_s", default=1.0)

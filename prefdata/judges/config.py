@@ -37,8 +37,8 @@ class JudgeConfig:
     max_tokens: int | None = opt(None, "Judge reply limit; none: the template's.", identity="judge")
     logprobs: bool = opt(False, "One-token verdict read from log-probs (the template needs logprob_labels).", identity="judge")
     tie_band: float = opt(0.05, "Logprob mode: |P(first) - 0.5| <= band is a tie.", identity="judge")
-    # the endpoint's defaults: judge calls are short (a verdict of a few tokens), so 120 s is plenty and a failed call
-    # is retried 4 times, then recorded (a rerun retries it); 8 in flight suits a hosted API's rate limits
+    # the endpoint's own defaults: a judge call is short (a verdict of a few tokens), so 120 s is plenty, and a call that
+    # still fails after 4 retries is recorded as a failure that a rerun retries (generate's differ: see GenerateConfig)
     concurrency: int = endpoint_field("concurrency")
     max_retries: int = endpoint_field("max_retries")
     backoff_s: float = endpoint_field("backoff_s")
