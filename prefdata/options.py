@@ -63,25 +63,6 @@ def identity_fields(cls: type, how: bool | str = True) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("identity") == how)
 
 
-def field_aliases(cls: type) -> dict[str, str]:
-    """{old name: field name} for the renamed fields of `cls` (see `opt`'s `aliases`)."""
-    return {old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("aliases", ())}
-
-
-def rename_aliases(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
-    """`values` with old field names put under their new ones; both names given at once is one error line."""
-    renamed = field_aliases(cls)
-    out = dict(values)
-    for old, new in renamed.items():
-        if old in out:
-            if new in out:
-                from prefdata.errors import PrefdataError
-
-                raise PrefdataError(f"{where}: {old} is the old name of {new}; give only {new}")
-            out[new] = out.pop(old)
-    return out
-
-
 def flag_names(f: Field) -> list[str]:
     """The field's flags; a bool gets its `--no-` form unless the metadata names one (`--keep/--drop`)."""
     given = f.metadata.get("flag")

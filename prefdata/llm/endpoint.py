@@ -6,7 +6,7 @@ declaring them with `endpoint_field(name)`, a copy of the declaration here; `end
 to the transport. No field changes results (URLs, concurrency and retries never enter a hash).
 
 Names an earlier version used stay accepted: generate's `timeout` (flag `--timeout`, YAML `timeout:`) is
-`timeout_s`; see `prefdata.options.field_aliases`.
+`timeout_s`; see `prefdata.config.field_aliases`.
 """
 
 from __future__ import annotations
