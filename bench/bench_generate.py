@@ -73,9 +73,9 @@ def main() -> None:
         results["transformers"] = []
         cfg = GenerateConfig(prompts=str(prompt_file), model=model, backend="hf", n=a.n, max_tokens=a.max_tokens,
                              temperature=a.temperature, hf_batch_size=8, batch_size=a.prompts)
-        from prefdata.samplers.hf import HFSampler
+        from prefdata.generate.sampling import make_sampler
 
-        sampler = HFSampler(cfg, model)
+        sampler = make_sampler(cfg, model_path=model)
         t0 = time.time()
         out = sampler.sample(convs, cfg.plan())
         dt = time.time() - t0

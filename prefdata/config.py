@@ -38,6 +38,23 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def field_aliases(cls: type) -> dict[str, str]:
+    """{old name: field name} for the renamed fields of `cls` (see `opt`'s `aliases`)."""
+    return {old: f.name for f in dataclasses.fields(cls) for old in f.metadata.get("aliases", ())}
+
+
+def rename_aliases(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """`values` with old field names put under their new ones; both names given at once is one error line."""
+    renamed = field_aliases(cls)
+    out = dict(values)
+    for old, new in renamed.items():
+        if old in out:
+            if new in out:
+                raise PrefdataError(f"{where}: {old} is the old name of {new}; give only {new}")
+            out[new] = out.pop(old)
+    return out
+
+
 def build_config(cls: type[T], config_file: str | Path | None = None, **flags: Any) -> T:
     """Build `cls` from a YAML file and the flags that were given (None means not given)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -45,6 +62,7 @@ def build_config(cls: type[T], config_file: str | Path | None = None, **flags: A
     if config_file is not None:
         data = load_yaml(config_file)
         data = {k.replace("-", "_"): v for k, v in data.items()}
+        data = rename_aliases(cls, data, f"config file {config_file}")
         unknown = sorted(set(data) - set(fields))
         moved = getattr(cls, "MOVED_FIELDS", {})  # fields an earlier version had here, now under a stage mapping
         if any(k in moved for k in unknown):
@@ -155,6 +173,7 @@ def stage_fields(
 
     `reserved`: fields `who` (the command) sets itself. Returns the values coerced to the fields' types (an int
     given for a float field becomes a float)."""
+    values = rename_aliases(cls, values, where)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
     if unknown:

@@ -28,7 +28,8 @@ _UNSET: Any = object()
 
 
 def opt(default: Any = MISSING, help: str = "", *, flag: str | tuple[str, ...] | None = None, sep: str | None = None,
-        cli: bool = True, identity: bool | str | None = None, training_only: bool = False) -> Any:  # fmt: skip
+        cli: bool = True, identity: bool | str | None = None, training_only: bool = False,
+        aliases: tuple[str, ...] = ()) -> Any:  # fmt: skip
     """A dataclass field with its CLI help and flag names. A list/dict default becomes a default_factory.
 
     sep: a list flag also takes one value holding several items joined by `sep` (`--x a,b`).
@@ -37,7 +38,9 @@ def opt(default: Any = MISSING, help: str = "", *, flag: str | tuple[str, ...] |
       value enters the hash), "judge" (it enters through the judge's own record, `judge.config()`), False (it
       does not change results: transport, batching, paths). Read by `identity_fields`; a test requires it on
       every field of the hashed configs, so a new field cannot fall out of the hash unnoticed.
-    training_only: a generate setting of the training samples that eval's greedy answers do not take."""
+    training_only: a generate setting of the training samples that eval's greedy answers do not take.
+    aliases: names an earlier version gave the field, still accepted as YAML keys and `--set` names (give the old
+      flag in `flag=` too), so a user's config keeps working after a rename."""
     meta: dict[str, Any] = {"help": help, "cli": cli}
     if flag is not None:
         meta["flag"] = flag
@@ -47,6 +50,8 @@ def opt(default: Any = MISSING, help: str = "", *, flag: str | tuple[str, ...] |
         meta["identity"] = identity
     if training_only:
         meta["training_only"] = True
+    if aliases:
+        meta["aliases"] = tuple(aliases)
     if isinstance(default, list | dict):
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta)  # type: ignore[arg-type]

@@ -97,6 +97,8 @@ def run_self_instruct(llm: Any, cfg: SelfInstructConfig, out_file: Path) -> dict
         return {"prompts": n, "resumed": True}
     from vllm import SamplingParams
 
+    from prefdata.llm.vllm_engine import lora_request
+
     pool = [m.to_list()[-1]["content"] for m in load_prompts(cfg.pool).table["messages"]]
     if len(pool) < cfg.seeds_per_request:
         raise PrefdataError(f"self-instruct needs at least {cfg.seeds_per_request} prompts in the pool, got {len(pool)}")
@@ -113,7 +115,7 @@ def run_self_instruct(llm: Any, cfg: SelfInstructConfig, out_file: Path) -> dict
     while len(kept) < cfg.num_prompts and sent < max_requests:
         k = min(max(8, cfg.num_prompts - len(kept)), max_requests - sent)
         reqs = [build_request(rng.sample(pool, cfg.seeds_per_request)) for _ in range(k)]
-        outs = llm.generate(reqs, params, use_tqdm=False, lora_request=getattr(llm, "prefdata_lora", None))
+        outs = llm.generate(reqs, params, use_tqdm=False, lora_request=lora_request(llm))
         sent += k
         for o in outs:
             items = parse_response(o.outputs[0].text, n_first)

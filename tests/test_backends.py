@@ -12,9 +12,9 @@ import pytest
 
 from prefdata.errors import PrefdataError
 from prefdata.generate import GenerateConfig
+from prefdata.generate.config import SampleSpec
+from prefdata.generate.sampling import make_sampler
 from prefdata.llm.openai_client import ChatClient
-from prefdata.samplers import SampleSpec
-from prefdata.samplers.openai_api import OpenAISampler
 from tests.helpers import completion
 
 
@@ -73,7 +73,7 @@ def test_openai_sampler_stops_early_on_a_dead_server(tmp_path):
         port = sock.getsockname()[1]
     cfg = GenerateConfig(model="m", backend="openai", base_url=f"http://127.0.0.1:{port}/v1", max_retries=6,
                          concurrency=4)
-    sampler = OpenAISampler(cfg)
+    sampler = make_sampler(cfg)
     t0 = time.monotonic()
     with pytest.raises(PrefdataError, match="cannot reach the server"):
         sampler.sample([[{"role": "user", "content": f"q{i}"}] for i in range(16)], [SampleSpec("sample", 2, 0.8)])

@@ -77,10 +77,10 @@ def test_generate_console_script_prints_only_its_own_lines(tmp_path, tiny_llama_
 
 def test_vllm_sampler_reports_each_request_as_it_finishes(vllm_llm, tiny_llama_dir):
     from prefdata.generate import GenerateConfig
-    from prefdata.samplers.vllm_local import VLLMSampler
+    from prefdata.generate.sampling import make_sampler
 
     cfg = GenerateConfig(model=str(tiny_llama_dir), n=2, max_tokens=8, greedy=True)
-    sampler = VLLMSampler(vllm_llm, cfg)
+    sampler = make_sampler(cfg, vllm_llm)
     convs = [[{"role": "user", "content": f"Count to {k}."}] for k in range(3)]
     calls: list[tuple[int, int]] = []
     out = sampler.sample(convs, cfg.plan(), on_done=lambda c, t: calls.append((c, t)))

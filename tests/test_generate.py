@@ -212,10 +212,10 @@ def test_resume_after_sigkill(tmp_path, vllm_server):
 def test_vllm_sampler_reports_progress_while_decoding(vllm_llm, tiny_llama_dir):
     """Issue 19 §2: with every request of a batch in flight, none finishes until near the end, so the bar sat at 0%.
     `on_tick` reports requests in flight and tokens decoded while the engine steps."""
-    from prefdata.samplers import SampleSpec
-    from prefdata.samplers.vllm_local import VLLMSampler
+    from prefdata.generate.config import SampleSpec
+    from prefdata.generate.sampling import make_sampler
 
-    sampler = VLLMSampler(vllm_llm, GenerateConfig(model=str(tiny_llama_dir), max_tokens=48))
+    sampler = make_sampler(GenerateConfig(model=str(tiny_llama_dir), max_tokens=48), vllm_llm)
     sampler.tick_s = 0.0  # every step (a real run: every second)
     ticks: list[tuple[int, int]] = []
     convs = [[{"role": "user", "content": p}] for p in PROMPTS[:4]]

@@ -40,7 +40,7 @@ def test_reward_model_as_generate_model_is_refused(tmp_path, capsys, monkeypatch
 
 def test_hf_sampler_refuses_missing_lm_head_weights(tmp_path, tiny_rm_dir):
     """A folder whose config claims a causal LM but whose weights lack the LM head: the loader's missing keys."""
-    from prefdata.samplers.hf import HFSampler
+    from prefdata.generate.sampling import make_sampler
 
     fake = Path(shutil.copytree(tiny_rm_dir, tmp_path / "fake-lm"))
     config = json.loads((fake / "config.json").read_text())
@@ -49,7 +49,7 @@ def test_hf_sampler_refuses_missing_lm_head_weights(tmp_path, tiny_rm_dir):
     check_generative_model(str(fake))  # the config alone looks fine
     cfg = GenerateConfig(model=str(fake), backend="hf", n=1, max_tokens=2, dtype="float32")
     with pytest.raises(PrefdataError, match="no trained weights for lm_head.weight"):
-        HFSampler(cfg, str(fake))
+        make_sampler(cfg, model_path=str(fake))
 
 
 def test_causal_lm_passes(tiny_llama_dir):

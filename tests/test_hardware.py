@@ -64,11 +64,11 @@ def test_this_machines_flags_are_read_from_cpuinfo():
 def test_the_hf_sampler_loads_in_this_machines_dtype(tiny_llama_dir):
     """The transformers sampler used bf16 for "auto" on every machine (the AVX2 crawl); now the machine decides."""
     from prefdata.generate import GenerateConfig
-    from prefdata.samplers.hf import HFSampler
+    from prefdata.generate.sampling import make_sampler
 
-    s = HFSampler(GenerateConfig(backend="hf"), str(tiny_llama_dir))
+    s = make_sampler(GenerateConfig(backend="hf"), model_path=str(tiny_llama_dir))
     assert str(s.model.dtype) == f"torch.{auto_dtype()}"
-    s32 = HFSampler(GenerateConfig(backend="hf", dtype="float32"), str(tiny_llama_dir))
+    s32 = make_sampler(GenerateConfig(backend="hf", dtype="float32"), model_path=str(tiny_llama_dir))
     assert str(s32.model.dtype) == "torch.float32"
 
 

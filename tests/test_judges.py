@@ -8,9 +8,10 @@ import pytest
 
 from prefdata.errors import PrefdataError
 from prefdata.eval.judge_eval import JudgeEvalConfig, evaluate, split_transcript
-from prefdata.judges.llm_judge import ChatOut, LLMPairJudge
+from prefdata.judges.llm_judge import LLMPairJudge
 from prefdata.judges.templates import available_templates, load_template
 from prefdata.judges.verdict import Candidate, PairRequest, Verdict
+from prefdata.llm.chat import ChatOut
 from tests.conftest import SHARED_DATA
 from tests.helpers import make_candidates_run
 
@@ -69,7 +70,7 @@ class ScriptedBackend:
     def config(self) -> dict[str, object]:
         return {"backend": "scripted", "model": "s"}
 
-    def chat(self, convs, *, max_tokens, temperature, top_logprobs):
+    def chat(self, convs, sampling, **_):
         self.sent.extend(convs)
         out, self.replies = self.replies[: len(convs)], self.replies[len(convs):]
         return out

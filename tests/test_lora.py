@@ -210,9 +210,9 @@ def test_vllm_serves_the_no_merge_adapter(tmp_path, tiny_llama_dir):
     from vllm import SamplingParams
 
     from prefdata.generate import GenerateConfig
+    from prefdata.generate.config import SampleSpec
+    from prefdata.generate.sampling import make_sampler
     from prefdata.llm.vllm_engine import build_llm, lora_request, shutdown_llm
-    from prefdata.samplers import SampleSpec
-    from prefdata.samplers.vllm_local import VLLMSampler
     from prefdata.train import train
 
     data = write_jsonl(tmp_path / "pairs.jsonl", pair_rows(4))
@@ -244,7 +244,7 @@ def test_vllm_serves_the_no_merge_adapter(tmp_path, tiny_llama_dir):
         got_lora, got_base = vllm_logp(lora_request(llm)), vllm_logp(None)
         assert got_lora == pytest.approx(want_lora, rel=0.02, abs=0.5)
         assert got_base == pytest.approx(want_base, rel=0.02, abs=0.5)
-        sampler = VLLMSampler(llm, cfg)  # the sampler sends the adapter's request
+        sampler = make_sampler(cfg, llm)  # the sampler sends the adapter's request
         outs = sampler.sample([pair_rows(1)[0]["prompt"]], [SampleSpec(kind="policy", n=2, temperature=1.0)])
         assert len(outs[0][0]) == 2
     finally:

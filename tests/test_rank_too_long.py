@@ -7,8 +7,9 @@ import polars as pl
 import pytest
 
 from prefdata.export import ExportConfig, export_run
-from prefdata.judges.llm_judge import ChatOut, LLMPairJudge, fit_context
+from prefdata.judges.llm_judge import LLMPairJudge
 from prefdata.judges.templates import load_template
+from prefdata.llm.chat import ChatOut, fit_context
 from prefdata.llm.context import TokenBudget
 from prefdata.rank import RankConfig, rank_run, read_judgments, read_rankings
 from tests.helpers import FaultServer, make_candidates_run, quality
@@ -56,7 +57,7 @@ class BudgetBackend:
     def config(self) -> dict[str, object]:
         return {"backend": "test-budget"}
 
-    def chat(self, convs, *, max_tokens, temperature, top_logprobs):
+    def chat(self, convs, sampling, **_):
         def answer(batch):
             self.sent += len(batch)
             out = []
@@ -65,7 +66,7 @@ class BudgetBackend:
                 out.append(ChatOut(text="[[A]]" if qa > qb else "[[B]]" if qb > qa else "[[C]]"))
             return out
 
-        return fit_context(convs, self.budget, max_tokens, answer)
+        return fit_context(convs, self.budget, sampling.max_tokens, answer)
 
 
 def test_too_long_counted_in_summary_rankings_card_and_skipped_by_export(tmp_path, demo_tokenizer):
@@ -111,10 +112,10 @@ def test_openai_judge_checks_the_reported_context(tmp_path, tokenize):
 
 def test_in_process_vllm_judge_fails_only_the_long_call(tmp_path, vllm_llm):
     """Slow (starts a vLLM engine, max_model_len 1024): the long conversation no longer aborts its batch."""
-    from prefdata.judges.vllm_judge import VLLMBackend
+    from prefdata.llm.vllm_model import VLLMChatModel
 
     run, pids = make_candidates_run(tmp_path / "r", [["a q=1", "b q=3", LONG], ["c q=2", "d q=5"]])
-    judge = LLMPairJudge(load_template("verdict-only"), VLLMBackend(vllm_llm, "tiny"), max_tokens=8)
+    judge = LLMPairJudge(load_template("verdict-only"), VLLMChatModel(vllm_llm, "tiny"), max_tokens=8)
     s = rank_run(run, RankConfig(strategy="round-robin", progress=False), judge=judge)
     j = read_judgments(run, s["judge_hash"])
     fails = j.filter(pl.col("verdict") == "fail")

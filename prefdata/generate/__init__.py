@@ -7,8 +7,8 @@ Writes: prompts.parquet (prompt_id, messages, source, reference) and candidates/
 A shard holds every candidate of a batch of prompts, so a prompt is either fully done or not started;
 a rerun skips prompts already done under the same sampler config (kill -9 loses at most one batch).
 
-Modules: `config` (GenerateConfig, the sampler hash), `run` (generate_run). The samplers are in
-`prefdata.samplers`, over the model layer in `prefdata.llm`.
+Modules: `config` (GenerateConfig, the plan, the sampler hash), `sampling` (the plan as requests to a chat model of
+`prefdata.llm`, whichever engine `--backend` names), `run` (generate_run).
 """
 
 from prefdata.generate.config import GenerateConfig, in_shard, model_label, sampler_hash

@@ -5,14 +5,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from prefdata.config import check_env_name, check_range, check_seed
+from prefdata.config import check_range, check_seed
 from prefdata.errors import PrefdataError
+from prefdata.llm.chat import ENGINES
+from prefdata.llm.endpoint import check_endpoint, endpoint_field, normalize_urls
 from prefdata.models import DEMO_NAME
 from prefdata.options import identity_fields, opt
 from prefdata.run.records import TRAIN_SUMMARY, stable_hash
-from prefdata.samplers import SampleSpec
 
-BACKENDS = ("vllm", "openai", "hf")
+BACKENDS = tuple(ENGINES)  # every engine of the model layer samples
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """One kind of candidate to draw for every prompt: e.g. 4 samples at T=0.8, or 1 greedy."""
+
+    kind: str
+    n: int
+    temperature: float
 
 
 @dataclass
@@ -27,8 +37,8 @@ class GenerateConfig:
     limit: int | None = opt(None, "Use only the first K prompts (after dropping duplicates).", identity=False, training_only=True)
     model: str | None = opt(None, "Model folder or hub name (vllm/hf), or the served model name (openai); none: the demo model.", identity=True, training_only=True)
     backend: str = opt("vllm", f"Sampler: {' | '.join(BACKENDS)}.", identity=True)
-    base_url: str | None = opt(None, "OpenAI-compatible server URL (with /v1), for --backend openai.", identity=False)
-    api_key_env: str = opt("OPENAI_API_KEY", "Name of the environment variable holding the API key (the key itself is never stored).", identity=False)
+    base_url: list[str] = endpoint_field("base_url")  # --backend openai
+    api_key_env: str = endpoint_field("api_key_env")
     n: int = opt(4, "Completions per prompt.", flag=("-n", "--n"), identity=True, training_only=True)
     temperature: float = opt(0.8, "Sampling temperature.", identity=True, training_only=True)
     top_p: float = opt(1.0, "Nucleus sampling: keep the smallest token set of this total probability.", identity=True, training_only=True)
@@ -50,9 +60,17 @@ class GenerateConfig:
     gpu_memory_utilization: float = opt(0.9, "vLLM share of GPU memory.", identity=False)
     batch_size: int = opt(64, "Prompts per shard: the most a crash can lose.", identity=False)
     hf_batch_size: int = opt(8, "Prompts per transformers generate call (--backend hf).", identity=False)
-    concurrency: int = opt(32, "Requests in flight (--backend openai).", identity=False)
-    max_retries: int = opt(6, "Retries per request (--backend openai).", identity=False)
-    timeout: float = opt(600.0, "Seconds per request (--backend openai).", identity=False)
+    # --backend openai: the endpoint's fields (llm/endpoint.py), with sampling's own defaults where they differ from the
+    # judge's. A sampling request asks for n completions of up to max_tokens each: it runs for minutes where a verdict
+    # takes seconds (timeout 600 s, not 120). A failed request stops generate (it has no row to record a failure in, as
+    # a judge has), so retries are more patient (6 from 1 s, not 4 from 0.5 s). The server batches what is in flight,
+    # and sampling is its whole load, so 32 in flight (the judge's 8 leaves room on an endpoint that also serves others).
+    concurrency: int = endpoint_field("concurrency", default=32)
+    max_retries: int = endpoint_field("max_retries", default=6)
+    backoff_s: float = endpoint_field("backoff_s", default=1.0)
+    requests_per_minute: float | None = endpoint_field("requests_per_minute")
+    timeout_s: float = endpoint_field("timeout_s", default=600.0)
+    unreachable_after: int = endpoint_field("unreachable_after")
     server_token_ids: bool = opt(True, "Ask an OpenAI-compatible vLLM server for token ids to count tokens per candidate.", identity=False)
     shard: str | None = opt(None, "I/K: this process samples only the prompts of shard I (0-based) of K; all shards share one run dir.", identity=False, training_only=True)
     allow_new_config: bool = opt(False, "Allow a second sampler config in a run that already has candidates (kept apart by sampler hash).", identity=False, training_only=True)
@@ -60,8 +78,9 @@ class GenerateConfig:
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        self.base_url = normalize_urls(self.base_url)
         self.check_ranges()
-        check_env_name("--api-key-env", self.api_key_env)
+        check_endpoint(self)
         if self.shard is not None:
             parse_shard(self.shard)
 
@@ -71,7 +90,7 @@ class GenerateConfig:
                             ("--second-n", self.second_n), ("--max-model-len", self.max_model_len),
                             ("--tensor-parallel-size", self.tensor_parallel_size), ("--batch-size", self.batch_size),
                             ("--data-parallel-size", self.data_parallel_size),
-                            ("hf_batch_size", self.hf_batch_size), ("--concurrency", self.concurrency)):
+                            ("hf_batch_size", self.hf_batch_size)):
             check_range(flag, value, 1)
         check_range("--temperature", self.temperature, 0)
         check_range("--second-temperature", self.second_temperature, 0)
@@ -80,11 +99,14 @@ class GenerateConfig:
         check_range("--min-p", self.min_p, 0, 1)
         check_range("--repetition-penalty", self.repetition_penalty, 0, lo_open=True)
         check_range("--gpu-memory-utilization", self.gpu_memory_utilization, 0, 1, lo_open=True)
-        check_range("--max-retries", self.max_retries, 0)
-        check_range("timeout", self.timeout, 0, lo_open=True)
         check_seed("--seed", self.seed)
         if any(not s for s in self.stop):
             raise PrefdataError("--stop takes a non-empty string")
+
+    @property
+    def timeout(self) -> float:
+        """The name `timeout_s` had before generate and rank shared the endpoint's names (read-only)."""
+        return self.timeout_s
 
     def plan(self) -> list[SampleSpec]:
         plan = [SampleSpec("sample", self.n, self.temperature)]

@@ -16,6 +16,7 @@ from prefdata.console import capture_output, say
 from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
 from prefdata.generate.config import GenerateConfig, in_shard, model_label, parse_shard, sampler_hash
+from prefdata.generate.sampling import Sampler, make_sampler
 from prefdata.models import check_generative_model, resolve_model
 from prefdata.run.prompts import PromptSet, load_prompts
 from prefdata.run.records import CANDIDATE_SCHEMA, candidate_id
@@ -97,22 +98,6 @@ def sampler_dtype(cfg: GenerateConfig, llm: Any = None) -> str | None:
     return resolve_dtype(cfg.dtype)
 
 
-def make_sampler(cfg: GenerateConfig, llm: Any = None) -> Any:
-    if cfg.backend == "openai":
-        from prefdata.samplers.openai_api import OpenAISampler
-
-        return OpenAISampler(cfg)
-    model_path = resolve_model(cfg.model)
-    if cfg.backend == "hf":
-        from prefdata.samplers.hf import HFSampler
-
-        return HFSampler(cfg, model_path)
-    from prefdata.llm.vllm_engine import build_llm
-    from prefdata.samplers.vllm_local import VLLMSampler
-
-    return VLLMSampler(llm if llm is not None else build_llm(cfg, model_path), cfg)
-
-
 def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bool = True) -> GenerateSummary:
     """Sample candidates for every prompt not yet done under this sampler config. `llm`: reuse an engine.
     One process per run (per shard with --shard): a second identical one stops with a line naming the first."""
@@ -191,10 +176,7 @@ def _generate_run(
             try:
                 _sample_all(run, cfg, sampler, todo, shash, stats, progress, before_first_shard=record)
             finally:
-                if llm is None and cfg.backend == "vllm":
-                    from prefdata.llm.vllm_engine import shutdown_llm
-
-                    shutdown_llm(sampler.llm)  # we started it, we stop it
+                sampler.engine.close()  # an engine it started is stopped; a shared one (`llm`) is left running
     wall = time.time() - t0
     summary = GenerateSummary(
         run=str(run.path),
@@ -229,11 +211,10 @@ def _generate_run(
     return summary
 
 
-def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[str, Any]], shash: str,
+def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Sampler, todo: list[dict[str, Any]], shash: str,
                 stats: dict[str, float], progress: bool, before_first_shard: Any = None) -> None:
     plan = cfg.plan()
     label = model_label(cfg) if cfg.backend != "openai" else str(cfg.model)
-    max_len = getattr(sampler, "max_model_len", None)
     tag = f"{host_tag()}-{cfg.shard.replace('/', 'of')}" if cfg.shard else host_tag()
     per_prompt = sum(s.n for s in plan)
     bar = console_progress(len(todo) * per_prompt, "generate", "completion", disable=not progress)
@@ -260,26 +241,18 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Any, todo: list[dict[
 
     try:
         for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start : start + cfg.batch_size]
-            keep = []
-            for r in batch:
-                if max_len is not None:
-                    n_prompt = sampler.prompt_tokens(r["messages"])
-                    if n_prompt is not None and n_prompt >= max_len:
-                        stats["skipped"] += 1
-                        bar.total -= per_prompt
-                        continue
-                keep.append(r)
+            keep = todo[start : start + cfg.batch_size]
             rows: list[dict[str, Any]] = []
             if keep:
                 t_batch = live["t"] = time.time()
                 live["tokens"] = 0.0
-                ticks = {"on_tick": on_tick} if progress and getattr(sampler, "name", "") == "vllm" else {}
-                outs = sampler.sample([r["messages"] for r in keep], plan, on_done=on_done if progress else None, **ticks)
+                outs = sampler.sample([r["messages"] for r in keep], plan, on_done=on_done if progress else None,
+                                      on_tick=on_tick if progress else None)
                 stats["sample_s"] += time.time() - t_batch
                 for r, per_prompt_out in zip(keep, outs, strict=True):
-                    if per_prompt_out is None:
+                    if per_prompt_out is None:  # too long for the model's context: never sent
                         stats["skipped"] += 1
+                        bar.total -= per_prompt
                         continue
                     for spec, comps in zip(plan, per_prompt_out, strict=True):
                         for idx, comp in enumerate(comps):
@@ -317,8 +290,8 @@ def _row(pid: str, shash: str, kind: str, idx: int, text: str, finish: str, n_to
     }
 
 
-def _count_tokens(sampler: Any, text: str) -> int | None:
-    tok = getattr(sampler, "tokenizer", None)
+def _count_tokens(sampler: Sampler, text: str) -> int | None:
+    tok = sampler.engine.tokenizer
     if tok is None:
         return None
     return len(tok(text, add_special_tokens=False)["input_ids"])

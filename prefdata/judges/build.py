@@ -1,5 +1,6 @@
-"""Build the judge a `JudgeConfig` names: a verifier, a reward-model folder, or a template over an OpenAI-compatible
-server or an in-process vLLM engine. Rank, judge-eval and eval all get their judge here."""
+"""Build the judge a `JudgeConfig` names: a verifier, a reward-model folder, or a template over a chat model (an
+OpenAI-compatible server or an in-process vLLM engine, opened by `prefdata.llm.chat`). Rank, judge-eval and eval
+all get their judge here."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 from prefdata.errors import PrefdataError
 from prefdata.judges.config import HasJudge, JudgeConfig
 from prefdata.judges.verdict import PairJudge, PointwiseJudge
+from prefdata.llm.chat import ChatModel
+from prefdata.llm.endpoint import endpoint_of
 
 # Measured (bench/RESULTS.md 3.4): vLLM's pooling runner scores about 7x faster than transformers' best batch once
 # started, but its engine start (about 3 minutes on the 2-core CPU) makes it slower below ~750 candidates.
@@ -51,36 +54,32 @@ def build_judge(config: JudgeConfig | HasJudge, llm: Any = None, n_items: int | 
             except ImportError as e:
                 raise PrefdataError("--rm-backend vllm needs vLLM (pip install prefdata[cpu] or [gpu]); or use --rm-backend hf") from e
         return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length, dtype=cfg.dtype)
-    from prefdata.judges.llm_judge import ChatBackend, LLMPairJudge
+    from prefdata.judges.llm_judge import LLMPairJudge
     from prefdata.judges.templates import load_template
 
     template = load_template(cfg.judge)
-    backend: ChatBackend
-    if cfg.base_url:
-        from prefdata.judges.openai_judge import OpenAIBackend
-
-        ob = OpenAIBackend(
-            list(cfg.base_url), cfg.judge_model, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
-            max_retries=cfg.max_retries, backoff_s=cfg.backoff_s, requests_per_minute=cfg.requests_per_minute,
-            timeout_s=cfg.timeout_s, unreachable_after=cfg.unreachable_after,
-        )
-        ob.preflight()
-        backend = ob
-    else:
-        from prefdata.judges.vllm_judge import VLLMBackend
-
-        if llm is not None:
-            name = cfg.judge_model or str(getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "model", "llm"))
-            backend = VLLMBackend(llm, name)
-        else:
-            from prefdata.models import resolve_model
-
-            try:
-                backend = VLLMBackend.load(resolve_model(cfg.judge_model), seed=cfg.seed, max_model_len=cfg.max_model_len,
-                                           dtype=cfg.dtype)
-            except ImportError as e:
-                raise PrefdataError("an in-process judge needs vLLM (pip install prefdata[cpu] or [gpu]), or pass --base-url") from e
     return LLMPairJudge(
-        template, backend, temperature=cfg.temperature, max_tokens=cfg.max_tokens, logprobs=cfg.logprobs,
+        template, judge_model(cfg, llm), temperature=cfg.temperature, max_tokens=cfg.max_tokens, logprobs=cfg.logprobs,
         tie_band=cfg.tie_band,
     )
+
+
+def judge_model(cfg: JudgeConfig, llm: Any = None) -> ChatModel:
+    """The chat model an LLM judge asks: the OpenAI-compatible server(s) of `base_url` (checked first: /models), a
+    shared in-process engine (`llm`), or a vLLM engine started for `judge_model`. The engine is picked in
+    `prefdata.llm.chat.open_chat_model`; a judge never sends a policy's LoRA adapter."""
+    from prefdata.llm.chat import ModelSpec, open_chat_model
+
+    if cfg.base_url:
+        spec = ModelSpec("openai", cfg.judge_model, endpoint=endpoint_of(cfg), preflight=True, what="judge server")
+        return open_chat_model(spec)
+    if llm is not None:
+        return open_chat_model(ModelSpec("vllm", label=cfg.judge_model), llm)
+    from prefdata.models import resolve_model
+
+    path = resolve_model(cfg.judge_model)
+    try:
+        return open_chat_model(ModelSpec("vllm", path, label=path, seed=cfg.seed, max_model_len=cfg.max_model_len,
+                                         dtype=cfg.dtype))  # fmt: skip
+    except ImportError as e:
+        raise PrefdataError("an in-process judge needs vLLM (pip install prefdata[cpu] or [gpu]), or pass --base-url") from e

@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prefdata.config import check_env_name, check_range, check_seed
+from prefdata.config import check_range, check_seed
+from prefdata.llm.endpoint import check_endpoint, endpoint_field, normalize_urls
 from prefdata.judges.verdict import POLICIES
 from prefdata.options import opt
 
@@ -27,21 +28,22 @@ class JudgeConfig:
                      "verify:exact, or python:FILE.py:FUNCTION.", identity="judge")
     judge_model: str | None = opt(None, "Served model name (OpenAI), or model path for in-process vLLM; none: the first "
                                   "served model / the demo model.", identity="judge")
-    base_url: list[str] = opt([], "OpenAI-compatible server URL (repeat to spread load); none: in-process vLLM.", identity=False)
-    api_key_env: str = opt("OPENAI_API_KEY", "Environment variable holding the API key (the key itself is never recorded).", identity=False)
+    base_url: list[str] = endpoint_field("base_url")  # none: the in-process vLLM judge
+    api_key_env: str = endpoint_field("api_key_env")
+    unreachable_after: int = endpoint_field("unreachable_after")
     position_bias: str = opt("both", f"Order policy: {' | '.join(POLICIES)}.", identity=True)
     seed: int = opt(0, "Seed of the `random` order policy and the vLLM engine.", identity=True)
     temperature: float = opt(0.0, "Judge sampling temperature.", identity="judge")
     max_tokens: int | None = opt(None, "Judge reply limit; none: the template's.", identity="judge")
     logprobs: bool = opt(False, "One-token verdict read from log-probs (the template needs logprob_labels).", identity="judge")
     tie_band: float = opt(0.05, "Logprob mode: |P(first) - 0.5| <= band is a tie.", identity="judge")
-    concurrency: int = opt(8, "OpenAI: requests in flight.", identity=False)
-    max_retries: int = opt(4, "OpenAI: retries per call (connection errors, 5xx, 429, garbage replies).", identity=False)
-    backoff_s: float = opt(0.5, "OpenAI: first retry delay in seconds, doubled each time.", identity=False)
-    requests_per_minute: float | None = opt(None, "OpenAI: requests per minute over all URLs.",
-                                            flag=("--rpm", "--requests-per-minute"), identity=False)
-    timeout_s: float = opt(120.0, "OpenAI: seconds per request.", identity=False)
-    unreachable_after: int = opt(8, "OpenAI: stop the run after this many connection failures in a row.", identity=False)
+    # the endpoint's own defaults: a judge call is short (a verdict of a few tokens), so 120 s is plenty, and a call that
+    # still fails after 4 retries is recorded as a failure that a rerun retries (generate's differ: see GenerateConfig)
+    concurrency: int = endpoint_field("concurrency")
+    max_retries: int = endpoint_field("max_retries")
+    backoff_s: float = endpoint_field("backoff_s")
+    requests_per_minute: float | None = endpoint_field("requests_per_minute")
+    timeout_s: float = endpoint_field("timeout_s")
     rm_batch_size: int = opt(16, "Reward-model forward batch (halved on out-of-memory).", identity=False)
     rm_max_length: int | None = opt(None, "Reward-model input limit; longer inputs are cut and flagged.", identity="judge")
     rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "
@@ -53,22 +55,18 @@ class JudgeConfig:
     def __post_init__(self) -> None:
         if self.position_bias not in POLICIES:
             raise ValueError(f"position_bias must be one of {', '.join(POLICIES)}, got {self.position_bias!r}")
-        if self.concurrency < 1 or self.rm_batch_size < 1:
+        if self.rm_batch_size < 1:
             raise ValueError("batch_size, concurrency, rm_batch_size and group_size must be at least 1")
         if not 0.0 <= self.tie_band < 0.5:
             raise ValueError(f"tie_band must be in [0, 0.5), got {self.tie_band}")
         if self.rm_backend not in RM_BACKENDS:
             raise ValueError(f"rm_backend must be auto, hf or vllm, got {self.rm_backend!r}")
-        check_env_name("--api-key-env", self.api_key_env)
+        self.base_url = normalize_urls(self.base_url)
+        check_endpoint(self)
         check_range("--temperature", self.temperature, 0)
         for flag, value in (("--max-tokens", self.max_tokens), ("--rm-max-length", self.rm_max_length),
                             ("max_model_len", self.max_model_len)):  # fmt: skip
             check_range(flag, value, 1)
-        check_range("--max-retries", self.max_retries, 0)
-        check_range("--unreachable-after", self.unreachable_after, 1)  # 0 or -1 once meant 1, silently
-        check_range("--rpm", self.requests_per_minute, 0, lo_open=True)
-        check_range("timeout_s", self.timeout_s, 0, lo_open=True)
-        check_range("backoff_s", self.backoff_s, 0)
         check_seed("--seed", self.seed)
 
     def judge_config(self) -> JudgeConfig:

@@ -1,60 +1,22 @@
 """The LLM pairwise judge: template rendering, verdict parsing, one repair follow-up, logprob mode.
 
-The transport (an OpenAI-compatible server, or vLLM in the same process) is a `ChatBackend`; everything
-that decides a verdict lives here, so both backends give the same verdicts for the same replies.
+The model is any `prefdata.llm.chat.ChatModel` (an OpenAI-compatible server, vLLM in the same process, ...);
+everything that decides a verdict lives here, so every engine gives the same verdicts for the same replies.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol
 
 from prefdata.judges.templates import JudgeTemplate
 from prefdata.judges.verdict import PairRequest, Verdict
-from prefdata.llm.context import TokenBudget
+from prefdata.llm.chat import ChatModel, ChatOut, Sampling
 
 TOP_LOGPROBS = 20
 
 
-@dataclass
-class ChatOut:
-    """One chat completion: text, the first token's top log-probs (logprob mode), or an error."""
-
-    text: str = ""
-    top_logprobs: dict[str, float] | None = None
-    error: str | None = None
-    latency_s: float = 0.0
-    attempts: int = 1
-
-
-def fit_context(
-    convs: list[list[dict[str, str]]],
-    budget: TokenBudget | None,
-    max_tokens: int,
-    send: Callable[[list[list[dict[str, str]]]], list[ChatOut]],
-) -> list[ChatOut]:
-    """Send only the conversations that fit the budget (all of them when there is none); the others get a
-    too_long error in their place. Outputs stay in input order."""
-    if budget is None:
-        return send(convs)
-    reasons = [budget.too_long(c, max_tokens) for c in convs]
-    fitting = [c for c, r in zip(convs, reasons, strict=True) if r is None]
-    sent = iter(send(fitting) if fitting else [])
-    return [ChatOut(error=r) if r is not None else next(sent) for r in reasons]
-
-
-class ChatBackend(Protocol):
-    def chat(
-        self, convs: list[list[dict[str, str]]], *, max_tokens: int, temperature: float, top_logprobs: int | None
-    ) -> list[ChatOut]: ...
-
-    def config(self) -> dict[str, object]: ...
-
-
 class LLMPairJudge:
-    """Pairwise judge over any ChatBackend.
+    """Pairwise judge over any ChatModel (kept as `backend`).
 
     Text mode: the template's rule reads the verdict; a reply without a readable verdict is kept, the judge is
     asked once more with the template's `repair` message, and a second failure is recorded as a failure.
@@ -65,7 +27,7 @@ class LLMPairJudge:
     def __init__(
         self,
         template: JudgeTemplate,
-        backend: ChatBackend,
+        backend: ChatModel,
         *,
         temperature: float = 0.0,
         max_tokens: int | None = None,
@@ -108,9 +70,9 @@ class LLMPairJudge:
             return []
         convs = [self.template.render(r) for r in requests]
         if self.logprobs:
-            outs = self.backend.chat(convs, max_tokens=1, temperature=self.temperature, top_logprobs=TOP_LOGPROBS)
+            outs = self.backend.chat(convs, self._sampling(1, TOP_LOGPROBS))
             return [self._from_logprobs(r, o) for r, o in zip(requests, outs, strict=True)]
-        outs = self.backend.chat(convs, max_tokens=self.max_tokens, temperature=self.temperature, top_logprobs=None)
+        outs = self.backend.chat(convs, self._sampling(self.max_tokens))
         verdicts: list[Verdict | None] = [None] * len(requests)
         retry: list[int] = []
         for i, (req, out) in enumerate(zip(requests, outs, strict=True)):
@@ -126,7 +88,7 @@ class LLMPairJudge:
                 verdicts[i] = Verdict.from_slot(req, slot, raw=out.text, latency_s=out.latency_s, attempts=out.attempts)
         if retry:
             rconvs = [self.template.repair_messages(convs[i], outs[i].text) for i in retry]
-            routs = self.backend.chat(rconvs, max_tokens=self.max_tokens, temperature=self.temperature, top_logprobs=None)
+            routs = self.backend.chat(rconvs, self._sampling(self.max_tokens))
             for i, ro in zip(retry, routs, strict=True):
                 first = outs[i]
                 raw = f"{first.text}\n<<<repair>>>\n{ro.text}"
@@ -142,6 +104,10 @@ class LLMPairJudge:
                     attempts=att, repaired=True,
                 )
         return [v for v in verdicts if v is not None]
+
+    def _sampling(self, max_tokens: int, top_logprobs: int | None = None) -> Sampling:
+        """One verdict per call; the whole reply must fit the context (a cut verdict is none)."""
+        return Sampling(max_tokens=max_tokens, temperature=self.temperature, top_logprobs=top_logprobs)
 
     def _from_logprobs(self, req: PairRequest, out: ChatOut) -> Verdict:
         kw = {"raw": out.text, "latency_s": out.latency_s, "attempts": out.attempts}

@@ -1,7 +1,7 @@
-"""The model layer: the transports shared by samplers and judges (one OpenAI-compatible chat client, one
-in-process vLLM engine), token counting against a model's context and the too_long outcome (`context`), and the
-hardware decisions (dtype, threads: `hardware`).
-
-`samplers/` and `judges/` are thin adapters over these: they build request bodies and read the answers, while
-retries, rate limits, connection handling and engine start/stop live here once.
+"""The model layer. Sampling (`generate/`) and the LLM pairwise judge (`judges/`) both talk to one chat-model
+interface (`chat.ChatModel`, opened by `chat.open_chat_model` from a picklable `chat.ModelSpec`), with one module
+per engine: `vllm_model` (in-process vLLM), `openai_model` (any OpenAI-compatible server), `hf_model`
+(transformers). Under them: the OpenAI-compatible client (`openai_client`), the in-process vLLM engine's start and
+stop (`vllm_engine`), the one endpoint config (`endpoint`), token counting against a context and `too_long`
+(`context`), and the hardware decisions (`hardware`: dtype, threads, training's device and precision).
 """

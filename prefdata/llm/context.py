@@ -1,15 +1,16 @@
-"""Token counting against a model's context, once for samplers and judges, and the `too_long` outcome.
+"""Token counting against a model's context, once for sampling and judging, and the `too_long` outcome.
 
 A call whose prompt tokens plus its reply limit do not fit the context is never sent: it fails alone as
-`too_long` (a judge) or is skipped (a sampler), so it can never abort the batch it would be part of.
+`too_long` (a judge records it, generate skips the prompt), so it can never abort the batch it would be part of.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-TOO_LONG = "too_long"  # error prefix of a call whose prompt does not fit the model's context
+TOO_LONG = "too_long"  # error prefix (and ChatOut.kind) of a call whose prompt does not fit the model's context
 
 
 def chat_token_ids(tokenizer: Any, conv: list[dict[str, str]]) -> list[int]:
@@ -40,3 +41,18 @@ class TokenBudget:
 
     def too_long(self, conv: list[dict[str, str]], max_tokens: int) -> str | None:
         return too_long_reason(self.count(conv), max_tokens, self.max_len)
+
+
+def too_long_reasons(convs: Sequence[list[dict[str, str]]], budget: TokenBudget | None,
+                     rooms: Sequence[int]) -> list[str | None]:  # fmt: skip
+    """Per conversation, its too_long error or None; `rooms`: the reply room each needs. A conversation sent under
+    several samplings (the same list object) is counted once."""
+    if budget is None:
+        return [None] * len(convs)
+    counted: dict[int, int] = {}
+    reasons = []
+    for c, room in zip(convs, rooms, strict=True):
+        if id(c) not in counted:
+            counted[id(c)] = budget.count(c)
+        reasons.append(too_long_reason(counted[id(c)], room, budget.max_len))
+    return reasons

@@ -104,3 +104,35 @@ def vllm_cpu_threads() -> str:
         return (f"vLLM's default binding (VLLM_CPU_OMP_THREADS_BIND=auto): {max(1, cores - 1)} compute core(s), "
                 f"{min(1, cores - 1) if reserved is None else reserved} reserved for the frontend, of {cores}")
     return f"VLLM_CPU_OMP_THREADS_BIND={bind}" + (f", VLLM_CPU_NUM_OF_RESERVED_CPU={reserved}" if reserved else "")
+
+
+# ---------------------------------------------------------------- training (train/ asks these)
+
+
+def trains_on_cpu(use_cpu: bool = False) -> bool:
+    """No accelerator that transformers would pick before the CPU (CUDA, XPU, MPS)."""
+    if use_cpu:
+        return True
+    import torch
+
+    xpu = getattr(torch, "xpu", None)
+    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available()) or torch.backends.mps.is_available())
+
+
+def train_bf16(use_cpu: bool = False) -> bool:
+    """Whether training turns bf16 autocast on by default: on a CUDA GPU with bf16 (Ampere or newer), and on a machine
+    that trains on its CPU when that CPU computes bf16 natively (AVX512-BF16 or AMX), where it about doubles the
+    matmul speed (bench/RESULTS.md §4d). Not on an older CPU, where bf16 is emulated and slower."""
+    if not use_cpu and cuda_available():
+        return cuda_bf16()
+    return trains_on_cpu(use_cpu) and cpu_has_native_bf16()
+
+
+def train_weight_dtype(requested: str, lora_r: int, use_cpu: bool = False) -> str:
+    """The dtype training loads weights in: as given; for "auto", float32 master weights for a full fine-tune, and
+    for LoRA a frozen base in this machine's fast dtype (bf16 where it is native, float32 on an AVX2-only CPU)."""
+    if requested != "auto":
+        return requested
+    if lora_r <= 0:
+        return "float32"
+    return auto_dtype(on_gpu=not trains_on_cpu(use_cpu) and cuda_available())

@@ -1,7 +1,7 @@
 """The one in-process vLLM engine module: start, stop, and the LoRA request of an engine serving an adapter.
 
-Samplers (`samplers/vllm_local.py`), the in-process judge (`judges/vllm_judge.py`), self-instruct and the
-`iterate` loop all get their `vllm.LLM` from here. An engine is slow to start (tens of seconds), so callers
+The vLLM chat model (`llm/vllm_model.py`, for sampling and the in-process judge), the vLLM reward model,
+self-instruct and the `iterate` loop all get their `vllm.LLM` from here. An engine is slow to start (tens of seconds), so callers
 that can share one pass it along (iterate hands the policy engine to the judge when they are the same model);
 `engine()` is the context manager for the common case of one engine for one block.
 """
@@ -85,7 +85,7 @@ def start_engine(
 
 
 def build_llm(cfg: Any, model_path: str) -> Any:
-    """The engine for a GenerateConfig. A LoRA adapter folder (`prefdata train --no-merge`) is served on its base."""
+    """The engine for a GenerateConfig or a ModelSpec (the same field names). A LoRA adapter folder (`prefdata train --no-merge`) is served on its base."""
     from prefdata.train.lora import adapter_base, is_adapter_dir, vllm_lora_rank
 
     lora_rank = vllm_lora_rank(model_path) if is_adapter_dir(model_path) else None

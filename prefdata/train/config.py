@@ -181,10 +181,10 @@ class AIPOConfig(TrainingArguments):
         validate_lora_fields(self)
         if self.save_dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"save_dtype must be one of float32, bfloat16, float16; got {self.save_dtype!r}")
-        from prefdata.train.lora import bf16_supported, trains_on_cpu
+        from prefdata.llm.hardware import train_bf16, trains_on_cpu
 
         if self.bf16 is None:
-            self.bf16 = not self.fp16 and bf16_supported(self.use_cpu)
+            self.bf16 = not self.fp16 and train_bf16(self.use_cpu)
         if self.bf16 and trains_on_cpu(self.use_cpu):
             self.use_cpu = True  # transformers refuses bf16 on a CPU unless told it trains there
         super().__post_init__()

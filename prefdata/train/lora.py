@@ -62,34 +62,10 @@ def validate_lora_fields(cfg: Any) -> None:
 
 
 def weight_dtype(cfg: Any) -> torch.dtype:
-    """Dtype of the loaded weights: float32 master weights for a full fine-tune; for LoRA a frozen base in this
-    machine's fast dtype (`prefdata.llm.hardware.auto_dtype`: bf16 where it is native, float32 on an AVX2-only CPU)."""
-    if cfg.dtype != "auto":
-        return DTYPES[cfg.dtype]
-    if cfg.lora_r <= 0:
-        return torch.float32
-    from prefdata.llm.hardware import auto_dtype
+    """Dtype of the loaded weights, as `prefdata.llm.hardware.train_weight_dtype` decides for this machine."""
+    from prefdata.llm.hardware import train_weight_dtype
 
-    return DTYPES[auto_dtype(on_gpu=not trains_on_cpu(getattr(cfg, "use_cpu", False)) and torch.cuda.is_available())]
-
-
-def bf16_supported(use_cpu: bool = False) -> bool:
-    """Whether bf16 autocast is on by default: on a CUDA GPU with bf16 (Ampere or newer), and on a machine that
-    trains on its CPU when that CPU computes bf16 natively (AVX512-BF16 or AMX), where it about doubles the
-    matmul speed (bench/RESULTS.md §4d). Not on an older CPU, where bf16 is emulated and slower."""
-    if not use_cpu and torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    from prefdata.llm.hardware import cpu_has_native_bf16
-
-    return trains_on_cpu(use_cpu) and cpu_has_native_bf16()
-
-
-def trains_on_cpu(use_cpu: bool = False) -> bool:
-    """No accelerator that transformers would pick before the CPU (CUDA, XPU, MPS)."""
-    if use_cpu:
-        return True
-    xpu = getattr(torch, "xpu", None)
-    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available()) or torch.backends.mps.is_available())
+    return DTYPES[train_weight_dtype(cfg.dtype, cfg.lora_r, getattr(cfg, "use_cpu", False))]
 
 
 def cache_tag(cfg: Any) -> str:
@@ -108,7 +84,9 @@ def check_4bit_available() -> None:
             "--load-in-4bit needs the bitsandbytes package and a CUDA GPU (pip install bitsandbytes); "
             "without them train LoRA on a bf16 base: drop --load-in-4bit"
         ) from e
-    if not torch.cuda.is_available():
+    from prefdata.llm.hardware import cuda_available
+
+    if not cuda_available():
         raise PrefdataError("--load-in-4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); none is visible: drop --load-in-4bit")
 
 
