@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prefdata.config import check_range, check_seed
-from prefdata.llm.endpoint import check_endpoint, endpoint_field, normalize_urls
 from prefdata.judges.verdict import POLICIES
+from prefdata.llm.endpoint import check_endpoint, endpoint_field, normalize_urls
 from prefdata.options import opt
 
 RM_BACKENDS = ("auto", "hf", "vllm")
