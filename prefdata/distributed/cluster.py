@@ -104,6 +104,7 @@ def _local_ray(ray: Any, common: dict[str, Any], num_cpus: int | None) -> Iterat
         env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # in memory, never in ~/.ray
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    _reload_auth()
     temp = tempfile.mkdtemp(prefix="prefdata-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     reaper = None
     try:
@@ -124,6 +125,17 @@ def _local_ray(ray: Any, common: dict[str, Any], num_cpus: int | None) -> Iterat
             shutil.rmtree(temp, ignore_errors=True)
         for k, v in saved.items():
             _set_env(k, v)
+        _reload_auth()
+
+
+def _reload_auth() -> None:
+    """Ray caches the auth settings it read first (in C++); make it read the environment set here again."""
+    try:
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        return
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def _start_reaper(temp: str) -> subprocess.Popen[bytes]:

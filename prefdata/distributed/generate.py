@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -77,11 +78,13 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
         errors: list[str] = []
         returned = 0
         try:
-            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                SampleActor, fn_constructor_kwargs={"cfg": cfg, "shash": shash, "label": label}, batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=n_actors), max_restarts=ACTOR_RETRIES,
-                max_task_retries=ACTOR_RETRIES, **resources,
-            )  # fmt: skip
+            with warnings.catch_warnings():  # max_restarts has no named parameter in 2.60 (ray_remote_args is "deprecated")
+                warnings.simplefilter("ignore")
+                ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                    SampleActor, fn_constructor_kwargs={"cfg": cfg, "shash": shash, "label": label}, batch_size=1,
+                    compute=ray.data.ActorPoolStrategy(size=n_actors), max_restarts=ACTOR_RETRIES,
+                    max_task_retries=ACTOR_RETRIES, **resources,
+                )  # fmt: skip
             for out in ds.iter_rows():
                 res = json.loads(out["result"])
                 returned += 1
