@@ -54,9 +54,11 @@ class SampleActor:
 
 
 def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], shash: str, label: str,
-                  stats: dict[str, float], progress: bool, before_first_shard: Callable[[], None] | None = None) -> None:
+                  stats: dict[str, float], progress: bool, before_first_shard: Callable[[], None] | None = None,
+                  actor: type = SampleActor) -> None:
     """Sample `todo` on the cluster, one shard per returned batch; raises PrefdataError naming the batches that
-    failed after the others are written (a rerun retries only those)."""
+    failed after the others are written (a rerun retries only those). `actor`: the actor class (the benchmark
+    passes one whose sampler sleeps, to time the orchestration alone)."""
     from prefdata.generate.run import write_rows
 
     with ray_cluster(cfg.ray_address) as cluster:
@@ -81,7 +83,7 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
             with warnings.catch_warnings():  # max_restarts has no named parameter in 2.60 (ray_remote_args is "deprecated")
                 warnings.simplefilter("ignore")
                 ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                    SampleActor, fn_constructor_kwargs={"cfg": cfg, "shash": shash, "label": label}, batch_size=1,
+                    actor, fn_constructor_kwargs={"cfg": cfg, "shash": shash, "label": label}, batch_size=1,
                     compute=ray.data.ActorPoolStrategy(size=n_actors), max_restarts=ACTOR_RETRIES,
                     max_task_retries=ACTOR_RETRIES, **resources,
                 )  # fmt: skip
