@@ -185,3 +185,51 @@ def test_an_llm_judge_on_ray_is_refused_with_one_line(tmp_path):
 
     with pytest.raises(PrefdataError, match="reward model or a verifier"):
         rank_run(run, RankConfig(judge="pairwise", engine="ray", progress=False))
+
+
+def _crashing_actor(marker: str) -> type:
+    """A sample actor whose engine process dies on the batch holding the prompt "crash" while `marker` exists,
+    and otherwise answers at once (pickled by value with its closure)."""
+    from prefdata.distributed.generate import SampleActor
+    from prefdata.samplers import Completion
+
+    class Instant:
+        def sample(self, conversations, plan, on_done=None):
+            if any(m[-1]["content"] == "crash" for m in conversations) and os.path.exists(marker):
+                os._exit(9)
+            return [[[Completion("ok", "stop", 1) for _ in range(s.n)] for s in plan] for _ in conversations]
+
+    class Crashing(SampleActor):
+        def __init__(self, cfg, shash, label):
+            self.cfg, self.shash, self.label, self.sampler = cfg, shash, label, Instant()
+
+    return Crashing
+
+
+def test_a_generate_batch_that_kills_its_engine_fails_alone_and_the_rerun_does_only_it(ray_local, tmp_path):
+    from prefdata.distributed.generate import sample_on_ray
+    from prefdata.errors import PrefdataError
+    from prefdata.generate.config import sampler_hash
+    from prefdata.run.prompts import load_prompts
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": q}) + "\n" for q in ["a", "b", "crash", "d", "e", "f"]))
+    marker = tmp_path / "crash-now"
+    marker.write_text("1")
+    cfg = GenerateConfig(prompts=str(prompts), model="m", backend="openai", base_url="http://unused/v1", n=2,
+                         batch_size=2, engine="ray", data_parallel_size=2)
+    run = RunDir(tmp_path / "run")
+    todo = list(load_prompts(cfg.prompts, None, None, None, None).table.iter_rows(named=True))
+    stats = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
+    t0 = time.monotonic()
+    with pytest.raises(PrefdataError, match=r"1 batch\(es\) failed.*died 3 times"):
+        sample_on_ray(run, cfg, todo, sampler_hash(cfg), "m", stats, False, actor=_crashing_actor(str(marker)))
+    assert time.monotonic() - t0 < 120
+    done = run.read_candidates()
+    assert done is not None and done["prompt_id"].n_unique() == 4 and stats["sampled"] == 4  # the other batches
+    marker.unlink()
+    left = [r for r in todo if r["prompt_id"] not in set(done["prompt_id"].to_list())]
+    assert len(left) == 2
+    sample_on_ray(run, cfg, left, sampler_hash(cfg), "m", stats, False, actor=_crashing_actor(str(marker)))
+    after = run.read_candidates()
+    assert after is not None and after.height == 12 and after["candidate_id"].n_unique() == 12
