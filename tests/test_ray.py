@@ -233,3 +233,20 @@ def test_a_generate_batch_that_kills_its_engine_fails_alone_and_the_rerun_does_o
     sample_on_ray(run, cfg, left, sampler_hash(cfg), "m", stats, False, actor=_crashing_actor(str(marker)))
     after = run.read_candidates()
     assert after is not None and after.height == 12 and after["candidate_id"].n_unique() == 12
+
+
+def test_eval_on_ray_gives_the_local_result(ray_local, tiny_llama_dir, tmp_path):
+    from prefdata.eval.run import EvalConfig, eval_run
+
+    prompts = tmp_path / "arith.jsonl"
+    rows = [{"prompt": f"What is {a} + {b}?", "answer": str(a + b), "gold": f"The answer is {a + b}."} for a, b in
+            [(1, 2), (3, 4), (5, 6), (7, 8)]]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {"model": str(tiny_llama_dir), "baseline": "gold", "prompts": str(prompts), "judge": "verify:number",
+            "reference_field": "answer", "backend": "hf", "max_tokens": 6, "generate": {"dtype": "float32", "batch_size": 2}}
+    local = eval_run(RunDir(tmp_path / "local"), EvalConfig(**base), progress=False)
+    on_ray = eval_run(RunDir(tmp_path / "ray"), EvalConfig(**base, engine="ray"), progress=False)
+    keys = ("prompts", "accuracy", "baseline_accuracy", "win_rate", "ties", "model_sampler", "judge_hash")
+    assert {k: on_ray[k] for k in keys} == {k: local[k] for k in keys}
+    assert local["baseline_accuracy"] == 1.0
+    assert _cands(tmp_path / "ray").equals(_cands(tmp_path / "local"))

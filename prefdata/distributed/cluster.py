@@ -78,6 +78,7 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
     common: dict[str, Any] = {"log_to_driver": True, "logging_level": logging.INFO if verbose() else logging.WARNING}
     _quiet_ray_data(verbose())
     if address:
+        _check_reachable(address)
         saved = os.environ.get("RAY_ADDRESS")
         os.environ["RAY_ADDRESS"] = address  # Ray prefers RAY_ADDRESS over its argument
         try:
@@ -95,6 +96,20 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
         return
     with _local_ray(ray, common, num_cpus) as cluster:
         yield cluster
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT that does not answer: one line now (ray.init retries a dead address for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # ray://, auto: Ray's own lookup
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise PrefdataError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); start it with `ray start "
+                            "--head`, or leave out --ray-address and RAY_ADDRESS to run a local Ray for this command") from None
 
 
 @contextlib.contextmanager

@@ -90,6 +90,8 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
             for out in ds.iter_rows():
                 res = json.loads(out["result"])
                 returned += 1
+                stats.setdefault("ray_first_batch_at", time.monotonic())  # the benchmark's steady-state span
+                stats["ray_last_batch_at"] = time.monotonic()
                 stats["sample_s"] += res["sample_s"] / n_actors  # wall time of sampling, spread over the actors
                 if res["error"]:
                     errors.append(f"{res['prompts']} prompts: {res['error']}")
