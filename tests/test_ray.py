@@ -250,3 +250,28 @@ def test_eval_on_ray_gives_the_local_result(ray_local, tiny_llama_dir, tmp_path)
     assert {k: on_ray[k] for k in keys} == {k: local[k] for k in keys}
     assert local["baseline_accuracy"] == 1.0
     assert _cands(tmp_path / "ray").equals(_cands(tmp_path / "local"))
+
+
+def _vllm_procs(since: float) -> list[int]:
+    """vLLM engine processes started since `since` anywhere on the machine (an orphan is no one's child; the
+    engine lock keeps other sessions' engines out while this test runs)."""
+    out = []
+    for p in psutil.process_iter(["name", "cmdline", "create_time"]):
+        try:
+            if p.info["create_time"] >= since and "VLLM" in (p.info["name"] or "") + " ".join(p.info["cmdline"] or []):
+                out.append(p.pid)
+        except psutil.Error:
+            pass
+    return out
+
+
+@pytest.mark.slow
+def test_a_vllm_cpu_engine_in_an_actor_samples_as_the_local_engine_and_stops(ray_local, prompts_file, tiny_llama_dir,
+                                                                             tmp_path):
+    cfg = {"backend": "vllm", "max_model_len": 512, "limit": 4, "dtype": "auto"}
+    since = time.time()
+    local = generate_run(RunDir(tmp_path / "local"), _cfg(prompts_file, tiny_llama_dir, **cfg), progress=False)
+    on_ray = generate_run(RunDir(tmp_path / "ray"), _cfg(prompts_file, tiny_llama_dir, engine="ray", **cfg), progress=False)
+    assert on_ray.sampler_hash == local.sampler_hash and on_ray.candidates == local.candidates == 8
+    assert _cands(tmp_path / "ray").equals(_cands(tmp_path / "local"))
+    assert wait_gone(_vllm_procs(since), 30) == [], "the actor's vLLM engine outlived the job"

@@ -36,6 +36,15 @@ class SampleActor:
         self.cfg, self.shash, self.label = cfg, shash, label
         self.sampler = make_sampler(cfg)
 
+    def __del__(self) -> None:
+        """Ray Data calls this when the pool is done: stop an in-process vLLM engine and its worker processes
+        here, or they would outlive the actor."""
+        llm = getattr(getattr(self, "sampler", None), "llm", None)
+        if llm is not None:
+            from prefdata.llm.vllm_engine import shutdown_llm
+
+            shutdown_llm(llm)
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         from prefdata.generate.run import sample_batch
 

@@ -39,6 +39,14 @@ class ScoreActor:
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         return self.judge.score(requests)  # type: ignore[union-attr]
 
+    def close(self) -> None:
+        """Stop an in-process vLLM engine (the vLLM reward-model backend) before the actor is killed."""
+        llm = getattr(self.judge, "llm", None)
+        if llm is not None:
+            from prefdata.llm.vllm_engine import shutdown_llm
+
+            shutdown_llm(llm)
+
 
 class RayScoreJudge:
     """A PointwiseJudge whose calls run on the actors; config() is the actors' judge's, so the judge hash (and the
@@ -103,6 +111,9 @@ def ray_judge(cfg: Any, n_items: int | None, progress: bool = True) -> Iterator[
                     f"({cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs)")
             yield RayScoreJudge(actors, infos[0])
         finally:
+            for ref in [a.close.remote() for a in actors]:
+                with contextlib.suppress(Exception):  # a dead actor has nothing to close
+                    ray.get(ref, timeout=60)
             for a in actors:
                 with contextlib.suppress(Exception):
                     ray.kill(a)
