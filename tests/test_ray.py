@@ -222,7 +222,7 @@ def test_a_generate_batch_that_kills_its_engine_fails_alone_and_the_rerun_does_o
     todo = list(load_prompts(cfg.prompts, None, None, None, None).table.iter_rows(named=True))
     stats = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
     t0 = time.monotonic()
-    with pytest.raises(PrefdataError, match=r"1 batch\(es\) failed.*died 3 times"):
+    with pytest.raises(PrefdataError, match=r"1 batch\(es\) failed.*died 3 times.*two rounds"):
         sample_on_ray(run, cfg, todo, sampler_hash(cfg), "m", stats, False, actor=_crashing_actor(str(marker)))
     assert time.monotonic() - t0 < 120
     done = run.read_candidates()

@@ -50,14 +50,15 @@ class SampleActor:
 
         out = []
         for item in batch["batch"]:
-            prompts = json.loads(str(item))
+            job = json.loads(str(item))
+            prompts = job["prompts"]
             t0 = time.monotonic()
             try:
                 rows, sampled, skipped = sample_batch(self.sampler, self.cfg, prompts, self.shash, self.label)
                 res: dict[str, Any] = {"rows": rows, "sampled": sampled, "skipped": skipped, "error": None}
             except Exception as e:  # noqa: BLE001 - the batch fails with its reason; the driver reports it
                 res = {"rows": [], "sampled": 0, "skipped": 0, "error": failure_reason(e)}
-            res |= {"prompts": len(prompts), "sample_s": time.monotonic() - t0}
+            res |= {"i": job["i"], "prompts": len(prompts), "sample_s": time.monotonic() - t0}
             out.append(json.dumps(res))
         return {"result": out}
 
@@ -81,39 +82,45 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
                 f"{cluster.gpus:g} GPUs)")
         per_prompt = sum(s.n for s in cfg.plan())
         bar = console_progress(len(todo) * per_prompt, "generate", "completion", disable=not progress)
-        items = [{"batch": json.dumps([_plain(r) for r in b])} for b in batches]
+        items = [{"batch": json.dumps({"i": i, "prompts": [_plain(r) for r in b]})} for i, b in enumerate(batches)]
         ctx = ray.data.DataContext.get_current()
         saved_errored = ctx.max_errored_blocks
         ctx.max_errored_blocks = -1  # a failed batch must not stop the others; it is counted below
         tag = f"{shash}-{host_tag()}-ray"
         errors: list[str] = []
-        returned = 0
+        returned: set[int] = set()
         try:
-            with warnings.catch_warnings():  # max_restarts has no named parameter in 2.60 (ray_remote_args is "deprecated")
-                warnings.simplefilter("ignore")
-                ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                    actor, fn_constructor_kwargs={"cfg": cfg, "shash": shash, "label": label}, batch_size=1,
-                    compute=ray.data.ActorPoolStrategy(size=n_actors), max_restarts=ACTOR_RETRIES,
-                    max_task_retries=ACTOR_RETRIES, **resources,
-                )  # fmt: skip
-            for out in ds.iter_rows():
-                res = json.loads(out["result"])
-                returned += 1
-                stats.setdefault("ray_first_batch_at", time.monotonic())  # the benchmark's steady-state span
-                stats["ray_last_batch_at"] = time.monotonic()
-                stats["sample_s"] += res["sample_s"] / n_actors  # wall time of sampling, spread over the actors
-                if res["error"]:
-                    errors.append(f"{res['prompts']} prompts: {res['error']}")
-                    bar.total -= res["prompts"] * per_prompt
-                    continue
-                stats["sampled"] += res["sampled"]
-                stats["skipped"] += res["skipped"]
-                bar.total -= res["skipped"] * per_prompt
-                if res["rows"]:
-                    if before_first_shard is not None:
-                        before_first_shard()
-                    write_rows(run, res["rows"], stats, tag=tag)
-                bar.update(res["sampled"] * per_prompt)
+            # Round 2 redoes the batches round 1 lost to dead actors (a node that went away burns an actor's
+            # retries within a second); a batch that kills its engine every time is lost twice and reported.
+            for attempt in range(2):
+                pending = [it for i, it in enumerate(items) if i not in returned]
+                if not pending or (attempt and not ray.is_initialized()):
+                    break
+                with warnings.catch_warnings():  # max_restarts has no named parameter in 2.60 ("deprecated" ray_remote_args)
+                    warnings.simplefilter("ignore")
+                    ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
+                        actor, fn_constructor_kwargs={"cfg": cfg, "shash": shash, "label": label}, batch_size=1,
+                        compute=ray.data.ActorPoolStrategy(size=min(n_actors, len(pending))), max_restarts=ACTOR_RETRIES,
+                        max_task_retries=ACTOR_RETRIES, **resources,
+                    )  # fmt: skip
+                for out in ds.iter_rows():
+                    res = json.loads(out["result"])
+                    returned.add(res["i"])
+                    stats.setdefault("ray_first_batch_at", time.monotonic())  # the benchmark's steady-state span
+                    stats["ray_last_batch_at"] = time.monotonic()
+                    stats["sample_s"] += res["sample_s"] / n_actors  # wall time of sampling, spread over the actors
+                    if res["error"]:
+                        errors.append(f"{res['prompts']} prompts: {res['error']}")
+                        bar.total -= res["prompts"] * per_prompt
+                        continue
+                    stats["sampled"] += res["sampled"]
+                    stats["skipped"] += res["skipped"]
+                    bar.total -= res["skipped"] * per_prompt
+                    if res["rows"]:
+                        if before_first_shard is not None:
+                            before_first_shard()
+                        write_rows(run, res["rows"], stats, tag=tag)
+                    bar.update(res["sampled"] * per_prompt)
         except PrefdataError:
             raise
         except Exception as e:  # noqa: BLE001 - Ray's failures (an actor that cannot start, a lost driver connection)
@@ -122,9 +129,10 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
         finally:
             ctx.max_errored_blocks = saved_errored
             bar.close()
-        lost = len(batches) - returned
+        lost = len(batches) - len(returned)
         if lost:
-            errors.append(f"{lost} batch(es): the engine actor died {ACTOR_RETRIES + 1} times on them (its reason is in the log)")
+            errors.append(f"{lost} batch(es): their engine actor died {ACTOR_RETRIES + 1} times on them, in two rounds "
+                          "(the reason is in the log)")
         if errors:
             raise PrefdataError(f"{len(errors)} batch(es) failed on the Ray cluster ({'; '.join(errors[:3])}); the "
                                 f"other batches are saved; rerun the same command to retry only the failed ones")
