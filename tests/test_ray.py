@@ -101,11 +101,11 @@ def test_local_and_ray_runs_resume_each_other(ray_local, local_run, prompts_file
     assert _cands(run.path).equals(_cands(local_run))
 
 
-def test_kill_9_of_the_driver_leaves_no_ray_and_the_rerun_loses_nothing(ray_local, local_run, prompts_file, tiny_llama_dir,
-                                                                        tmp_path):
-    run = tmp_path / "run"
+def _start_cli_generate(run: Path, prompts_file: Path, model: Path) -> tuple[subprocess.Popen, list[int]]:
+    """`prefdata generate --engine ray` in a subprocess that starts its own Ray; returns once a shard is written,
+    with the process tree (its Ray included) as it is then."""
     cmd = [sys.executable, "-m", "prefdata.cli", "generate", str(prompts_file), "--run", str(run), "--model",
-           str(tiny_llama_dir), "--backend", "hf", "-n", "1", "--temperature", "0", "--greedy", "--max-tokens", "6",
+           str(model), "--backend", "hf", "-n", "1", "--temperature", "0", "--greedy", "--max-tokens", "6",
            "--batch-size", "1", "--dtype", "float32", "--engine", "ray", "--dp", "1"]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
@@ -118,8 +118,17 @@ def test_kill_9_of_the_driver_leaves_no_ray_and_the_rerun_loses_nothing(ray_loca
         time.sleep(0.2)
     tree = [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
     assert any(_is_ray(psutil.Process(p)) for p in tree if psutil.pid_exists(p))
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    return proc, tree
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_a_killed_driver_leaves_no_ray_and_the_rerun_loses_nothing(ray_local, local_run, prompts_file, tiny_llama_dir,
+                                                                   tmp_path, sig):
+    run = tmp_path / "run"
+    proc, tree = _start_cli_generate(run, prompts_file, tiny_llama_dir)
+    os.kill(proc.pid, sig)
+    code = proc.wait(timeout=60)
+    assert code == -9 if sig == signal.SIGKILL else code == 128 + signal.SIGTERM
     assert wait_gone(tree, 30) == [], "processes of the killed driver's Ray still run"
     done = RunDir(run).read_candidates()
     assert done is not None and 0 < done["prompt_id"].n_unique() < len(QUESTIONS)
@@ -275,3 +284,13 @@ def test_a_vllm_cpu_engine_in_an_actor_samples_as_the_local_engine_and_stops(ray
     assert on_ray.sampler_hash == local.sampler_hash and on_ray.candidates == local.candidates == 8
     assert _cands(tmp_path / "ray").equals(_cands(tmp_path / "local"))
     assert wait_gone(_vllm_procs(since), 30) == [], "the actor's vLLM engine outlived the job"
+
+
+def test_an_unreachable_ray_address_is_one_error_line(prompts_file, tiny_llama_dir, tmp_path):
+    cmd = [sys.executable, "-m", "prefdata.cli", "generate", str(prompts_file), "--run", str(tmp_path / "run"),
+           "--model", str(tiny_llama_dir), "--backend", "hf", "--engine", "ray", "--ray-address", "127.0.0.1:1"]
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and time.monotonic() - t0 < 60
+    assert "error: cannot reach the Ray cluster at 127.0.0.1:1" in p.stderr and "Traceback" not in p.stderr
+    assert not list((tmp_path / "run").glob("candidates/*.parquet"))
