@@ -128,7 +128,7 @@ def test_a_killed_driver_leaves_no_ray_and_the_rerun_loses_nothing(ray_local, lo
     proc, tree = _start_cli_generate(run, prompts_file, tiny_llama_dir)
     os.kill(proc.pid, sig)
     code = proc.wait(timeout=60)
-    assert code == -9 if sig == signal.SIGKILL else code == 128 + signal.SIGTERM
+    assert code == (-9 if sig == signal.SIGKILL else 128 + signal.SIGTERM), (code, proc.stderr.read() if proc.stderr else "")
     assert wait_gone(tree, 30) == [], "processes of the killed driver's Ray still run"
     done = RunDir(run).read_candidates()
     assert done is not None and 0 < done["prompt_id"].n_unique() < len(QUESTIONS)

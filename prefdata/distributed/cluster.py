@@ -65,6 +65,25 @@ def _running_local_cluster() -> str | None:
 
 
 @contextlib.contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """ray.init installs a C-level handler for SIGTERM that logs a stack and aborts (exit -6), so a SIGTERM'd
+    command would die without its cleanup; put prefdata's handlers (`run.interrupts`) back over it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:
+                signal.signal(s, handler)
+
+
+@contextlib.contextmanager
 def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[Cluster]:
     """Ray, connected or started, for the `with` block; a Ray this process already runs (a test's, a notebook's)
     is used as it is and left running."""
@@ -82,7 +101,8 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
         saved = os.environ.get("RAY_ADDRESS")
         os.environ["RAY_ADDRESS"] = address  # Ray prefers RAY_ADDRESS over its argument
         try:
-            ray.init(address=address, **common)
+            with _keep_signal_handlers():
+                ray.init(address=address, **common)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise PrefdataError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}; start it "
                                 "with `ray start --head`, or leave out --ray-address and RAY_ADDRESS to run a local "
@@ -124,7 +144,8 @@ def _local_ray(ray: Any, common: dict[str, Any], num_cpus: int | None) -> Iterat
     reaper = None
     try:
         try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp, **common)
+            with _keep_signal_handlers():
+                ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp, **common)
         except Exception as e:  # noqa: BLE001 - Ray's start failures come in many types; one line for the user
             raise PrefdataError(f"could not start a local Ray: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         reaper = _start_reaper(temp)
