@@ -188,12 +188,30 @@ def test_an_engine_that_crashes_fails_its_batch_after_bounded_retries_and_the_re
     assert second.record["judge_calls_new"] == fails.height  # only the failed calls are asked again
 
 
-def test_an_llm_judge_on_ray_is_refused_with_one_line(tmp_path):
+def test_a_judge_behind_base_url_on_ray_is_refused_with_one_line(tmp_path):
     run, _ = make_candidates_run(tmp_path / "run", [["a", "b"]])
     from prefdata.errors import PrefdataError
 
-    with pytest.raises(PrefdataError, match="reward model or a verifier"):
-        rank_run(run, RankConfig(judge="pairwise", engine="ray", progress=False))
+    with pytest.raises(PrefdataError, match="already remote"):
+        rank_run(run, RankConfig(judge="verdict-only", base_url=["http://127.0.0.1:1/v1"], judge_model="j",
+                                 engine="ray", progress=False))
+
+
+@pytest.mark.slow
+def test_an_llm_judge_in_ray_actors_gives_the_local_verdicts(ray_local, tiny_llama_dir, tmp_path):
+    texts = [["red", "blue", "green"], ["one", "two", "three"]]
+    local, _ = make_candidates_run(tmp_path / "local", texts)
+    on_ray, _ = make_candidates_run(tmp_path / "ray", texts)
+    cfg = {"judge": "verdict-only", "judge_model": str(tiny_llama_dir), "max_model_len": 512, "progress": False}
+    since = time.time()
+    a = rank_run(local, RankConfig(**cfg))
+    b = rank_run(on_ray, RankConfig(**cfg, engine="ray", dp=1))
+    assert a.record["judge_hash"] == b.record["judge_hash"]
+    cols = ["prompt_id", "a_id", "b_id", "verdict", "raw"]
+    ja = local.read_judgments(a.record["judge_hash"], columns=cols).sort(["a_id", "b_id"])
+    jb = on_ray.read_judgments(b.record["judge_hash"], columns=cols).sort(["a_id", "b_id"])
+    assert ja.height >= 4 and ja.equals(jb)  # the same calls over the rounds, the same raw outputs (greedy)
+    assert wait_gone(_vllm_procs(since), 30) == [], "the judge actor's vLLM engine outlived the rank"
 
 
 def _crashing_actor(marker: str) -> type:

@@ -13,17 +13,19 @@ leaves the pool and the others go on, so the rerun retries only the failed calls
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 from prefdata.console import say
 from prefdata.distributed.cluster import ACTOR_RETRIES, actor_plan, failure_reason, import_ray, ray_cluster
 from prefdata.errors import PrefdataError
-from prefdata.judges.verdict import ScoreRequest, ScoreResult
+from prefdata.judges.verdict import PairRequest, ScoreRequest, ScoreResult, Verdict
 
 
-class ScoreActor:
-    """The judge the config names, built in the worker."""
+class JudgeActor:
+    """The judge the config names, built in the worker (a reward model, a verifier, or an LLM judge over an
+    in-process vLLM engine that lives as long as the actor: all rounds of a rank use it)."""
 
     def __init__(self, cfg: Any, n_items: int | None) -> None:
         from prefdata.judges.build import build_judge
@@ -33,24 +35,33 @@ class ScoreActor:
     def info(self) -> dict[str, Any]:
         from prefdata.rank.run import judge_dtype
 
+        template = getattr(self.judge, "template", None)
+        backend = getattr(self.judge, "backend", None)
         return {"config": self.judge.config(), "needs_reference": bool(getattr(self.judge, "needs_reference", False)),
-                "backend": getattr(self.judge, "backend", None), "dtype": judge_dtype(self.judge)}
+                "backend": backend if isinstance(backend, str) else None, "dtype": judge_dtype(self.judge),
+                "pairwise": hasattr(self.judge, "judge"),
+                "template": (template.name, template.sha256) if template is not None else None}
 
     def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
         return self.judge.score(requests)  # type: ignore[union-attr]
 
+    def judge_pairs(self, requests: list[PairRequest]) -> list[Verdict]:
+        return self.judge.judge(requests)  # type: ignore[union-attr]
+
     def close(self) -> None:
-        """Stop an in-process vLLM engine (the vLLM reward-model backend) before the actor is killed."""
-        llm = getattr(self.judge, "llm", None)
-        if llm is not None:
-            from prefdata.llm.vllm_engine import shutdown_llm
+        """Stop an in-process vLLM engine (a vLLM reward model, an LLM judge) before the actor is killed."""
+        from prefdata.llm.vllm_engine import shutdown_llm
 
-            shutdown_llm(llm)
+        for obj in (self.judge, getattr(self.judge, "backend", None)):
+            llm = getattr(obj, "llm", None)
+            if llm is not None:
+                shutdown_llm(llm)
+                return
 
 
-class RayScoreJudge:
-    """A PointwiseJudge whose calls run on the actors; config() is the actors' judge's, so the judge hash (and the
-    cache) are those of the local judge."""
+class _RayJudge:
+    """The actors behind a judge interface: each call is split across them, answered in parallel and returned in
+    request order; config() is the actors' judge's, so the judge hash (and the cache) are the local judge's."""
 
     def __init__(self, actors: list[Any], info: dict[str, Any]) -> None:
         self.actors = list(actors)
@@ -58,19 +69,20 @@ class RayScoreJudge:
         self.needs_reference = info["needs_reference"]
         self.backend = info["backend"]
         self.dtype = info["dtype"]
+        self.template = SimpleNamespace(name=info["template"][0], sha256=info["template"][1]) if info["template"] else None
 
     def config(self) -> dict[str, object]:
         return dict(self._config)
 
-    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+    def _call(self, method: str, requests: list[Any], failed: Callable[[Any, str], Any]) -> list[Any]:
         ray = import_ray()
         if not self.actors:
-            return [ScoreResult(r.candidate.id, None, error="no engine actor left on the Ray cluster") for r in requests]
+            return [failed(r, "no engine actor left on the Ray cluster") for r in requests]
         k = min(len(self.actors), len(requests))
         size = -(-len(requests) // k) if k else 0
         parts = [(self.actors[i], requests[i * size : (i + 1) * size]) for i in range(k)]
-        refs = [(a, part, a.score.remote(part)) for a, part in parts if part]
-        out: list[ScoreResult] = []
+        refs = [(a, part, getattr(a, method).remote(part)) for a, part in parts if part]
+        out: list[Any] = []
         for actor, part, ref in refs:
             try:
                 out.extend(ray.get(ref))
@@ -79,8 +91,23 @@ class RayScoreJudge:
                 if isinstance(e, ray.exceptions.RayActorError) and actor in self.actors:
                     self.actors.remove(actor)
                     reason = f"the engine actor died {ACTOR_RETRIES + 1} times on this batch ({reason})"
-                out.extend(ScoreResult(r.candidate.id, None, error=reason[:500]) for r in part)
+                out.extend(failed(r, reason[:500]) for r in part)
         return out
+
+
+class RayScoreJudge(_RayJudge):
+    """A PointwiseJudge on Ray actors (reward models, verifiers)."""
+
+    def score(self, requests: list[ScoreRequest]) -> list[ScoreResult]:
+        return self._call("score", requests, lambda r, why: ScoreResult(r.candidate.id, None, error=why))
+
+
+class RayPairJudge(_RayJudge):
+    """A PairJudge on Ray actors (an LLM judge over in-process vLLM): the driver runs the rounds, the engines stay
+    up between them."""
+
+    def judge(self, requests: list[PairRequest]) -> list[Verdict]:
+        return self._call("judge_pairs", requests, lambda r, why: Verdict.from_slot(r, None, error=why))
 
 
 def is_pointwise_judge(judge: str) -> bool:
@@ -91,15 +118,16 @@ def is_pointwise_judge(judge: str) -> bool:
 
 
 @contextlib.contextmanager
-def ray_judge(cfg: Any, n_items: int | None, progress: bool = True) -> Iterator[RayScoreJudge]:
+def ray_judge(cfg: Any, n_items: int | None, progress: bool = True) -> Iterator[RayScoreJudge | RayPairJudge]:
     """The cluster and its judge actors for the `with` block (`cfg`: a RankConfig)."""
-    if not is_pointwise_judge(cfg.judge_config().judge):
-        raise PrefdataError("--engine ray ranks with a reward model or a verifier; an LLM judge runs with --engine local "
-                            "(in-process vLLM, or judge servers through --base-url)")
+    jc = cfg.judge_config()
+    if jc.base_url and not is_pointwise_judge(jc.judge):
+        raise PrefdataError("--engine ray runs in-process judges in Ray actors; a judge behind --base-url is already "
+                            "remote (give several --base-url to spread its calls); drop --engine ray")
     with ray_cluster(cfg.ray_address) as cluster:
         ray = import_ray()
         n, resources = actor_plan(cluster, cfg.dp, 1)
-        remote = ray.remote(ScoreActor).options(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources)
+        remote = ray.remote(JudgeActor).options(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources)
         actors = [remote.remote(cfg, n_items) for _ in range(n)]
         try:
             try:
@@ -109,7 +137,7 @@ def ray_judge(cfg: Any, n_items: int | None, progress: bool = True) -> Iterator[
             if progress:
                 say(f"rank: {n} judge actor(s) on {'a local Ray' if cluster.started_here else 'the Ray cluster'} "
                     f"({cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs)")
-            yield RayScoreJudge(actors, infos[0])
+            yield (RayPairJudge if infos[0]["pairwise"] else RayScoreJudge)(actors, infos[0])
         finally:
             for ref in [a.close.remote() for a in actors]:
                 with contextlib.suppress(Exception):  # a dead actor has nothing to close

@@ -57,8 +57,8 @@ class EvalConfig:
     judge_model: str | None = judge_field("judge_model")
     base_url: list[str] = judge_field("base_url")
     position_bias: str = judge_field("position_bias")
-    engine: str = opt("local", "Where both sides sample, and a reward model or verifier scores: local | ray (a Ray "
-                      "cluster; an LLM judge stays local).")
+    engine: str = opt("local", "Where both sides sample and an in-process judge runs: local | ray (a Ray cluster; a "
+                      "judge behind --base-url stays where it is).")
     ray_address: str | None = opt(None, "--engine ray: the cluster; none: RAY_ADDRESS, else `ray start`'s, else a local Ray "
                                   "for this command.")
     generate: dict[str, Any] = opt({}, "Other GenerateConfig fields for both sides (--set generate.FIELD=VALUE).", cli=False)
@@ -105,7 +105,7 @@ def rank_config(cfg: EvalConfig, progress: bool) -> Any:
     if cfg.engine == "ray" and cfg.judge:
         from prefdata.distributed.score import is_pointwise_judge
 
-        if is_pointwise_judge(cfg.judge):  # an LLM judge runs locally or behind --base-url
+        if is_pointwise_judge(cfg.judge) or not cfg.base_url:  # a judge behind --base-url is remote already
             fields.update(engine="ray", ray_address=cfg.ray_address)
     fields.update(base_url=list(cfg.base_url), seed=cfg.seed, progress=progress, **cfg.rank)
     if cfg.judge_model:  # eval's own flag wins over --set rank.judge_model

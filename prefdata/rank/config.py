@@ -67,8 +67,8 @@ class RankConfig:
     max_model_len: int = judge_field("max_model_len")
     dtype: str = judge_field("dtype")
     progress: bool = opt(True, "Show the progress bar.", identity=False)
-    engine: str = opt("local", "Where the judge runs: local | ray (reward models and verifiers in a pool of Ray actors).",
-                      identity=False)
+    engine: str = opt("local", "Where the judge runs: local | ray (an in-process judge, reward model or verifier in a "
+                      "pool of Ray actors).", identity=False)
     ray_address: str | None = opt(None, "--engine ray: the cluster to use; none: RAY_ADDRESS, else a cluster started with "
                                   "`ray start` on this machine, else a local Ray started for this command.", identity=False)
     dp: int | None = opt(None, "--engine ray: judge actors; none: the cluster's GPUs, or its nodes on CPU.", identity=False)
