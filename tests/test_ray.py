@@ -205,13 +205,15 @@ def test_an_llm_judge_in_ray_actors_gives_the_local_verdicts(ray_local, tiny_lla
     cfg = {"judge": "verdict-only", "judge_model": str(tiny_llama_dir), "max_model_len": 512, "progress": False}
     since = time.time()
     a = rank_run(local, RankConfig(**cfg))
+    local_engine = set(_vllm_procs(since))  # the local judge's engine lives until this process ends, as in the CLI
     b = rank_run(on_ray, RankConfig(**cfg, engine="ray", dp=1))
     assert a.record["judge_hash"] == b.record["judge_hash"]
     cols = ["prompt_id", "a_id", "b_id", "verdict", "raw"]
     ja = local.read_judgments(a.record["judge_hash"], columns=cols).sort(["a_id", "b_id"])
     jb = on_ray.read_judgments(b.record["judge_hash"], columns=cols).sort(["a_id", "b_id"])
     assert ja.height >= 4 and ja.equals(jb)  # the same calls over the rounds, the same raw outputs (greedy)
-    assert wait_gone(_vllm_procs(since), 30) == [], "the judge actor's vLLM engine outlived the rank"
+    left = wait_gone([p for p in _vllm_procs(since) if p not in local_engine], 30)
+    assert left == [], "the judge actor's vLLM engine outlived the rank"
 
 
 def _crashing_actor(marker: str) -> type:
@@ -312,3 +314,20 @@ def test_an_unreachable_ray_address_is_one_error_line(prompts_file, tiny_llama_d
     assert p.returncode != 0 and time.monotonic() - t0 < 60
     assert "error: cannot reach the Ray cluster at 127.0.0.1:1" in p.stderr and "Traceback" not in p.stderr
     assert not list((tmp_path / "run").glob("candidates/*.parquet"))
+
+
+def test_a_command_joins_a_running_cluster_and_leaves_it_running(ray_local, local_run, prompts_file, tiny_llama_dir,
+                                                                 tmp_path):
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    ours = {p.pid for p in _ray_procs()}
+    cmd = [sys.executable, "-m", "prefdata.cli", "generate", str(prompts_file), "--run", str(tmp_path / "run"),
+           "--model", str(tiny_llama_dir), "--backend", "hf", "-n", "1", "--temperature", "0", "--greedy",
+           "--max-tokens", "6", "--batch-size", "2", "--dtype", "float32", "--engine", "ray", "--ray-address", address]
+    env = dict(os.environ, PYTHONPATH=str(REPO))  # with this cluster's token (RAY_AUTH_TOKEN), as a user's shell has
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"on the Ray cluster at {address}" in p.stderr
+    assert _cands(tmp_path / "run").equals(_cands(local_run))
+    assert ray.is_initialized() and ours <= {p.pid for p in _ray_procs()}  # the cluster it joined still runs
