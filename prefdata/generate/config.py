@@ -14,6 +14,7 @@ from prefdata.options import identity_fields, opt
 from prefdata.run.records import TRAIN_SUMMARY, stable_hash
 
 BACKENDS = tuple(ENGINES)  # every engine of the model layer samples
+RUNNERS = ("local", "ray")  # where the engines run: this process, or actors on a Ray cluster
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,15 @@ class GenerateConfig:
     dtype: str = opt("auto", "vLLM / transformers compute dtype: auto (bf16 where the CPU or GPU computes it natively, "
                      "else float32 on CPU, float16 on GPU; not the checkpoint's) | float32 | bfloat16 | float16.", identity=False)
     tensor_parallel_size: int = opt(1, "vLLM tensor parallel GPUs.", flag=("--tensor-parallel-size", "--tp"), identity=False)
-    data_parallel_size: int = opt(1, "vLLM engines, one per GPU group: `prefdata generate` starts one --shard process "
-                                  "per group (command line only).", flag=("--data-parallel-size", "--dp"), identity=False)
+    data_parallel_size: int | None = opt(None, "Engines, one per GPU group. Local: `prefdata generate` starts one --shard "
+                                         "process per group (command line only); none: 1. --engine ray: engine actors; none: "
+                                         "the cluster's GPUs / --tp, or its nodes on CPU.", flag=("--data-parallel-size", "--dp"),
+                                         identity=False)
+    engine: str = opt("local", "Where the engines run: local (this machine) | ray (an actor pool on a Ray cluster; the "
+                      "run directory stays on this machine).", identity=False)
+    ray_address: str | None = opt(None, "--engine ray: the cluster to use; none: RAY_ADDRESS, else a cluster started with "
+                                  "`ray start` on this machine, else a local Ray started for this command and stopped with it.",
+                                  identity=False)
     gpu_memory_utilization: float = opt(0.9, "vLLM share of GPU memory.", identity=False)
     batch_size: int = opt(64, "Prompts per shard: the most a crash can lose.", identity=False)
     hf_batch_size: int = opt(8, "Prompts per transformers generate call (--backend hf).", identity=False)
@@ -83,6 +91,8 @@ class GenerateConfig:
         check_endpoint(self)
         if self.shard is not None:
             parse_shard(self.shard)
+        if self.engine not in RUNNERS:
+            raise PrefdataError(f"--engine must be one of {', '.join(RUNNERS)}, got {self.engine!r}")
 
     def check_ranges(self) -> None:
         """Values vLLM or the server would reject late (or take silently): refused here, before any work."""

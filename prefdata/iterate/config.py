@@ -115,7 +115,7 @@ class IterateConfig:
                 built = self.stage_config(name)
             except (PrefdataError, TypeError, ValueError) as e:
                 raise PrefdataError(f"--set {name}: {e}") from None
-            if name == "generate" and built.data_parallel_size > 1:
+            if name == "generate" and (built.data_parallel_size or 1) > 1:
                 raise PrefdataError("--set generate.data_parallel_size: the loop samples with one engine per round")
 
 

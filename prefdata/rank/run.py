@@ -38,8 +38,17 @@ def rank_run(run: RunDir, cfg: RankConfig, llm: Any = None, *, judge: PairJudge 
 
 def _rank_run(run: RunDir, cfg: RankConfig, llm: Any, judge: PairJudge | PointwiseJudge | None) -> RankSummary:
     groups = Groups(run, cfg.kinds, cfg.group_size, cfg.sampler)
+    if judge is None and cfg.engine == "ray":  # the same driver, its judge calls spread over Ray actors
+        from prefdata.distributed.score import ray_judge
+
+        with ray_judge(cfg, groups.n_candidates, progress=cfg.progress) as rj:
+            return _rank_groups(run, cfg, rj, groups)
     if judge is None:
         judge = build_judge(cfg, llm, n_items=groups.n_candidates)
+    return _rank_groups(run, cfg, judge, groups)
+
+
+def _rank_groups(run: RunDir, cfg: RankConfig, judge: PairJudge | PointwiseJudge, groups: Groups) -> RankSummary:
     pointwise = isinstance(judge, PointwiseJudge) and not isinstance(judge, PairJudge)
     strategy, chosen_by = cfg.resolve_strategy(pointwise)
     if pointwise != (strategy == "scores"):

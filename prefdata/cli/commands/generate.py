@@ -34,7 +34,7 @@ def _generate(cfg: Any, *, run: Path, quiet: bool) -> None:
     from prefdata.generate import generate_run
     from prefdata.run.store import RunDir
 
-    if cfg.data_parallel_size > 1:
+    if (cfg.data_parallel_size or 1) > 1 and cfg.engine == "local":
         if cfg.shard or cfg.backend != "vllm":
             raise PrefdataError("--data-parallel-size works with --backend vllm and without --shard")
         raise typer.Exit(launch_data_parallel(verb_args(sys.argv[1:]), cfg.data_parallel_size, cfg.tensor_parallel_size))

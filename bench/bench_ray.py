@@ -1,0 +1,133 @@
+"""The cost of `--engine ray` against the local path on one machine (issue 22).
+
+1. The same generate (transformers, a tiny random Llama, greedy) locally and through a local Ray with one actor:
+   wall time, with Ray's start (`ray.init`) counted apart.
+2. The per-batch cost of the Ray path: an instant sampler (no model), many batches, one actor.
+3. Scaling in actors with a sampler that sleeps per batch (a stand-in for a GPU engine, so the orchestration is
+   measured, not this CPU): 1, 2 and 4 actors on a local Ray given 4 logical CPUs.
+
+    PYTHONPATH=. python bench/bench_ray.py [--prompts 32] [--max-tokens 32] [--sleep 1.0] [--batches 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefdata.distributed.cluster import ray_cluster
+from prefdata.distributed.generate import SampleActor, sample_on_ray
+from prefdata.generate import GenerateConfig, generate_run
+from prefdata.generate.config import sampler_hash
+from prefdata.llm.chat import Completion
+from prefdata.run.prompts import load_prompts
+from prefdata.run.store import RunDir
+
+
+class InstantSampler:
+    """Answers at once (or after `sleep_s` per batch): what remains is prefdata's and Ray's own cost."""
+
+    name = "instant"
+
+    def __init__(self, sleep_s: float) -> None:
+        self.sleep_s = sleep_s
+
+    def sample(self, conversations: list[Any], plan: list[Any], on_done: Any = None, on_tick: Any = None) -> list[list[list[Completion]]]:
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return [[[Completion(f"answer {i}", "stop", 2) for i in range(s.n)] for s in plan] for _ in conversations]
+
+
+def instant_actor(sleep_s: float) -> type:
+    """An actor class whose sampler answers after `sleep_s` per batch (pickled by value with its closure)."""
+
+    class InstantActor(SampleActor):
+        def __init__(self, cfg: GenerateConfig, shash: str, label: str) -> None:
+            self.cfg, self.shash, self.label = cfg, shash, label
+            self.sampler = InstantSampler(sleep_s)
+
+    return InstantActor
+
+
+def _prompts(n: int, folder: Path) -> Path:
+    p = folder / "prompts.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"Write one sentence about the number {i}."}) + "\n" for i in range(n)))
+    return p
+
+
+def _orchestration(prompts: Path, folder: Path, batches: int, batch_size: int, sleep_s: float, actors: int
+                   ) -> tuple[float, float]:  # fmt: skip
+    """Seconds for `batches` batches through sample_on_ray with the instant/sleeping actor (Ray already up), and
+    the span from the first returned batch to the last (the steady state, actor starts left out)."""
+    cfg = GenerateConfig(prompts=str(prompts), model="bench", backend="openai", base_url="http://unused/v1", n=1,
+                         batch_size=batch_size, limit=batches * batch_size, engine="ray", data_parallel_size=actors)
+    run = RunDir(folder / f"orch-{actors}-{sleep_s}-{time.monotonic_ns()}")
+    pset = load_prompts(cfg.prompts, None, None, None, cfg.limit)
+    todo = list(pset.table.iter_rows(named=True))
+    stats: dict[str, float] = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
+    t0 = time.perf_counter()
+    sample_on_ray(run, cfg, todo, sampler_hash(cfg), "bench", stats, progress=False, actor=instant_actor(sleep_s))
+    wall = time.perf_counter() - t0
+    assert stats["sampled"] == len(todo), stats
+    return wall, stats["ray_last_batch_at"] - stats["ray_first_batch_at"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batches", type=int, default=16)
+    ap.add_argument("--sleep", type=float, default=1.0)
+    ap.add_argument("--model", help="a causal LM folder; default: a tiny random Llama built with the demo tokenizer")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+    try:
+        model = args.model
+        if model is None:
+            from prefdata.models import demo_model_dir
+            from tests.helpers import build_tiny_llama
+
+            model = str(build_tiny_llama(tmp / "tiny", demo_model_dir()))
+        prompts = _prompts(max(args.prompts, args.batches * args.batch_size), tmp)
+        cfg = {"prompts": str(prompts), "model": model, "backend": "hf", "n": 1, "temperature": 0.0,
+               "max_tokens": args.max_tokens, "batch_size": args.batch_size, "limit": args.prompts}
+        t0 = time.perf_counter()
+        local = generate_run(RunDir(tmp / "local"), GenerateConfig(**cfg), progress=False)
+        t_local = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with ray_cluster(num_cpus=4) as cluster:
+            t_init = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            on_ray = generate_run(RunDir(tmp / "ray"), GenerateConfig(**cfg, engine="ray", data_parallel_size=1), progress=False)
+            t_ray = time.perf_counter() - t1
+            same = (RunDir(tmp / "local").read_candidates().sort("candidate_id")["text"].to_list()  # type: ignore[union-attr]
+                    == RunDir(tmp / "ray").read_candidates().sort("candidate_id")["text"].to_list())  # type: ignore[union-attr]
+            ks = (1, 2, 4)
+            instant = {k: _orchestration(prompts, tmp, args.batches, args.batch_size, 0.0, k) for k in ks}
+            scaling = {k: _orchestration(prompts, tmp, args.batches, args.batch_size, args.sleep, k) for k in ks}
+        out = {
+            "cluster": {"cpus": cluster.cpus, "nodes": cluster.nodes},
+            "generate_local_s": round(t_local, 2), "generate_ray_s": round(t_ray, 2), "ray_init_s": round(t_init, 2),
+            "ray_overhead_pct_without_init": round(100 * (t_ray - t_local) / t_local, 1),
+            "same_texts": same, "candidates": [local.candidates, on_ray.candidates],
+            "batches": args.batches, "instant_wall_s": {k: round(v[0], 2) for k, v in instant.items()},
+            "per_batch_ms_1_actor_steady": round(1000 * instant[1][1] / max(1, args.batches - 1), 1),
+            "sleep_s_per_batch": args.sleep,
+            "sleeping_wall_s": {k: round(v[0], 2) for k, v in scaling.items()},
+            # first returned batch to last: ideally sleep x (ceil(batches / k) - 1), the actors' starts left out
+            "sleeping_span_s": {k: round(v[1], 2) for k, v in scaling.items()},
+            "ideal_span_s": {k: args.sleep * (-(-args.batches // k) - 1) for k in ks},
+            "span_speedup_vs_1": {k: round(scaling[1][1] / v[1], 2) for k, v in scaling.items()},
+        }
+        print(json.dumps(out, indent=1))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
