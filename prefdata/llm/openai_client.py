@@ -85,6 +85,49 @@ class ChatResult:
     attempts: int = 1
 
 
+class Flight:
+    """In-flight occupancy of one client, counted at every call's start and end (two clock reads a call): how long
+    fewer than `concurrency` calls were in flight, between the first call's start and the last one's end. A run
+    that keeps the pipe full has `idle_fraction` near 0; the benchmark reads it (bench/bench_judge_client.py)."""
+
+    __slots__ = ("concurrency", "n", "calls", "first", "last", "under_s")
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.n = self.calls = 0
+        self.first = self.last = -1.0
+        self.under_s = 0.0
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.first < 0:
+            self.first = now
+        elif self.n < self.concurrency:
+            self.under_s += now - self.last
+        self.last = now
+
+    def start(self) -> None:
+        self._tick()
+        self.n += 1
+
+    def end(self) -> None:
+        self._tick()
+        self.n -= 1
+        self.calls += 1
+
+    @property
+    def span_s(self) -> float:
+        return max(0.0, self.last - self.first)
+
+    @property
+    def idle_fraction(self) -> float:
+        """The fraction of the span with fewer than `concurrency` calls in flight."""
+        return self.under_s / self.span_s if self.span_s > 0 else 0.0
+
+
+FLIGHTS: list[Flight] | None = None  # set to a list to collect every new client's Flight (the benchmark does)
+
+
 class ChatClient:
     """Chat completions against one or more OpenAI-compatible base URLs (see the module docstring)."""
 
@@ -124,6 +167,9 @@ class ChatClient:
         self.unavailable: str | None = None  # why the endpoints count as down (then nothing more is sent)
         self.max_model_len: int | None = None  # the served model's context, when /models reports it
         self._can_tokenize = True  # the server has vLLM's /tokenize (cleared on the first 404)
+        self.flight = Flight(self.concurrency)
+        if FLIGHTS is not None:
+            FLIGHTS.append(self.flight)
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -179,7 +225,11 @@ class ChatClient:
             async def one(body: dict[str, Any]) -> ChatResult:
                 async with sem:
                     _REPLY_CAP.set(reply_cap(body))  # this call's task only (each gathered call runs in its own)
-                    res = self._masked(await self._one(clients, http, lock, body))
+                    self.flight.start()
+                    try:
+                        res = self._masked(await self._one(clients, http, lock, body))
+                    finally:
+                        self.flight.end()
                 if on_done is not None:
                     on_done(res)
                 return res
