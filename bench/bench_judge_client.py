@@ -13,6 +13,7 @@ Usage:
   python bench/bench_judge_client.py [--prompts 60] [--cands 16] [--concurrency 64]
       [--strategies iterative,round-robin[,sort]] [--generate-prompts 2000] [--bare-calls 14400]
       [--max-model-len N]  (the server reports a context: every call is counted with /tokenize first)
+      [--delay-ms MS]      (the server answers each chat call this late: occupancy shows whether the pipe stays full)
       [--profile out.prof] (cProfile of the client side of every case, for `python -m pstats`)
       [--json out.json]
 """
@@ -171,6 +172,7 @@ def main() -> None:
     ap.add_argument("--bare-batch", type=int, default=240, help="bodies per chat() call (a round robin round of N=16)")
     ap.add_argument("--generate-prompts", type=int, default=2000)
     ap.add_argument("--max-model-len", type=int, default=None)
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="the server answers each chat call this late")
     ap.add_argument("--server-cpu", type=int, default=0)
     ap.add_argument("--client-cpu", type=int, default=1)
     ap.add_argument("--profile", default=None)
@@ -180,6 +182,8 @@ def main() -> None:
     cmd = [sys.executable, str(Path(__file__).with_name("judge_server.py")), "--cpu", str(a.server_cpu)]
     if a.max_model_len:
         cmd += ["--max-model-len", str(a.max_model_len)]
+    if a.delay_ms:
+        cmd += ["--delay-ms", str(a.delay_ms)]
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None
@@ -204,7 +208,8 @@ def main() -> None:
         server.terminate()
         server.wait()
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"\nCPU: {cpu}; server on core {a.server_cpu}, client on core {a.client_cpu}; concurrency {a.concurrency}")
+    print(f"\nCPU: {cpu}; server on core {a.server_cpu}, client on core {a.client_cpu}; concurrency {a.concurrency}; "
+          f"server delay {a.delay_ms:g} ms; max_model_len {a.max_model_len}")
     print("| case | calls | wall s | calls/s | client CPU ms/call | client CPU share | idle fraction | load before/after |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

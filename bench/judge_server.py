@@ -6,7 +6,7 @@ the client under test asks, so that the benchmark measures the client. It serves
 its content: the candidates' texts carry their hidden quality as `q=N`; the higher one wins ([[A]] / [[B]], [[C]]
 for equal). A sampling request (`n` in the body) gets `n` short choices.
 
-Usage: python bench/judge_server.py [--port 0] [--cpu 0] [--max-model-len N]   (prints its base URL, then serves)
+Usage: python bench/judge_server.py [--port 0] [--cpu 0] [--max-model-len N] [--delay-ms MS]   (prints its base URL, then serves)
        python bench/judge_server.py --selftest [--cpu 0]                       (its own max rate, calls/s)
 """
 
@@ -51,6 +51,7 @@ class _Http(asyncio.Protocol):
     """One keep-alive connection: requests parsed by Content-Length (what every client here sends)."""
 
     max_model_len: int | None = None
+    delay_s = 0.0  # each chat reply this late (a judge's latency), without blocking the others
     served = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,8 +91,11 @@ class _Http(asyncio.Protocol):
                               "max_model_len": self.max_model_len}).encode()
         else:
             code, out = 404, b'{"detail": "Not Found"}'
-        self.t.write(b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                     % (code, len(out), out))
+        data = b"HTTP/1.1 %d OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (code, len(out), out)
+        if self.delay_s and path.endswith(b"/chat/completions"):
+            asyncio.get_running_loop().call_later(self.delay_s, self.t.write, data)
+        else:
+            self.t.write(data)
 
 
 def _loop() -> asyncio.AbstractEventLoop:
@@ -103,8 +107,8 @@ def _loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def serve(port: int, max_model_len: int | None) -> None:
-    _Http.max_model_len = max_model_len
+def serve(port: int, max_model_len: int | None, delay_s: float = 0.0) -> None:
+    _Http.max_model_len, _Http.delay_s = max_model_len, delay_s
     loop = _loop()
     server = loop.run_until_complete(loop.create_server(_Http, "127.0.0.1", port, backlog=1024))
     print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", flush=True)
@@ -148,6 +152,7 @@ if __name__ == "__main__":
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--cpu", type=int, default=None, help="pin the server to this core")
     ap.add_argument("--max-model-len", type=int, default=None, help="report it in /models and serve /tokenize")
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="answer each chat request this many ms late")
     ap.add_argument("--selftest", action="store_true", help="print the server's own max rate (client in-process)")
     a = ap.parse_args()
     if a.cpu is not None:
@@ -155,4 +160,4 @@ if __name__ == "__main__":
     if a.selftest:
         print(f"{selftest():.0f} requests/s (server and its client on one core)")
         sys.exit(0)
-    serve(a.port, a.max_model_len)
+    serve(a.port, a.max_model_len, a.delay_ms / 1000)

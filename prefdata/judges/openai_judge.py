@@ -1,4 +1,4 @@
-"""The LLM judge over an OpenAI-compatible server: a ChatBackend adapter over `backends.openai_client.ChatClient`.
+"""The LLM judge over an OpenAI-compatible server: a ChatBackend adapter over `llm.openai_client.ChatClient`.
 
 The client does the transport (several URLs, concurrency, rate limit, retries with backoff, the stop after
 repeated connection failures, the /tokenize too_long check); this adapter only builds the judge's request
@@ -27,6 +27,11 @@ class OpenAIBackend:
     def unavailable(self) -> str | None:
         """Why the judge server counts as down (the run then stops early), else None."""
         return self.client.unavailable
+
+    @property
+    def concurrent_calls(self) -> int:
+        """Calls in flight at once; `chat` may be called from several threads (they share these slots)."""
+        return self.client.concurrency
 
     def preflight(self) -> list[str]:
         return self.client.preflight()

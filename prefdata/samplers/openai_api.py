@@ -1,4 +1,4 @@
-"""The openai sampler: a thin adapter over `backends.openai_client.ChatClient`.
+"""The openai sampler: a thin adapter over `llm.openai_client.ChatClient`.
 
 It builds one request per (prompt, plan entry) with `n` completions and turns the results back into
 `Completion`s. The client retries (429, 5xx, timeouts, dropped connections) and returns failures as values;
