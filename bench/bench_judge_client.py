@@ -25,11 +25,13 @@ import contextlib
 import cProfile
 import json
 import os
+import pstats
 import random
 import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -159,6 +161,25 @@ def bench_generate(url: str, tmp: Path, a: argparse.Namespace, prof: cProfile.Pr
     return out
 
 
+def profile_threads() -> list[cProfile.Profile]:
+    """Profile every thread started from now on (the client's event loop, the judge rounds): cProfile sees only
+    the thread that enables it."""
+    profs: list[cProfile.Profile] = []
+    run = threading.Thread.run
+
+    def profiled(self: threading.Thread) -> None:
+        p = cProfile.Profile()
+        profs.append(p)
+        p.enable()
+        try:
+            run(self)
+        finally:
+            p.disable()
+
+    threading.Thread.run = profiled  # type: ignore[method-assign]
+    return profs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=60)
@@ -190,6 +211,7 @@ def main() -> None:
         url = server.stdout.readline().strip()
         os.sched_setaffinity(0, {a.client_cpu})
         prof = cProfile.Profile() if a.profile else None
+        thread_profs = profile_threads() if a.profile else []
         rows = []
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
@@ -203,7 +225,11 @@ def main() -> None:
                 rows.append(bench_generate(url, tmp, a, prof))
                 print(rows[-1], flush=True)
         if prof:
-            prof.dump_stats(a.profile)
+            stats = pstats.Stats(prof)
+            for p in thread_profs:
+                p.create_stats()
+                stats.add(p)
+            stats.dump_stats(a.profile)
     finally:
         server.terminate()
         server.wait()
