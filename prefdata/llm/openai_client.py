@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -189,8 +191,10 @@ class ChatClient:
             with self._start_lock:
                 if self._loop is None or self._pid != os.getpid():
                     loop = asyncio.new_event_loop()
-                    threading.Thread(target=loop.run_forever, name="prefdata-chat-client", daemon=True).start()
+                    threading.Thread(target=_serve, args=(loop,), name="prefdata-chat-client", daemon=True).start()
                     self._origins = {}
+                    # a client dropped without close() still stops its thread and closes its connections
+                    self._stop = weakref.finalize(self, _shutdown, loop, self._origins)
                     self._sem = asyncio.Semaphore(self.concurrency)
                     self._rate_lock = asyncio.Lock()
                     self._loop, self._pid = loop, os.getpid()
@@ -206,19 +210,9 @@ class ChatClient:
 
     def close(self) -> None:
         """Close the connections and stop the loop (a later call starts them again)."""
-        loop = self._loop
-        if loop is None or self._pid != os.getpid():
-            return
-
-        async def shut() -> None:
-            for o in self._origins.values():
-                o.close()
-
-        try:
-            asyncio.run_coroutine_threadsafe(shut(), loop).result(5)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            self._loop = None
+        if self._loop is not None and self._pid == os.getpid():
+            self._stop()
+        self._loop = None
 
     def _target(self, url: str, tail: str) -> tuple[Origin, str]:
         """The connections to `url`'s host and the path of `tail` under it (loop thread only)."""
@@ -470,6 +464,23 @@ def _first_top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
         if isinstance(tok, str) and isinstance(val, int | float):
             tops[tok] = max(tops.get(tok, -1e30), float(val))
     return tops
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_forever()
+    loop.close()
+
+
+def _shutdown(loop: asyncio.AbstractEventLoop, origins: dict[str, Origin]) -> None:
+    """Close the idle connections and stop the loop, from any thread (it must not hold the client)."""
+
+    def stop() -> None:
+        for o in origins.values():
+            o.close()
+        loop.stop()
+
+    with contextlib.suppress(RuntimeError):  # the loop is already closed
+        loop.call_soon_threadsafe(stop)
 
 
 def _byte_forms(secrets: list[str]) -> list[bytes]:
