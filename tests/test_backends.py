@@ -185,3 +185,56 @@ def test_unreachable_after_below_one_is_refused():
             RankConfig(unreachable_after=bad)
         with pytest.raises(PrefdataError, match="--unreachable-after"):
             ChatClient(["http://127.0.0.1:9/v1"], "m", unreachable_after=bad)
+
+
+class _Forward(BaseHTTPRequestHandler):
+    """A forward HTTP proxy: takes absolute-form requests and relays them; records the targets and auth it saw."""
+
+    seen: list[tuple[str, str | None]] = []
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        import http.client
+        from urllib.parse import urlsplit
+
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append((self.path, self.headers.get("Proxy-Authorization")))
+        u = urlsplit(self.path)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("proxy-authorization", "connection")}
+        conn.request("POST", u.path, body, headers)
+        r = conn.getresponse()
+        payload = r.read()
+        self.send_response(r.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(monkeypatch):
+    """httpx (under the SDK, before issue 24) went through HTTP_PROXY; the client's own transport does too."""
+    from tests.helpers import FaultServer
+
+    target = FaultServer()
+    target.healthy = True
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Forward)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    _Forward.seen = []
+    body = {"messages": [{"role": "user", "content": "answer q=1 or answer q=5"}], "max_tokens": 8}
+    try:
+        for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://user:p%40ss@127.0.0.1:{proxy.server_address[1]}")
+        (r,) = ChatClient([target.url], "fake-judge", max_retries=0).chat([body])
+        assert r.error is None and r.choices[0].text == "[[B]]"
+        assert len(_Forward.seen) == 1 and _Forward.seen[0][0] == f"{target.url}/chat/completions"
+        assert _Forward.seen[0][1] == "Basic dXNlcjpwQHNz"  # user:p@ss
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        (r,) = ChatClient([target.url], "fake-judge", max_retries=0).chat([body])
+        assert r.error is None and len(_Forward.seen) == 1  # straight to the server
+    finally:
+        proxy.shutdown()
+        target.close()

@@ -7,18 +7,20 @@ spent 6-20 ms of CPU per judge call. This one keeps a stack of idle connections 
 one write and a few reads (bench/RESULTS.md section 10).
 
 What it speaks: GET and POST with a byte body; replies framed by Content-Length, chunked, or the connection's end;
-gzip/deflate bodies decoded (we ask for identity); http:// and https:// (certifi's roots when installed). A
-reused connection the server closed meanwhile is replaced once, transparently (no byte of a reply was read).
-Not supported: proxies from the environment (`HTTP(S)_PROXY`), redirects (a 3xx is an answer), HTTP/2.
+gzip/deflate bodies decoded (we ask for identity); http:// and https:// (certifi's roots when installed); an
+http:// proxy (the chat client takes it from HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as httpx did): plain requests in
+absolute form, https through a CONNECT tunnel. A reused connection the server closed meanwhile is replaced once,
+transparently (no byte of a reply was read). Not supported: redirects (a 3xx is an answer), HTTP/2, socks proxies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 import zlib
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 MAX_HEAD = 64 * 1024  # status line and headers
 
@@ -88,34 +90,60 @@ class Origin:
     """Keep-alive connections to one scheme://host:port, used by one event loop. The caller bounds how many
     requests run at once (the chat client's semaphore), so the idle stack never holds more than that."""
 
-    def __init__(self, url: str, headers: dict[str, str], timeout_s: float) -> None:
+    def __init__(self, url: str, headers: dict[str, str], timeout_s: float, proxy: str | None = None) -> None:
         u = urlsplit(url)
+        self.invalid: str | None = None  # why nothing can be sent (a connection error on every call)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"not an http(s) URL: {url}")
-        self.host = u.hostname
+            self.invalid = f"not an http(s) URL: {url}"
+        self.host = u.hostname or ""
         self.tls = u.scheme == "https"
         self.port = u.port or (443 if self.tls else 80)
         default = self.port == (443 if self.tls else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if default else f"{host}:{self.port}"
         self.timeout_s = timeout_s
-        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         self.idle: list[_Conn] = []
+        # through an HTTP proxy: plain http in absolute form, https in a CONNECT tunnel
+        self.proxy: tuple[str, int] | None = None
+        self.prefix = ""
+        if proxy:
+            p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if p.scheme != "http" or not p.hostname:
+                self.invalid = f"only http:// proxies are supported, the environment names {p.scheme}://{p.hostname}"
+            self.proxy = (p.hostname or "", p.port or 80)
+            if p.username:
+                token = base64.b64encode(f"{unquote(p.username)}:{unquote(p.password or '')}".encode()).decode()
+                headers = {**headers, "Proxy-Authorization": f"Basic {token}"}
+            if not self.tls:
+                self.prefix = f"http://{self.host_header}"
+        self.extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if self.prefix or k != "Proxy-Authorization")
+        self.tunnel_auth = headers.get("Proxy-Authorization") if self.proxy and self.tls else None
 
     async def _connect(self) -> _Conn:
+        if self.invalid:
+            raise TransportError("ConnectError", self.invalid)
+        host, port = self.proxy or (self.host, self.port)
         try:
             async with asyncio.timeout(self.timeout_s):
-                r, w = await asyncio.open_connection(self.host, self.port, ssl=_ssl_context() if self.tls else None,
-                                                     limit=MAX_HEAD)
+                tls = _ssl_context() if self.tls and not self.proxy else None
+                r, w = await asyncio.open_connection(host, port, ssl=tls, limit=MAX_HEAD)
+                if self.proxy and self.tls:
+                    auth = f"Proxy-Authorization: {self.tunnel_auth}\r\n" if self.tunnel_auth else ""
+                    w.write(f"CONNECT {self.host_header} HTTP/1.1\r\nHost: {self.host_header}\r\n{auth}\r\n".encode("latin-1"))
+                    reply, _, _, _ = _parse_head(await r.readuntil(b"\r\n\r\n"))
+                    if reply.status != 200:
+                        w.close()
+                        raise TransportError("ConnectError", f"the proxy {host}:{port} refused the tunnel (HTTP {reply.status})")
+                    await w.start_tls(_ssl_context(), server_hostname=self.host)
         except TimeoutError:
-            raise TransportError("ConnectTimeout", f"no connection to {self.host}:{self.port} within {self.timeout_s:g}s") from None
-        except (OSError, ssl.SSLError) as e:
+            raise TransportError("ConnectTimeout", f"no connection to {host}:{port} within {self.timeout_s:g}s") from None
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             raise TransportError("ConnectError", str(e) or type(e).__name__) from None
         return _Conn(r, w)
 
     async def request(self, method: str, path: str, body: bytes | None, cap: int) -> Reply:
         """One request on an idle connection (or a new one); the reply's body at most `cap` bytes."""
-        head = (f"{method} {path} HTTP/1.1\r\nHost: {self.host_header}\r\n{self.extra}"
+        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n{self.extra}"
                 f"Content-Length: {len(body or b'')}\r\n\r\n").encode("latin-1")
         data = head + body if body else head
         while self.idle:

@@ -220,7 +220,7 @@ class ChatClient:
         key = f"{u.scheme}://{u.netloc}"
         origin = self._origins.get(key)
         if origin is None:
-            origin = self._origins[key] = Origin(url, self._headers(), self.timeout_s)
+            origin = self._origins[key] = Origin(url, self._headers(), self.timeout_s, proxy=_proxy_for(u.scheme, u.hostname))
         return origin, u.path.rstrip("/") + tail
 
     def _mask_bytes(self, data: bytes) -> bytes:
@@ -464,6 +464,16 @@ def _first_top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
         if isinstance(tok, str) and isinstance(val, int | float):
             tops[tok] = max(tops.get(tok, -1e30), float(val))
     return tops
+
+
+def _proxy_for(scheme: str, host: str | None) -> str | None:
+    """The proxy the environment names for this URL (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY), as httpx read it."""
+    import urllib.request
+
+    if not host or urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(scheme) or proxies.get("all")
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
