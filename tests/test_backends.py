@@ -210,6 +210,26 @@ class _Forward(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
+    def do_CONNECT(self):  # noqa: N802 - http.server API: a tunnel, the bytes relayed both ways
+        host, port = self.path.rsplit(":", 1)
+        type(self).seen.append((f"CONNECT {self.path}", self.headers.get("Proxy-Authorization")))
+        upstream = socket.create_connection((host, int(port)))
+        self.send_response(200, "Connection established")
+        self.end_headers()
+
+        def pipe(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        threading.Thread(target=pipe, args=(upstream, self.connection), daemon=True).start()
+        pipe(self.connection, upstream)
+        self.close_connection = True
+
     def log_message(self, *args):
         pass
 
@@ -238,3 +258,50 @@ def test_http_proxy_from_the_environment_is_used_and_no_proxy_bypasses_it(monkey
     finally:
         proxy.shutdown()
         target.close()
+
+
+def test_https_with_the_roots_named_by_ssl_cert_file(tmp_path, monkeypatch):
+    """A real TLS server on 127.0.0.1 with a certificate made here: trusted through SSL_CERT_FILE (as httpx did), and
+    refused as a connection error when the roots do not include it."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)  # fmt: skip
+    _Busy.times = [0.0]  # past the first request: _Busy answers with a completion
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    url = f"https://127.0.0.1:{srv.server_address[1]}/v1"
+    try:
+        for var in ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "SSL_CERT_DIR"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        (r,) = ChatClient([url], "m", max_retries=0).chat([body])
+        assert r.error is None and r.choices[0].text == "hello"
+        # through an HTTPS_PROXY: a CONNECT tunnel, TLS end to end
+        proxy = ThreadingHTTPServer(("127.0.0.1", 0), _Forward)
+        proxy.daemon_threads = True
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        _Forward.seen = []
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        try:
+            (r,) = ChatClient([url], "m", max_retries=0).chat([body])
+        finally:
+            proxy.shutdown()
+            monkeypatch.delenv("HTTPS_PROXY")
+        assert r.error is None and r.choices[0].text == "hello"
+        assert _Forward.seen == [(f"CONNECT 127.0.0.1:{srv.server_address[1]}", None)]
+        monkeypatch.delenv("SSL_CERT_FILE")
+        (r,) = ChatClient([url], "m", max_retries=0).chat([body])
+        assert r.kind == "connection" and "CERTIFICATE_VERIFY_FAILED" in (r.error or "")
+    finally:
+        srv.shutdown()

@@ -7,7 +7,7 @@ spent 6-20 ms of CPU per judge call. This one keeps a stack of idle connections 
 one write and a few reads (bench/RESULTS.md section 10).
 
 What it speaks: GET and POST with a byte body; replies framed by Content-Length, chunked, or the connection's end;
-gzip/deflate bodies decoded (we ask for identity); http:// and https:// (certifi's roots when installed); an
+gzip/deflate bodies decoded (we ask for identity); http:// and https:// (SSL_CERT_FILE / SSL_CERT_DIR, else certifi); an
 http:// proxy (the chat client takes it from HTTP_PROXY / HTTPS_PROXY / NO_PROXY, as httpx did): plain requests in
 absolute form, https through a CONNECT tunnel. A reused connection the server closed meanwhile is replaced once,
 transparently (no byte of a reply was read). Not supported: redirects (a 3xx is an answer), HTTP/2, socks proxies.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import ssl
 import zlib
 from dataclasses import dataclass
@@ -71,19 +72,26 @@ class _Conn:
         self.w.close()
 
 
-_SSL: ssl.SSLContext | None = None
+_SSL: dict[tuple[str | None, str | None], ssl.SSLContext] = {}
 
 
 def _ssl_context() -> ssl.SSLContext:
-    global _SSL
-    if _SSL is None:
-        try:
-            import certifi
+    """Verifying TLS: the roots in SSL_CERT_FILE / SSL_CERT_DIR when set (as httpx read them), else certifi's when
+    installed, else the system's."""
+    key = (os.environ.get("SSL_CERT_FILE") or None, os.environ.get("SSL_CERT_DIR") or None)
+    ctx = _SSL.get(key)
+    if ctx is None:
+        if any(key):
+            ctx = ssl.create_default_context(cafile=key[0], capath=key[1])
+        else:
+            try:
+                import certifi
 
-            _SSL = ssl.create_default_context(cafile=certifi.where())
-        except ImportError:
-            _SSL = ssl.create_default_context()
-    return _SSL
+                ctx = ssl.create_default_context(cafile=certifi.where())
+            except ImportError:
+                ctx = ssl.create_default_context()
+        _SSL[key] = ctx
+    return ctx
 
 
 class Origin:
