@@ -305,3 +305,29 @@ def test_https_with_the_roots_named_by_ssl_cert_file(tmp_path, monkeypatch):
         assert r.kind == "connection" and "CERTIFICATE_VERIFY_FAILED" in (r.error or "")
     finally:
         srv.shutdown()
+
+
+def test_only_calls_near_the_context_are_counted_with_tokenize():
+    """Before: every call cost a /tokenize request first when the server reported a context. A call whose bytes (plus
+    the template's measured overhead) fit for sure is sent at once; one near the limit is still counted, and one
+    over it fails as too_long without reaching the chat endpoint."""
+    from tests.helpers import FaultServer
+
+    server = FaultServer()
+    server.healthy = True
+    server.max_model_len = 400
+    try:
+        client = ChatClient([server.url], "fake-judge", max_retries=0)
+        client.preflight()
+        assert client.max_model_len == 400
+        short = [{"messages": [{"role": "system", "content": "judge"},
+                               {"role": "user", "content": f"answer q={i} or answer q={i + 1}"}], "max_tokens": 16}
+                 for i in range(20)]  # fmt: skip
+        out = client.chat(short)
+        assert all(r.error is None for r in out) and server.tokenized == 1  # the template probe, once per roles
+        near = [{"messages": [{"role": "user", "content": "q=1 q=2 " + "word " * n}], "max_tokens": 16} for n in (100, 500)]
+        fits, too_long = client.chat(near)
+        assert server.tokenized == 1 + 1 + 2  # a probe for these roles, then both counted (their bytes exceed 400)
+        assert fits.error is None and too_long.kind == "too_long" and max(server.chat_words) < 400
+    finally:
+        server.close()

@@ -59,6 +59,7 @@ REPLY_BASE_BYTES = 64 * 1024
 REPLY_TOKEN_BYTES = 64
 REPLY_LOGPROB_BYTES = 128
 REPLY_CAP_NO_LIMIT = 16 * 1024 * 1024  # a request without max_tokens
+TEMPLATE_SLACK = 8  # tokens per message on top of the measured template overhead (a tokenizer's word-start marker ...)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 CONTEXT_PHRASES = ("context length", "maximum context", "too long", "max_model_len", "context window")
 _JSON = json.JSONEncoder(separators=(",", ":"))
@@ -169,6 +170,7 @@ class ChatClient:
         self.unavailable: str | None = None  # why the endpoints count as down (then nothing more is sent)
         self.max_model_len: int | None = None  # the served model's context, when /models reports it
         self._can_tokenize = True  # the server has vLLM's /tokenize (cleared on the first 404)
+        self._overheads: dict[tuple[str, ...], asyncio.Future[int | None]] = {}  # per sequence of roles (_too_long)
         self._secret_bytes = _byte_forms(self.secrets)
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # started on first use (see _ready)
@@ -193,6 +195,7 @@ class ChatClient:
                     loop = asyncio.new_event_loop()
                     threading.Thread(target=_serve, args=(loop,), name="prefdata-chat-client", daemon=True).start()
                     self._origins = {}
+                    self._overheads = {}
                     # a client dropped without close() still stops its thread and closes its connections
                     self._stop = weakref.finalize(self, _shutdown, loop, self._origins)
                     self._sem = asyncio.Semaphore(self.concurrency)
@@ -394,21 +397,51 @@ class ChatClient:
                           url=url, latency_s=time.monotonic() - t0, attempts=self.max_retries + 1)
 
     async def _too_long(self, url: str, body: dict[str, Any]) -> str | None:
-        """too_long's reason when the server's tokenizer says the call does not fit its context; else None."""
+        """too_long's reason when the server's tokenizer says the call does not fit its context; else None.
+
+        A call that fits for sure is not counted: a token holds at least one byte of text, so the prompt has at most
+        its contents' UTF-8 bytes plus what the chat template adds around them, which is measured once per sequence
+        of roles (the same roles with one-letter contents) and padded. Only calls near the context are counted, one
+        extra request each; a server's own context refusal is still recognised for the rare text that escapes."""
         if not self.max_model_len or not self._can_tokenize or self.unavailable is not None:
             return None
         max_tokens = int(body.get("max_tokens") or 0)
+        msgs = body["messages"]
+        overhead = await self._overhead(url, body["model"], tuple(m.get("role", "") for m in msgs))
+        if overhead is not None:
+            content = sum(len(c.encode()) if isinstance(c := m.get("content"), str) else len(json.dumps(c)) for m in msgs)
+            if overhead + content + TEMPLATE_SLACK * len(msgs) + max_tokens <= self.max_model_len:
+                return None
+        n = await self._count(url, body["model"], msgs)
+        return None if n is None else too_long_reason(n, max_tokens, self.max_model_len)
+
+    async def _count(self, url: str, model: Any, messages: list[dict[str, Any]]) -> int | None:
+        """The server's token count of a conversation (vLLM's POST /tokenize), or None when there is none."""
         root = url[: -len("/v1")] if url.endswith("/v1") else url
-        req = {"model": body["model"], "messages": body["messages"], "add_generation_prompt": True}
+        req = {"model": model, "messages": messages, "add_generation_prompt": True}
         try:
             r = await self._request(root, "/tokenize", "POST", _JSON.encode(req).encode(), REPLY_BASE_BYTES)
             if r.status == 404:
                 self._can_tokenize = False
                 return None
-            n = int(json.loads(r.body)["count"])
+            return int(json.loads(r.body)["count"])
         except (TransportError, ReplyTooLarge, ValueError, KeyError, TypeError):
             return None  # no count: the request is sent, and a refusal is still recognised
-        return too_long_reason(n, max_tokens, self.max_model_len)
+
+    async def _overhead(self, url: str, model: Any, roles: tuple[str, ...]) -> int | None:
+        """The tokens of a conversation with these roles and one-letter contents (at least the template's own), counted
+        once per sequence of roles; None when the server did not count it."""
+        fut = self._overheads.get(roles)
+        if fut is None:
+            fut = self._overheads[roles] = asyncio.get_running_loop().create_future()
+            n = None
+            try:
+                n = await self._count(url, model, [{"role": r, "content": "x"} for r in roles])
+            finally:  # also when cancelled: the calls waiting on it go on
+                fut.set_result(n)
+                if n is None:
+                    self._overheads.pop(roles, None)  # asked again by a later call
+        return await asyncio.shield(fut)
 
 
 def reply_cap(body: dict[str, Any]) -> int:
