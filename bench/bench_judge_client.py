@@ -47,6 +47,17 @@ from tests.helpers import candidate_row, prompt_row, write_inputs, write_jsonl  
 WORDS = [f"w{i}" for i in range(300)]
 
 
+SERVER_PID: int | None = None
+
+
+def server_cpu_s() -> float:
+    """The server process's CPU seconds (/proc): a low share while the client waits means the server's core was taken."""
+    if SERVER_PID is None:
+        return 0.0
+    fields = open(f"/proc/{SERVER_PID}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -72,7 +83,7 @@ def measured(out: dict[str, Any], prof: cProfile.Profile | None):
     """Wall, CPU and the client's occupancy of the block; the block sets out['calls']."""
     openai_client.FLIGHTS = flights = []
     load = open("/proc/loadavg").read().split()[0]
-    t0, c0 = time.perf_counter(), cpu_s()
+    t0, c0, s0 = time.perf_counter(), cpu_s(), server_cpu_s()
     if prof:
         prof.enable()
     try:
@@ -80,12 +91,12 @@ def measured(out: dict[str, Any], prof: cProfile.Profile | None):
     finally:
         if prof:
             prof.disable()
-        wall, cpu = time.perf_counter() - t0, cpu_s() - c0
+        wall, cpu, scpu = time.perf_counter() - t0, cpu_s() - c0, server_cpu_s() - s0
         openai_client.FLIGHTS = None
         calls = out["calls"]
         span = sum(f.span_s for f in flights)
         out.update(wall_s=round(wall, 2), calls_per_s=round(calls / wall, 1), cpu_ms_per_call=round(1000 * cpu / calls, 3),
-                   cpu_share=round(cpu / wall, 2), idle_fraction=round(sum(f.under_s for f in flights) / span, 3) if span else None,
+                   cpu_share=round(cpu / wall, 2), server_cpu_share=round(scpu / wall, 2), idle_fraction=round(sum(f.under_s for f in flights) / span, 3) if span else None,
                    load_before=load, load_after=open("/proc/loadavg").read().split()[0])
 
 
@@ -205,7 +216,9 @@ def main() -> None:
         cmd += ["--max-model-len", str(a.max_model_len)]
     if a.delay_ms:
         cmd += ["--delay-ms", str(a.delay_ms)]
+    global SERVER_PID
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    SERVER_PID = server.pid
     try:
         assert server.stdout is not None
         url = server.stdout.readline().strip()
@@ -236,10 +249,12 @@ def main() -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"\nCPU: {cpu}; server on core {a.server_cpu}, client on core {a.client_cpu}; concurrency {a.concurrency}; "
           f"server delay {a.delay_ms:g} ms; max_model_len {a.max_model_len}")
-    print("| case | calls | wall s | calls/s | client CPU ms/call | client CPU share | idle fraction | load before/after |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| case | calls | wall s | calls/s | client CPU ms/call | client CPU share | server CPU share | idle fraction | "
+          "load before/after |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['calls']} | {r['wall_s']} | {r['calls_per_s']} | {r['cpu_ms_per_call']} | {r['cpu_share']} | "
+              f"{r['server_cpu_share']} | "
               f"{r['idle_fraction']} | {r['load_before']} / {r['load_after']} |")
     if a.json:
         Path(a.json).write_text(json.dumps({"cpu": cpu, "args": vars(a), "rows": rows}, indent=1))
