@@ -258,6 +258,7 @@ class FaultServer:
         self.delay_s = 0.0
         self.max_model_len: int | None = None  # reported in /models like vLLM; chat refuses longer requests
         self.tokenize = True  # serve vLLM's POST /tokenize (counts words: the fake server's tokenizer)
+        self.tokenized = 0  # /tokenize requests answered
         self.chat_words: list[int] = []  # word counts of the chat requests that reached the server  # answer each chat request this late (keeps a subprocess busy in lock and kill tests)
         self.attempts: Counter[str] = Counter()
         self.requests: list[str] = []
@@ -291,6 +292,8 @@ class FaultServer:
                         self._send(404, b'{"detail": "Not Found"}')
                         return
                     n = message_words(body["messages"])
+                    with outer.lock:
+                        outer.tokenized += 1
                     self._send(200, json.dumps({"count": n, "max_model_len": outer.max_model_len}).encode())
                     return
                 code, payload = outer.reply(body, dict(self.headers))

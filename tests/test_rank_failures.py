@@ -115,7 +115,8 @@ def test_unreachable_endpoint_stops_early_and_rerun_finishes(tmp_path):
     assert e.value.exit_code == EXIT_FAILURES
     jh = judge_hash = next(iter(read_judgments_dirs(run)))
     j = read_judgments(run, judge_hash)
-    assert j.height == 4 and (j["verdict"] == "fail").all()  # the one round in flight, recorded as failures
+    # the rounds in flight, recorded as failures: two at once (1 + concurrency 2 / batch 4, see pairwise._depth)
+    assert j.height == 8 and (j["verdict"] == "fail").all()
     # the server is back (on another port): a rerun finishes, every failed call asked again
     server2 = FaultServer()
     server2.healthy = True

@@ -65,6 +65,11 @@ class LLMPairJudge:
         """Why the backend gave up on its endpoint (the stage stops early), or None."""
         return getattr(self.backend, "unavailable", None)
 
+    @property
+    def concurrent_calls(self) -> int | None:
+        """How many calls the backend runs at once when `judge` is called from several threads (None: not safe)."""
+        return getattr(self.backend, "concurrent_calls", None)
+
     def judge(self, requests: list[PairRequest]) -> list[Verdict]:
         if not requests:
             return []

@@ -1,7 +1,10 @@
 """The one OpenAI-compatible chat client (vLLM serve, hosted APIs), used by the openai sampler and the LLM judge.
 
-Built on the `openai` package's `AsyncOpenAI` (the user's choice of dependency), with the SDK's own retries
-off (`max_retries=0`) so that retrying is decided here, the same way for sampling and judging:
+It speaks the chat-completions JSON itself over `http1` (keep-alive HTTP/1.1 on asyncio), on one event loop that
+lives in a background thread for the client's life: connections stay open from one `chat` call to the next, and
+calls submitted from several threads (`submit`) share the `concurrency` slots, so the caller can hand in the next
+batch while the last one drains and the pipe stays full. Retrying is decided here, the same way for sampling and
+judging:
 - several base URLs, taken in turn per call and per retry (a retry goes to the next URL);
 - bounded concurrency (`concurrency` calls in flight) and an optional requests-per-minute limit over all URLs;
 - retried with exponential backoff and jitter, waiting at least what a `Retry-After` header asks for:
@@ -16,36 +19,37 @@ off (`max_retries=0`) so that retrying is decided here, the same way for samplin
   conversation is first counted with the server's own tokenizer (vLLM's POST /tokenize); one whose prompt
   plus max_tokens does not fit fails alone as too_long without being sent. A server's context-length refusal
   (HTTP 400) is recorded as too_long too;
-- every response passes one guard (`_ReadGuard`, the client's transport) before anything reads it: it stops
-  reading past the request's byte cap (`reply_cap`, from max_tokens: a well-behaved server stays far below it;
-  an oversized reply fails at once as too_large, never retried), and masks the API key and the Hugging Face token
-  in the body, so a server that echoes the Authorization header cannot get them into judgments, candidates,
-  errors or logs.
+- every reply is read under the request's byte cap (`reply_cap`, from max_tokens: a well-behaved server stays far
+  below it; an oversized reply fails at once as too_large, never retried), and the API key and the Hugging Face
+  token are masked in its bytes before anything reads them, so a server that echoes the Authorization header
+  cannot get them into judgments, candidates, errors or logs.
 
-The answers are read from the raw HTTP response (`with_raw_response`) rather than the SDK's parsed models,
-so that vLLM's extra fields (`token_ids`, `max_model_len`) and a malformed 200 are handled here explicitly.
-Why the SDK and not raw httpx (what the judge used before): measured on the tests' local fake server, 400
-judge calls at concurrency 8, twice each, on a loaded 2-core machine: raw httpx 8.2 and 14.2 ms a call,
-AsyncOpenAI 11.9 and 13.5 ms a call; the difference is inside the noise and far below a model's reply time,
-so there was no reason to keep a second client.
+Why not the `openai` SDK over httpx (this client until issue 24): against an instant server at 64 calls in flight it
+cost 6-23 ms of CPU per call, most of it in httpcore's connection pool (it polls every connection for every request)
+and the rest in the SDK's request building; this one costs well under a millisecond (bench/RESULTS.md section 11).
+The reply JSON is read as plain dicts, so vLLM's extra fields (`token_ids`, `max_model_len`) and a malformed 200
+are handled here explicitly, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import concurrent.futures
+import contextlib
 import json
 import os
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
+from urllib.parse import urlsplit
 
 from prefdata.errors import PrefdataError
 from prefdata.llm.context import TOO_LONG, too_long_reason
+from prefdata.llm.http1 import Origin, Reply, ReplyTooLarge, TransportError
 from prefdata.secrets import MASK, known_secrets, mask_known
 
 TOO_LARGE = "too_large"  # error prefix of a reply over its byte cap (see `reply_cap`)
@@ -55,11 +59,10 @@ REPLY_BASE_BYTES = 64 * 1024
 REPLY_TOKEN_BYTES = 64
 REPLY_LOGPROB_BYTES = 128
 REPLY_CAP_NO_LIMIT = 16 * 1024 * 1024  # a request without max_tokens
-_REPLY_CAP: contextvars.ContextVar[int] = contextvars.ContextVar("prefdata_reply_cap", default=REPLY_CAP_NO_LIMIT)
+TEMPLATE_SLACK = 8  # tokens per message on top of the measured template overhead (a tokenizer's word-start marker ...)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 CONTEXT_PHRASES = ("context length", "maximum context", "too long", "max_model_len", "context window")
-# the parameters `chat.completions.create` names; anything else in a body goes in `extra_body` (vLLM's top_k ...)
-KNOWN_PARAMS = {"model", "messages", "max_tokens", "temperature", "n", "top_p", "stop", "logprobs", "top_logprobs", "seed"}
+_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
 @dataclass
@@ -83,6 +86,49 @@ class ChatResult:
     url: str = ""
     latency_s: float = 0.0
     attempts: int = 1
+
+
+class Flight:
+    """In-flight occupancy of one client, counted at every call's start and end (two clock reads a call): how long
+    fewer than `concurrency` calls were in flight, between the first call's start and the last one's end. A run
+    that keeps the pipe full has `idle_fraction` near 0; the benchmark reads it (bench/bench_judge_client.py)."""
+
+    __slots__ = ("concurrency", "n", "calls", "first", "last", "under_s")
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self.n = self.calls = 0
+        self.first = self.last = -1.0
+        self.under_s = 0.0
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.first < 0:
+            self.first = now
+        elif self.n < self.concurrency:
+            self.under_s += now - self.last
+        self.last = now
+
+    def start(self) -> None:
+        self._tick()
+        self.n += 1
+
+    def end(self) -> None:
+        self._tick()
+        self.n -= 1
+        self.calls += 1
+
+    @property
+    def span_s(self) -> float:
+        return max(0.0, self.last - self.first)
+
+    @property
+    def idle_fraction(self) -> float:
+        """The fraction of the span with fewer than `concurrency` calls in flight."""
+        return self.under_s / self.span_s if self.span_s > 0 else 0.0
+
+
+FLIGHTS: list[Flight] | None = None  # set to a list to collect every new client's Flight (the benchmark does)
 
 
 class ChatClient:
@@ -124,30 +170,92 @@ class ChatClient:
         self.unavailable: str | None = None  # why the endpoints count as down (then nothing more is sent)
         self.max_model_len: int | None = None  # the served model's context, when /models reports it
         self._can_tokenize = True  # the server has vLLM's /tokenize (cleared on the first 404)
+        self._overheads: dict[tuple[str, ...], asyncio.Future[int | None]] = {}  # per sequence of roles (_too_long)
+        self._secret_bytes = _byte_forms(self.secrets)
+        self._start_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # started on first use (see _ready)
+        self._pid = 0
+        self._origins: dict[str, Origin] = {}
+        self.flight = Flight(self.concurrency)
+        if FLIGHTS is not None:
+            FLIGHTS.append(self.flight)
 
     def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        # identity: the cap counts the bytes as sent (a compressed reply is decoded under the same cap anyway)
+        h = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return {**h, "Content-Type": "application/json", "Accept": "application/json", "Accept-Encoding": "identity",
+                "User-Agent": "prefdata"}
 
+    # -- the event loop and its connections ---------------------------------------------------------------------
+    def _ready(self) -> asyncio.AbstractEventLoop:
+        """The client's event loop, started on first use in a daemon thread (again in a forked child)."""
+        if self._loop is None or self._pid != os.getpid():
+            with self._start_lock:
+                if self._loop is None or self._pid != os.getpid():
+                    loop = asyncio.new_event_loop()
+                    threading.Thread(target=_serve, args=(loop,), name="prefdata-chat-client", daemon=True).start()
+                    self._origins = {}
+                    self._overheads = {}
+                    # a client dropped without close() still stops its thread and closes its connections
+                    self._stop = weakref.finalize(self, _shutdown, loop, self._origins)
+                    self._sem = asyncio.Semaphore(self.concurrency)
+                    self._rate_lock = asyncio.Lock()
+                    self._loop, self._pid = loop, os.getpid()
+        return self._loop
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        fut = asyncio.run_coroutine_threadsafe(coro, self._ready())
+        try:
+            return fut.result(timeout)
+        except BaseException:  # Ctrl-C (or a timeout) here: the calls in flight are cancelled, not left running
+            fut.cancel()
+            raise
+
+    def close(self) -> None:
+        """Close the connections and stop the loop (a later call starts them again)."""
+        if self._loop is not None and self._pid == os.getpid():
+            self._stop()
+        self._loop = None
+
+    def _target(self, url: str, tail: str) -> tuple[Origin, str]:
+        """The connections to `url`'s host and the path of `tail` under it (loop thread only)."""
+        u = urlsplit(url)
+        key = f"{u.scheme}://{u.netloc}"
+        origin = self._origins.get(key)
+        if origin is None:
+            origin = self._origins[key] = Origin(url, self._headers(), self.timeout_s, proxy=_proxy_for(u.scheme, u.hostname))
+        return origin, u.path.rstrip("/") + tail
+
+    def _mask_bytes(self, data: bytes) -> bytes:
+        for s in self._secret_bytes:
+            if s in data:
+                data = data.replace(s, MASK.encode())
+        return data
+
+    async def _request(self, url: str, tail: str, method: str, payload: bytes | None, cap: int) -> Reply:
+        origin, path = self._target(url, tail)
+        reply = await origin.request(method, path, payload, cap)
+        reply.body = self._mask_bytes(reply.body)
+        return reply
+
+    # -- the public calls ---------------------------------------------------------------------------------------
     def preflight(self) -> list[str]:
         """Check every URL answers /models; pick the first served model when none was named."""
-        import openai
-
         served: list[str] = []
         lens: list[int] = []
         for url in self.base_urls:
             try:
-                with openai.OpenAI(base_url=url, api_key=self.api_key or "EMPTY", max_retries=0, timeout=10.0) as c:
-                    models = list(c.models.list())
-            except (openai.OpenAIError, ValueError, KeyError, TypeError, AttributeError) as e:
-                why = self.mask(f"{_cause_name(e)}: {_cause(e)}")  # an error body may echo the request's headers
+                models = self._run(self._models(url), timeout=30.0)
+            except (TransportError, ReplyTooLarge, ValueError, KeyError, TypeError, AttributeError) as e:
+                why = self.mask(f"{getattr(e, 'name', type(e).__name__)}: {e}")  # an error body may echo the headers
                 raise PrefdataError(f"cannot reach the {self.what} at {url} ({why}); start it or fix --base-url") from None
-            ids = [self.mask(str(m.id)) for m in models]
+            ids = [self.mask(str(m["id"])) for m in models]
             if self.model is not None and ids and self.model not in ids:
                 raise PrefdataError(f"{self.what} {url} does not serve model {self.model!r} (it serves {', '.join(ids)})")
             served.extend(i for i in ids if i not in served)
             for m in models:
-                n = (m.model_extra or {}).get("max_model_len")
-                if m.id == (self.model or ids[0]) and isinstance(n, int):
+                n = m.get("max_model_len")
+                if m["id"] == (self.model or ids[0]) and isinstance(n, int):
                     lens.append(n)
         if self.model is None:
             if not served:
@@ -156,42 +264,50 @@ class ChatClient:
         self.max_model_len = min(lens) if lens else None
         return served
 
+    async def _models(self, url: str) -> list[dict[str, Any]]:
+        r = await self._request(url, "/models", "GET", None, REPLY_CAP_NO_LIMIT)
+        if r.status >= 400:
+            raise ValueError(f"HTTP {r.status}: {r.body[:200].decode('utf-8', 'replace')}")
+        data = json.loads(r.body)["data"]
+        if not isinstance(data, list) or not all(isinstance(m, dict) and "id" in m for m in data):
+            raise ValueError(f"not a model list: {r.body[:120]!r}")
+        return data
+
     def chat(self, bodies: list[dict[str, Any]], on_done: Callable[[ChatResult], None] | None = None) -> list[ChatResult]:
         """One result per request body (in order). A body holds `messages` and the sampling parameters;
-        `model` defaults to the client's. `on_done(result)` is called as each call finishes."""
+        `model` defaults to the client's. `on_done(result)` is called as each call finishes (from the client's
+        thread)."""
         if not bodies:
             return []
-        return asyncio.run(self._chat_all(bodies, on_done))
+        return self._run(self._chat_all(bodies, on_done))
+
+    def submit(self, bodies: list[dict[str, Any]], on_done: Callable[[ChatResult], None] | None = None
+               ) -> concurrent.futures.Future[list[ChatResult]]:  # fmt: skip
+        """`chat` without waiting: its results later. Batches submitted together share the concurrency."""
+        return asyncio.run_coroutine_threadsafe(self._chat_all(bodies, on_done), self._ready())
 
     async def _chat_all(self, bodies: list[dict[str, Any]], on_done: Callable[[ChatResult], None] | None) -> list[ChatResult]:
-        import openai
+        return list(await asyncio.gather(*(self._call(b, on_done) for b in bodies)))
 
-        sem = asyncio.Semaphore(self.concurrency)
-        lock = asyncio.Lock()
-        limits = httpx.Limits(max_connections=self.concurrency * 2)
-        guard = _ReadGuard(httpx.AsyncHTTPTransport(limits=limits), self.secrets)
-        # identity: the cap counts the bytes as sent, and a compressed body cannot expand past it unseen
-        headers = {**self._headers(), "Accept-Encoding": "identity"}
-        async with httpx.AsyncClient(timeout=self.timeout_s, transport=guard, headers=headers) as http:
-            clients = {u: openai.AsyncOpenAI(base_url=u, api_key=self.api_key or "EMPTY", max_retries=0,
-                                             timeout=self.timeout_s, http_client=http) for u in self.base_urls}
-
-            async def one(body: dict[str, Any]) -> ChatResult:
-                async with sem:
-                    _REPLY_CAP.set(reply_cap(body))  # this call's task only (each gathered call runs in its own)
-                    res = self._masked(await self._one(clients, http, lock, body))
-                if on_done is not None:
-                    on_done(res)
-                return res
-
-            return list(await asyncio.gather(*(one(b) for b in bodies)))
+    async def _call(self, body: dict[str, Any], on_done: Callable[[ChatResult], None] | None) -> ChatResult:
+        async with self._sem:
+            self.flight.start()
+            try:
+                res = self._masked(await self._one(body))
+            finally:
+                self.flight.end()
+        if on_done is not None:
+            on_done(res)
+        return res
 
     def mask(self, text: str) -> str:
         """`text` with the API key and the Hugging Face token masked."""
-        return mask_known(text, self.secrets)
+        return mask_known(text, self.secrets) if self.secrets else text
 
     def _masked(self, res: ChatResult) -> ChatResult:
-        """The result as recorded: the guard masked the bytes; this masks what JSON escapes hid from it."""
+        """The result as recorded: the bytes were masked; this masks what JSON escapes hid from that."""
+        if not self.secrets:
+            return res
         if res.error is not None:
             res.error = self.mask(res.error)
         for ch in res.choices:
@@ -210,27 +326,25 @@ class ChatClient:
             return f"{where} did not accept a connection within {self.timeout_s:g}s, {n} times in a row"
         return f"{where} failed {n} connections in a row ({n - slow} refused, {slow} timed out after {self.timeout_s:g}s)"
 
-    async def _wait_rate(self, lock: asyncio.Lock) -> None:
+    async def _wait_rate(self) -> None:
         if not self.rpm:
             return
-        async with lock:
+        async with self._rate_lock:
             now = time.monotonic()
             start = max(now, self._next_start)
             self._next_start = start + 60.0 / self.rpm
         if start > now:
             await asyncio.sleep(start - now)
 
-    async def _one(self, clients: dict[str, Any], http: httpx.AsyncClient, lock: asyncio.Lock, body: dict[str, Any]) -> ChatResult:
-        import openai
-
+    async def _one(self, body: dict[str, Any]) -> ChatResult:
         body = {"model": self.model, **body}
-        known = {k: v for k, v in body.items() if k in KNOWN_PARAMS}
-        extra = {k: v for k, v in body.items() if k not in KNOWN_PARAMS}
+        payload = _JSON.encode(body).encode()
+        cap = reply_cap(body)
         k = self._rr
         self._rr += 1
         t0 = time.monotonic()
         url = self.base_urls[k % len(self.base_urls)]
-        too_long = await self._too_long(http, url, body)
+        too_long = await self._too_long(url, body)
         if too_long:
             return ChatResult(error=too_long, kind=TOO_LONG, url=url, latency_s=time.monotonic() - t0, attempts=0)
         last, kind, status = "no attempt", "connection", None
@@ -239,64 +353,95 @@ class ChatClient:
                 return ChatResult(error=f"not sent: {self.unavailable}", kind="not_sent", url=url,
                                   latency_s=time.monotonic() - t0, attempts=attempt)
             url = self.base_urls[(k + attempt) % len(self.base_urls)]
-            await self._wait_rate(lock)
+            await self._wait_rate()
             retry_after = 0.0
             try:
-                raw = await clients[url].chat.completions.with_raw_response.create(**known, extra_body=extra or None)
+                r = await self._request(url, "/chat/completions", "POST", payload, cap)
+            except ReplyTooLarge as e:  # the same request gets the same reply: not retried
                 self._conn_failures = self._conn_timeouts = 0
-                choices = parse_completion(raw.http_response)
-                return ChatResult(choices=choices, url=url, latency_s=time.monotonic() - t0, attempts=attempt + 1)
-            except openai.APIStatusError as e:
-                self._conn_failures = self._conn_timeouts = 0
-                text = e.response.text
-                last, kind, status = f"HTTP {e.status_code} from {url}: {text[:200]}", "status", e.status_code
-                if e.status_code == 400 and any(p in text.lower() for p in CONTEXT_PHRASES):
-                    return ChatResult(error=f"{TOO_LONG}: the {self.what} refused it: {text[:200]}", kind=TOO_LONG,
-                                      status=400, url=url, latency_s=time.monotonic() - t0, attempts=attempt + 1)
-                if e.status_code not in RETRY_STATUS:
-                    return ChatResult(error=last, kind=kind, status=status, url=url, latency_s=time.monotonic() - t0,
-                                      attempts=attempt + 1)
-                retry_after = _retry_after(e.response)
-            except openai.APIConnectionError as e:  # APITimeoutError included; the httpx error is its cause
-                cause = _cause(e)
-                if isinstance(cause, ReplyTooLarge):  # the same request gets the same reply: not retried
-                    self._conn_failures = self._conn_timeouts = 0
-                    return ChatResult(error=f"{TOO_LARGE}: {cause}", kind=TOO_LARGE, status=cause.status, url=url,
-                                      latency_s=time.monotonic() - t0, attempts=attempt + 1)
+                return ChatResult(error=f"{TOO_LARGE}: {e}", kind=TOO_LARGE, status=e.status, url=url,
+                                  latency_s=time.monotonic() - t0, attempts=attempt + 1)
+            except TransportError as e:
                 status = None
-                if isinstance(e, openai.APITimeoutError) or isinstance(cause, httpx.TimeoutException):
-                    last, kind = f"timed out after {self.timeout_s:g}s ({type(cause).__name__}) at {url}", "timeout"
+                if e.timeout:
+                    last, kind = f"timed out after {self.timeout_s:g}s ({e.name}) at {url}", "timeout"
                 else:
-                    last, kind = f"{type(cause).__name__} from {url}: {cause}", "connection"
-                if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):  # nothing answered: count it
+                    last, kind = f"{e.name} from {url}: {e}", "connection"
+                if e.connect:  # nothing answered: count it
                     self._conn_failures += 1
-                    self._conn_timeouts += isinstance(cause, httpx.ConnectTimeout)
+                    self._conn_timeouts += e.timeout
                     if self._conn_failures >= self.unreachable_after and self.unavailable is None:
                         self.unavailable = self._unreachable()
-            except ValueError as e:  # not JSON, or not a chat completion
-                last, kind, status = f"bad response from {url}: {e}", "bad_response", None
+            else:
+                self._conn_failures = self._conn_timeouts = 0
+                if 200 <= r.status < 300:
+                    try:
+                        choices = parse_completion(r.body)
+                        return ChatResult(choices=choices, url=url, latency_s=time.monotonic() - t0, attempts=attempt + 1)
+                    except ValueError as e:  # not JSON, or not a chat completion
+                        last, kind, status = f"bad response from {url}: {e}", "bad_response", None
+                else:
+                    text = r.body.decode("utf-8", "replace")
+                    last, kind, status = f"HTTP {r.status} from {url}: {text[:200]}", "status", r.status
+                    if r.status == 400 and any(p in text.lower() for p in CONTEXT_PHRASES):
+                        return ChatResult(error=f"{TOO_LONG}: the {self.what} refused it: {text[:200]}", kind=TOO_LONG,
+                                          status=400, url=url, latency_s=time.monotonic() - t0, attempts=attempt + 1)
+                    if r.status not in RETRY_STATUS:
+                        return ChatResult(error=last, kind=kind, status=status, url=url, latency_s=time.monotonic() - t0,
+                                          attempts=attempt + 1)
+                    retry_after = _retry_after(r.headers)
             if attempt < self.max_retries:
                 delay = max(retry_after, self.backoff_s * (2**attempt)) * (1 + 0.25 * random.random())
                 await asyncio.sleep(min(delay, 60.0))
         return ChatResult(error=f"gave up after {self.max_retries + 1} attempts: {last}", kind=kind, status=status,
                           url=url, latency_s=time.monotonic() - t0, attempts=self.max_retries + 1)
 
-    async def _too_long(self, http: httpx.AsyncClient, url: str, body: dict[str, Any]) -> str | None:
-        """too_long's reason when the server's tokenizer says the call does not fit its context; else None."""
+    async def _too_long(self, url: str, body: dict[str, Any]) -> str | None:
+        """too_long's reason when the server's tokenizer says the call does not fit its context; else None.
+
+        A call that fits for sure is not counted: a token holds at least one byte of text, so the prompt has at most
+        its contents' UTF-8 bytes plus what the chat template adds around them, which is measured once per sequence
+        of roles (the same roles with one-letter contents) and padded. Only calls near the context are counted, one
+        extra request each; a server's own context refusal is still recognised for the rare text that escapes."""
         if not self.max_model_len or not self._can_tokenize or self.unavailable is not None:
             return None
         max_tokens = int(body.get("max_tokens") or 0)
+        msgs = body["messages"]
+        overhead = await self._overhead(url, body["model"], tuple(m.get("role", "") for m in msgs))
+        if overhead is not None:
+            content = sum(len(c.encode()) if isinstance(c := m.get("content"), str) else len(json.dumps(c)) for m in msgs)
+            if overhead + content + TEMPLATE_SLACK * len(msgs) + max_tokens <= self.max_model_len:
+                return None
+        n = await self._count(url, body["model"], msgs)
+        return None if n is None else too_long_reason(n, max_tokens, self.max_model_len)
+
+    async def _count(self, url: str, model: Any, messages: list[dict[str, Any]]) -> int | None:
+        """The server's token count of a conversation (vLLM's POST /tokenize), or None when there is none."""
         root = url[: -len("/v1")] if url.endswith("/v1") else url
+        req = {"model": model, "messages": messages, "add_generation_prompt": True}
         try:
-            r = await http.post(f"{root}/tokenize",
-                                json={"model": body["model"], "messages": body["messages"], "add_generation_prompt": True})
-            if r.status_code == 404:
+            r = await self._request(root, "/tokenize", "POST", _JSON.encode(req).encode(), REPLY_BASE_BYTES)
+            if r.status == 404:
                 self._can_tokenize = False
                 return None
-            n = int(r.json()["count"])
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return int(json.loads(r.body)["count"])
+        except (TransportError, ReplyTooLarge, ValueError, KeyError, TypeError):
             return None  # no count: the request is sent, and a refusal is still recognised
-        return too_long_reason(n, max_tokens, self.max_model_len)
+
+    async def _overhead(self, url: str, model: Any, roles: tuple[str, ...]) -> int | None:
+        """The tokens of a conversation with these roles and one-letter contents (at least the template's own), counted
+        once per sequence of roles; None when the server did not count it."""
+        fut = self._overheads.get(roles)
+        if fut is None:
+            fut = self._overheads[roles] = asyncio.get_running_loop().create_future()
+            n = None
+            try:
+                n = await self._count(url, model, [{"role": r, "content": "x"} for r in roles])
+            finally:  # also when cancelled: the calls waiting on it go on
+                fut.set_result(n)
+                if n is None:
+                    self._overheads.pop(roles, None)  # asked again by a later call
+        return await asyncio.shield(fut)
 
 
 def reply_cap(body: dict[str, Any]) -> int:
@@ -312,77 +457,23 @@ def reply_cap(body: dict[str, Any]) -> int:
     return REPLY_BASE_BYTES + n * max_tokens * per_token
 
 
-class ReplyTooLarge(httpx.ReadError):
-    """A reply longer than its request's byte cap: reading stopped there, and the call fails as too_large."""
-
-    def __init__(self, message: str, *, request: httpx.Request, status: int) -> None:
-        super().__init__(message, request=request)
-        self.status = status
-
-
-class _ReadGuard(httpx.AsyncBaseTransport):
-    """The client's transport: every response is read here, up to its request's byte cap, and returned with the
-    secrets masked in its body (the one place responses come in, so nothing downstream ever sees them)."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, secrets: list[str]) -> None:
-        self.inner = inner
-        forms = {f for s in secrets for f in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1])}
-        self.secrets = sorted((f.encode() for f in forms), key=len, reverse=True)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        r = await self.inner.handle_async_request(request)
-        cap = _REPLY_CAP.get()
-        decoded = httpx.Response(r.status_code, headers=r.headers, stream=r.stream, request=request)
-        body = bytearray()
-        try:
-            declared = r.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > cap:
-                raise ReplyTooLarge(f"the reply has {int(declared)} bytes, more than the {cap} that max_tokens allows",
-                                    request=request, status=r.status_code)
-            async for chunk in decoded.aiter_bytes():
-                body += chunk
-                if len(body) > cap:
-                    raise ReplyTooLarge(f"the reply is longer than the {cap} bytes that max_tokens allows; read no "
-                                        "further", request=request, status=r.status_code)
-        finally:
-            await decoded.aclose()
-        data = bytes(body)
-        for s in self.secrets:
-            data = data.replace(s, MASK.encode())
-        drop = {"content-length", "content-encoding", "transfer-encoding"}
-        headers = [(k, v) for k, v in r.headers.multi_items() if k.lower() not in drop]
-        return httpx.Response(r.status_code, headers=headers, content=data, request=request, extensions=r.extensions)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
-def _cause(e: BaseException) -> BaseException:
-    """The transport error behind an SDK error (the SDK wraps httpx's), for a message that says what happened."""
-    return e.__cause__ if e.__cause__ is not None else e
-
-
-def _cause_name(e: BaseException) -> str:
-    return type(_cause(e)).__name__
-
-
-def _retry_after(r: httpx.Response) -> float:
+def _retry_after(headers: dict[str, str]) -> float:
     try:
-        return min(float(r.headers.get("retry-after", 0)), 30.0)
+        return min(float(headers.get("retry-after", 0)), 30.0)
     except ValueError:
         return 0.0
 
 
-def parse_completion(r: httpx.Response) -> list[Choice]:
+def parse_completion(body: bytes) -> list[Choice]:
     """The choices of a chat completion, in index order; ValueError when the reply is not one."""
     try:
-        data = r.json()
+        data = json.loads(body)
         raw_choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
         texts = [c["message"]["content"] for c in raw_choices]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-        raise ValueError(f"not a chat completion ({type(e).__name__}: {r.text[:120]!r})") from e
+        raise ValueError(f"not a chat completion ({type(e).__name__}: {body[:120]!r})") from e
     if not raw_choices:
-        raise ValueError(f"not a chat completion (no choices: {r.text[:120]!r})")
+        raise ValueError(f"not a chat completion (no choices: {body[:120]!r})")
     if any(t is not None and not isinstance(t, str) for t in texts):
         raise ValueError("message content is not a string")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
@@ -406,3 +497,36 @@ def _first_top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
         if isinstance(tok, str) and isinstance(val, int | float):
             tops[tok] = max(tops.get(tok, -1e30), float(val))
     return tops
+
+
+def _proxy_for(scheme: str, host: str | None) -> str | None:
+    """The proxy the environment names for this URL (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY), as httpx read it."""
+    import urllib.request
+
+    if not host or urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    return proxies.get(scheme) or proxies.get("all")
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_forever()
+    loop.close()
+
+
+def _shutdown(loop: asyncio.AbstractEventLoop, origins: dict[str, Origin]) -> None:
+    """Close the idle connections and stop the loop, from any thread (it must not hold the client)."""
+
+    def stop() -> None:
+        for o in origins.values():
+            o.close()
+        loop.stop()
+
+    with contextlib.suppress(RuntimeError):  # the loop is already closed
+        loop.call_soon_threadsafe(stop)
+
+
+def _byte_forms(secrets: list[str]) -> list[bytes]:
+    """Each secret as it can appear in a reply's bytes: raw and JSON-escaped, longest first."""
+    forms = {f for s in secrets for f in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1])}
+    return sorted((f.encode() for f in forms), key=len, reverse=True)

@@ -41,8 +41,17 @@ class OpenAIChatModel(EngineModel):
         """Why the server counts as down (the run then stops early), else None."""
         return self.client.unavailable
 
+    @property
+    def concurrent_calls(self) -> int:
+        """Calls in flight at once; `chat` may be called from several threads (they share these slots)."""
+        return self.client.concurrency
+
     def preflight(self) -> list[str]:
         return self.client.preflight()
+
+    def close(self) -> None:
+        """Close the client's connections and stop its event-loop thread."""
+        self.client.close()
 
     def body(self, conv: list[dict[str, str]], s: Sampling) -> dict[str, Any]:
         """The request body: only what differs from the server's defaults, vLLM's extra parameters where set."""

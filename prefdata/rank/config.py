@@ -63,7 +63,8 @@ class RankConfig:
     requests_per_minute: float | None = judge_field("requests_per_minute")
     timeout_s: float = judge_field("timeout_s")
     unreachable_after: int = judge_field("unreachable_after")
-    batch_size: int = opt(64, "Judge calls per round and per judgments shard (the most a crash can lose).", identity=False)
+    batch_size: int = opt(64, "Judge calls per round and per judgments shard; a crash loses at most the rounds in flight "
+                          "(an OpenAI judge keeps 1 + concurrency/batch_size of them).", identity=False)
     group_size: int = opt(4096, "Prompts read, judged and written together, then dropped: memory follows this, not the "
                           "size of the run.", identity=False)
     rm_batch_size: int = judge_field("rm_batch_size")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,29 +109,28 @@ class _Pairwise:
         for st in states:
             self.bar.update(self._advance(st, resolved))
         # Each round asks the calls of the first unfinished prompts (in order) until the batch is full; only those
-        # prompts can move on after it, so only they are advanced, and finished ones leave the list.
+        # prompts can move on after it, so only they are advanced, and finished ones leave the list. A judge that
+        # runs calls concurrently (`concurrent_calls`) gets the next rounds while one is in flight, from prompts not
+        # in flight, so its slots stay busy while a round drains; rounds are written in the order they were asked.
         active = [st for st in states if st.result is None]
-        while active:
-            batch: list[tuple[Key, PairRequest]] = []
-            seen: set[Key] = set()
-            visited = 0
-            for st in active:
-                visited += 1
-                for _, ks in st.needs:
-                    for k in ks:
-                        if k in resolved or k in seen:
-                            continue
-                        seen.add(k)
-                        t = st.keys.texts
-                        batch.append((k, PairRequest(st.p.pid, st.p.messages, Candidate(k[1], t[k[1]]), Candidate(k[2], t[k[2]]),
-                                                     st.p.reference)))
-                if len(batch) >= self.cfg.batch_size:
-                    break
-            self._ask(batch, states_by_pid={st.p.pid: st for st in active[:visited]}, resolved=resolved)
-            head = active[:visited]
-            for st in head:
+        depth = self._depth()
+        pending: deque[tuple[Future[list[Verdict]], list[tuple[Key, PairRequest]], list[_State]]] = deque()
+        while active or pending:
+            while active and len(pending) < depth:
+                batch, taken = self._next_batch(active, resolved)
+                del active[: len(taken)]
+                pending.append((self._submit([r for _, r in batch], threaded=depth > 1), batch, taken))
+            fut, batch, taken = pending.popleft()
+            try:
+                self._record(batch, fut.result(), {st.p.pid: st for st in taken}, resolved)
+            except JudgeUnreachable:
+                for f, b, t in pending:  # the answered calls of the rounds in flight are kept too
+                    with contextlib.suppress(JudgeUnreachable):
+                        self._record(b, f.result(), {st.p.pid: st for st in t}, resolved)
+                raise
+            for st in taken:
                 self.bar.update(self._advance(st, resolved))
-            active[:visited] = [st for st in head if st.result is None]
+            active[:0] = [st for st in taken if st.result is None]
         for st in states:
             assert st.result is not None
             c = count(st.outcomes)
@@ -139,8 +142,51 @@ class _Pairwise:
             self.agreed += c.agreed
             out.add(st.p.pid, st.result, len(st.p.cands), len(st.calls), c.ties, c.failures, c.inconsistent, c.consistency, long_)
 
-    def _ask(self, batch: list[tuple[Key, PairRequest]], states_by_pid: dict[str, _State], resolved: dict[Key, Verdict]) -> None:
-        verdicts = self.judge.judge([r for _, r in batch])
+    def _depth(self) -> int:
+        """Rounds in flight at once: enough to cover the judge's concurrent calls, plus one; 1 for a judge that
+        runs one call at a time (or is not safe to call from two threads: it says nothing)."""
+        slots = getattr(self.judge, "concurrent_calls", None)
+        if not isinstance(slots, int) or slots < 1:
+            return 1
+        return 1 + -(-slots // self.cfg.batch_size)
+
+    def _next_batch(self, active: list[_State], resolved: dict[Key, Verdict]) -> tuple[list[tuple[Key, PairRequest]], list[_State]]:
+        """The calls of the first prompts of `active` not yet resolved, until the batch is full; and those prompts."""
+        batch: list[tuple[Key, PairRequest]] = []
+        seen: set[Key] = set()
+        visited = 0
+        for st in active:
+            visited += 1
+            for _, ks in st.needs:
+                for k in ks:
+                    if k in resolved or k in seen:
+                        continue
+                    seen.add(k)
+                    t = st.keys.texts
+                    batch.append((k, PairRequest(st.p.pid, st.p.messages, Candidate(k[1], t[k[1]]), Candidate(k[2], t[k[2]]),
+                                                 st.p.reference)))
+            if len(batch) >= self.cfg.batch_size:
+                break
+        return batch, active[:visited]
+
+    def _submit(self, requests: list[PairRequest], *, threaded: bool) -> Future[list[Verdict]]:
+        """The judge's verdicts for `requests`: asked here, or (threaded) in a daemon thread while this one goes on."""
+        fut: Future[list[Verdict]] = Future()
+
+        def work() -> None:
+            try:
+                fut.set_result(self.judge.judge(requests))
+            except BaseException as e:  # noqa: BLE001 - handed to the waiting thread, which raises it
+                fut.set_exception(e)
+
+        if threaded:
+            threading.Thread(target=work, name="prefdata-judge-round", daemon=True).start()
+        else:
+            work()
+        return fut
+
+    def _record(self, batch: list[tuple[Key, PairRequest]], verdicts: list[Verdict], states_by_pid: dict[str, _State],
+                resolved: dict[Key, Verdict]) -> None:  # fmt: skip
         if len(verdicts) != len(batch):
             raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(batch)} requests")
         now = time.time()
