@@ -174,6 +174,7 @@ class ChatClient:
         self._secret_bytes = _byte_forms(self.secrets)
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # started on first use (see _ready)
+        self._thread: threading.Thread | None = None  # the loop's thread
         self._pid = 0
         self._origins: dict[str, Origin] = {}
         self.flight = Flight(self.concurrency)
@@ -193,7 +194,8 @@ class ChatClient:
             with self._start_lock:
                 if self._loop is None or self._pid != os.getpid():
                     loop = asyncio.new_event_loop()
-                    threading.Thread(target=_serve, args=(loop,), name="prefdata-chat-client", daemon=True).start()
+                    self._thread = threading.Thread(target=_serve, args=(loop,), name="prefdata-chat-client", daemon=True)
+                    self._thread.start()
                     self._origins = {}
                     self._overheads = {}
                     # a client dropped without close() still stops its thread and closes its connections
@@ -215,6 +217,8 @@ class ChatClient:
         """Close the connections and stop the loop (a later call starts them again)."""
         if self._loop is not None and self._pid == os.getpid():
             self._stop()
+            if self._thread is not None and threading.current_thread() is not self._thread:
+                self._thread.join(5.0)  # calls still in flight (Ctrl-C) end cancelled before the process moves on
         self._loop = None
 
     def _target(self, url: str, tail: str) -> tuple[Origin, str]:
@@ -515,15 +519,29 @@ def _serve(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def _shutdown(loop: asyncio.AbstractEventLoop, origins: dict[str, Origin]) -> None:
-    """Close the idle connections and stop the loop, from any thread (it must not hold the client)."""
+    """Cancel the calls still in flight, let them unwind, close the connections and stop the loop, from any thread
+    (it must not hold the client). Stopping with calls pending would close their sockets after the loop is
+    closed: 'Event loop is closed' tracebacks at exit (an interrupted stage)."""
 
-    def stop() -> None:
+    async def drain() -> None:
+        tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         for o in origins.values():
             o.close()
         loop.stop()
 
+    def start() -> None:
+        task = loop.create_task(drain())
+        _DRAINING.add(task)  # the loop holds tasks weakly
+        task.add_done_callback(_DRAINING.discard)
+
     with contextlib.suppress(RuntimeError):  # the loop is already closed
-        loop.call_soon_threadsafe(stop)
+        loop.call_soon_threadsafe(start)
+
+
+_DRAINING: set[asyncio.Task[None]] = set()
 
 
 def _byte_forms(secrets: list[str]) -> list[bytes]:
