@@ -4,7 +4,6 @@ export and its logs (parquet read back as well as scanned as bytes), and the ter
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ SECRETS = (SAMPLER_KEY, JUDGE_KEY, HF_TOKEN)
 
 class EchoServer(FaultServer):
     """Answers every chat request with the request's headers (and the HF token, as a server that learnt it would):
-    a 500 with them in its body first, then a reply that quotes them; some judge calls get only 500s."""
+    a 500 with them in its body first, then a reply that quotes them; the first prompt's judge calls get only 500s."""
 
     def reply(self, body: dict, headers: dict[str, str]) -> tuple[int, bytes]:
         echo = f"token {HF_TOKEN}, your headers: {json.dumps(headers)}"
@@ -34,7 +33,10 @@ class EchoServer(FaultServer):
         with self.lock:
             self.attempts[key] += 1
             n = self.attempts[key]
-        always_fail = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 4 == 0 and "n" not in body
+        # every judge call of the first prompt fails (its ranking stays incomplete: rank exits 3), the others answer
+        # on the retry: chosen by the question, not by a hash of a body that holds the server's port (a random
+        # quarter of calls then left no prompt complete in about one run in ten, and export found nothing)
+        always_fail = "Question 0?" in key and "n" not in body
         if n == 1 or always_fail:
             return 500, json.dumps({"error": {"message": f"cannot serve this; {echo}"}}).encode()
         if "n" in body:  # a sampling request from generate
