@@ -76,6 +76,41 @@ def _orchestration(prompts: Path, folder: Path, batches: int, batch_size: int, s
     return wall, stats["ray_last_batch_at"] - stats["ray_first_batch_at"]
 
 
+def _multinode(nodes: int, batches: int, batch_size: int, sleep_s: float) -> None:
+    """Scaling in actors on a simulated multi-node cluster (`ray.cluster_utils.Cluster`: a head with no CPUs and
+    `nodes` worker nodes of 2 logical CPUs each), the sleeping sampler, 1, 2, 4 ... 2*nodes actors."""
+    import os
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from prefdata.distributed.cluster import _reload_auth
+
+    os.environ.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")  # bound to this machine only
+    _reload_auth()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ray-nodes-"))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=2)
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        prompts = _prompts(batches * batch_size, tmp)
+        ks = [k for k in (1, 2, 4, 8, 16) if k <= 2 * nodes]
+        spans = {k: _orchestration(prompts, tmp, batches, batch_size, sleep_s, k) for k in ks}
+        print(json.dumps({
+            "nodes": nodes, "cpus_per_node": 2, "batches": batches, "sleep_s_per_batch": sleep_s,
+            "wall_s": {k: round(v[0], 2) for k, v in spans.items()},
+            "span_s": {k: round(v[1], 2) for k, v in spans.items()},
+            "ideal_span_s": {k: sleep_s * (-(-batches // k) - 1) for k in ks},
+            "span_speedup_vs_1": {k: round(spans[1][1] / v[1], 2) for k, v in spans.items()},
+        }, indent=1))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=32)
@@ -84,7 +119,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=16)
     ap.add_argument("--sleep", type=float, default=1.0)
     ap.add_argument("--model", help="a causal LM folder; default: a tiny random Llama built with the demo tokenizer")
+    ap.add_argument("--nodes", type=int, default=0,
+                    help="only the scaling on a simulated cluster of this many 2-CPU nodes (1 to 2*nodes actors)")
     args = ap.parse_args()
+    if args.nodes:
+        _multinode(args.nodes, args.batches, args.batch_size, args.sleep)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     try:
         model = args.model
