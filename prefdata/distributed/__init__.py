@@ -1,1 +1,23 @@
-"""Past one machine: generate and rank on a Ray cluster (`--engine ray`); the driver keeps the run directory."""
+"""Past one machine: generate and rank on a Ray cluster (`--engine ray`); the driver keeps the run directory.
+
+The `--engine` and `--ray-address` options of the stages are declared here once (the stage configs carry them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefdata.errors import PrefdataError
+from prefdata.options import opt
+
+RUNNERS = ("local", "ray")  # where a stage's engines run: this process, or actors on a Ray cluster
+
+
+def ray_address_field() -> Any:
+    """The `--ray-address` option; where the cluster is does not change results."""
+    return opt(None, "--engine ray: the cluster to use; none: RAY_ADDRESS, else a cluster started with `ray start` on "
+                     "this machine, else a local Ray started for this command and stopped with it.", identity=False)
+
+
+def check_runner(engine: str) -> None:
+    if engine not in RUNNERS:
+        raise PrefdataError(f"--engine must be one of {', '.join(RUNNERS)}, got {engine!r}")

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from prefdata.config import check_range, check_seed
+from prefdata.distributed import check_runner, ray_address_field
 from prefdata.errors import PrefdataError
 from prefdata.llm.chat import ENGINES
 from prefdata.llm.endpoint import check_endpoint, endpoint_field, normalize_urls
@@ -14,7 +15,6 @@ from prefdata.options import identity_fields, opt
 from prefdata.run.records import TRAIN_SUMMARY, stable_hash
 
 BACKENDS = tuple(ENGINES)  # every engine of the model layer samples
-RUNNERS = ("local", "ray")  # where the engines run: this process, or actors on a Ray cluster
 
 
 @dataclass(frozen=True)
@@ -62,9 +62,7 @@ class GenerateConfig:
                                          identity=False)
     engine: str = opt("local", "Where the engines run: local (this machine) | ray (an actor pool on a Ray cluster; the "
                       "run directory stays on this machine).", identity=False)
-    ray_address: str | None = opt(None, "--engine ray: the cluster to use; none: RAY_ADDRESS, else a cluster started with "
-                                  "`ray start` on this machine, else a local Ray started for this command and stopped with it.",
-                                  identity=False)
+    ray_address: str | None = ray_address_field()
     gpu_memory_utilization: float = opt(0.9, "vLLM share of GPU memory.", identity=False)
     batch_size: int = opt(64, "Prompts per shard: the most a crash can lose.", identity=False)
     hf_batch_size: int = opt(8, "Prompts per transformers generate call (--backend hf).", identity=False)
@@ -91,8 +89,7 @@ class GenerateConfig:
         check_endpoint(self)
         if self.shard is not None:
             parse_shard(self.shard)
-        if self.engine not in RUNNERS:
-            raise PrefdataError(f"--engine must be one of {', '.join(RUNNERS)}, got {self.engine!r}")
+        check_runner(self.engine)
 
     def check_ranges(self) -> None:
         """Values vLLM or the server would reject late (or take silently): refused here, before any work."""

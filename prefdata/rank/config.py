@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from prefdata.distributed import check_runner, ray_address_field
 from prefdata.errors import PrefdataError
 from prefdata.judges.config import JudgeConfig, judge_field, to_judge_config
 from prefdata.judges.verdict import (
@@ -75,8 +76,7 @@ class RankConfig:
     progress: bool = opt(True, "Show the progress bar.", identity=False)
     engine: str = opt("local", "Where the judge runs: local | ray (an in-process judge, reward model or verifier in a "
                       "pool of Ray actors).", identity=False)
-    ray_address: str | None = opt(None, "--engine ray: the cluster to use; none: RAY_ADDRESS, else a cluster started with "
-                                  "`ray start` on this machine, else a local Ray started for this command.", identity=False)
+    ray_address: str | None = ray_address_field()
     dp: int | None = opt(None, "--engine ray: judge actors; none: the cluster's GPUs, or its nodes on CPU.", identity=False)
 
     def __post_init__(self) -> None:
@@ -88,8 +88,7 @@ class RankConfig:
             raise ValueError("batch_size, concurrency, rm_batch_size and group_size must be at least 1")
         if self.min_margin < 0:
             raise ValueError(f"min_margin must be >= 0, got {self.min_margin}")
-        if self.engine not in ("local", "ray"):
-            raise PrefdataError(f"--engine must be local or ray, got {self.engine!r}")
+        check_runner(self.engine)
         if self.dp is not None and self.dp < 1:
             raise PrefdataError(f"--dp must be at least 1, got {self.dp}")
         self.judge_config()  # the judge's own checks
