@@ -123,11 +123,9 @@ class EngineModel:
         if not convs:
             return []
         samplings = per_conversation(convs, sampling)
-        reasons = too_long_reasons(convs, self.budget(), [s.max_tokens if s.whole_reply else 1 for s in samplings])
-        keep = [i for i, r in enumerate(reasons) if r is None]
-        fit = [convs[i] for i in keep], [samplings[i] for i in keep]
-        outs = iter(self.answer(*fit, on_done=on_done, on_tick=on_tick) if keep else [])
-        return [ChatOut(error=r, kind=TOO_LONG) if r is not None else next(outs) for r in reasons]
+        rooms = [s.max_tokens if s.whole_reply else 1 for s in samplings]
+        return _send_fitting(convs, self.budget(), rooms, lambda keep: self.answer(
+            [convs[i] for i in keep], [samplings[i] for i in keep], on_done=on_done, on_tick=on_tick))
 
     def answer(self, convs: list[Conversation], samplings: list[Sampling], *, on_done: OnDone | None,
                on_tick: OnTick | None) -> list[ChatOut]:  # fmt: skip
@@ -196,9 +194,15 @@ def fit_context(
     too_long `ChatOut` in their place. `max_tokens`: the reply room each needs (one for all, or one each).
     Outputs stay in input order."""
     rooms = [max_tokens] * len(convs) if isinstance(max_tokens, int) else list(max_tokens)
+    return _send_fitting(convs, budget, rooms, lambda keep: send([convs[i] for i in keep]))
+
+
+def _send_fitting(convs: Sequence[Conversation], budget: TokenBudget | None, rooms: list[int],
+                  send: Callable[[list[int]], list[ChatOut]]) -> list[ChatOut]:  # fmt: skip
+    """`send(indices of the conversations that fit)` once (not at all when none fits); too_long in the others' place."""
     reasons = too_long_reasons(convs, budget, rooms)
-    fitting = [c for c, r in zip(convs, reasons, strict=True) if r is None]
-    sent = iter(send(fitting) if fitting else [])
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    sent = iter(send(keep) if keep else [])
     return [ChatOut(error=r, kind=TOO_LONG) if r is not None else next(sent) for r in reasons]
 
 
