@@ -97,7 +97,7 @@ def test_generate_on_ray_matches_the_local_run(ray_local, local_run, prompts_fil
     ray_df, local_df = _cands(tmp_path / "run"), _cands(local_run)
     assert ray_df.equals(local_df)
     assert ray_df["candidate_id"].n_unique() == ray_df.height
-    shards = list((tmp_path / "run" / "candidates").glob("*.parquet"))
+    shards = list((tmp_path / "run" / "candidates").glob("shard-*.parquet"))
     assert len(shards) == 3  # one per batch of 2 prompts, written by the driver
 
 
@@ -124,7 +124,7 @@ def _start_cli_generate(run: Path, prompts_file: Path, model: Path) -> tuple[sub
         env.pop(k, None)  # the command starts its own Ray, as a user's would
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
-    while not list((run / "candidates").glob("*.parquet")):
+    while not list((run / "candidates").glob("shard-*.parquet")):  # finished shards only: a hidden .tmp- file is a write still in flight
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
         assert time.monotonic() < deadline, "no shard within 240 s"
         time.sleep(0.2)

@@ -78,7 +78,7 @@ def test_a_node_that_dies_mid_run_loses_nothing(two_node_cluster, tmp_path):
     stats = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
 
     def kill_a_node() -> None:
-        while not list((tmp_path / "run" / "candidates").glob("*.parquet")):
+        while not list((tmp_path / "run" / "candidates").glob("shard-*.parquet")):
             time.sleep(0.1)
         cluster.remove_node(workers[1], allow_graceful=False)  # its actor dies mid-batch
 
