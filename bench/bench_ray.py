@@ -7,6 +7,10 @@
    measured, not this CPU): 1, 2 and 4 actors on a local Ray given 4 logical CPUs.
 
     PYTHONPATH=. python bench/bench_ray.py [--prompts 32] [--max-tokens 32] [--sleep 1.0] [--batches 16]
+
+4. `--long SECONDS`: the target's job, measured whole: SECONDS of sampling (the sleeping sampler, `--sleep` per
+   batch) through the local loop and through a Ray the command starts (`ray.init`, the actor's start, every
+   batch), one engine each; the overhead is the difference of the two walls.
 """
 
 from __future__ import annotations
@@ -111,6 +115,39 @@ def _multinode(nodes: int, batches: int, batch_size: int, sleep_s: float) -> Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _long(seconds: float, sleep_s: float, batch_size: int) -> None:
+    """A SECONDS-long sampling job (sleeping sampler) through the local loop, then through `--engine ray` with a
+    Ray started for it and one actor: both walls, whole, and the overhead of the Ray path."""
+    from prefdata.generate.run import _sample_all
+
+    batches = max(1, round(seconds / sleep_s))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ray-long-"))
+    try:
+        prompts = _prompts(batches * batch_size, tmp)
+        cfg = GenerateConfig(prompts=str(prompts), model="bench", backend="openai", base_url="http://unused/v1", n=1,
+                             batch_size=batch_size, engine="ray", data_parallel_size=1)
+        todo = list(load_prompts(cfg.prompts, None, None, None, None).table.iter_rows(named=True))
+        walls = {}
+        for where in ("local", "ray"):
+            stats: dict[str, float] = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
+            run = RunDir(tmp / where)
+            t0 = time.perf_counter()
+            if where == "local":
+                _sample_all(run, cfg, InstantSampler(sleep_s), todo, sampler_hash(cfg), stats, progress=False)  # type: ignore[arg-type]
+            else:
+                with ray_cluster():
+                    sample_on_ray(run, cfg, todo, sampler_hash(cfg), "bench", stats, progress=False, actor=instant_actor(sleep_s))
+            walls[where] = time.perf_counter() - t0
+            done = run.read_candidates()
+            assert stats["sampled"] == len(todo) and done is not None and done.height == len(todo), stats
+        print(json.dumps({"batches": batches, "batch_size": batch_size, "sleep_s_per_batch": sleep_s,
+                          "local_wall_s": round(walls["local"], 2), "ray_wall_s": round(walls["ray"], 2),
+                          "ray_overhead_s": round(walls["ray"] - walls["local"], 2),
+                          "ray_overhead_pct": round(100 * (walls["ray"] - walls["local"]) / walls["local"], 2)}, indent=1))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=32)
@@ -121,7 +158,12 @@ def main() -> None:
     ap.add_argument("--model", help="a causal LM folder; default: a tiny random Llama built with the demo tokenizer")
     ap.add_argument("--nodes", type=int, default=0,
                     help="only the scaling on a simulated cluster of this many 2-CPU nodes (1 to 2*nodes actors)")
+    ap.add_argument("--long", type=float, default=0.0,
+                    help="only a job of this many seconds of sampling, local against a Ray started for it")
     args = ap.parse_args()
+    if args.long:
+        _long(args.long, args.sleep, args.batch_size)
+        return
     if args.nodes:
         _multinode(args.nodes, args.batches, args.batch_size, args.sleep)
         return
