@@ -1,18 +1,24 @@
-"""`rank --engine ray` for pointwise judges (reward models, verifiers): the judge runs in a pool of Ray actors.
+"""`rank --engine ray`: the judge runs in a pool of Ray actors, each holding its engine for the whole rank.
 
-`RayScoreJudge` is a PointwiseJudge like the local ones, so the score driver (`rank/scores.py`), its cache of
-answered calls, the rankings and exit status 3 for failed calls are unchanged: each chunk the driver hands it is
-split across the actors, scored in parallel and returned in request order. The actors are Ray Core actors that
-live for the whole rank (a Ray Data job per chunk would load the model again for every chunk), each building the
-judge from the RankConfig inside the worker.
+The judges on Ray are judges like the local ones, so the drivers (`rank/scores.py`, `rank/pairwise.py`), their
+caches of answered calls, the rankings and exit status 3 for failed calls are unchanged. The actors are Ray Core
+actors that live for the whole rank (a Ray Data job per chunk would load the model again for every chunk), each
+building the judge from the RankConfig inside the worker and reserving `--tp` GPUs (CPUs on a CPU cluster).
+- Pointwise judges (reward models, verifiers): each chunk the score driver hands over is split across the actors,
+  scored in parallel and returned in request order.
+- An LLM pairwise judge: each round of calls goes whole to an actor that is free, and the pairwise driver keeps
+  one round per actor (plus one waiting) in flight (`concurrent_calls`). An actor that finishes takes the next
+  round at once, so a slow actor holds up only its own prompts, never a barrier across the pool; and the driver
+  still writes every round's judgments as it returns, so a killed driver loses at most the rounds in flight.
 
-A chunk whose actor dies ACTOR_RETRIES + 1 times comes back as failed calls with the reason; the dead actor
-leaves the pool and the others go on, so the rerun retries only the failed calls.
+A chunk or round whose actor dies ACTOR_RETRIES + 1 times comes back as failed calls with the reason; the dead
+actor leaves the pool and the others go on, so the rerun retries only the failed calls.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -103,11 +109,42 @@ class RayScoreJudge(_RayJudge):
 
 
 class RayPairJudge(_RayJudge):
-    """A PairJudge on Ray actors (an LLM judge over in-process vLLM): the driver runs the rounds, the engines stay
-    up between them."""
+    """A PairJudge on Ray actors (an LLM judge over in-process vLLM): each round goes whole to a free actor; the
+    pairwise driver keeps `concurrent_calls` calls in flight (one round per actor, plus one), from its threads."""
+
+    def __init__(self, actors: list[Any], info: dict[str, Any], round_size: int) -> None:
+        super().__init__(actors, info)
+        self.concurrent_calls = len(self.actors) * round_size
+        self._free = list(self.actors)
+        self._changed = threading.Condition()
 
     def judge(self, requests: list[PairRequest]) -> list[Verdict]:
-        return self._call("judge_pairs", requests, lambda r, why: Verdict.from_slot(r, None, error=why))
+        ray = import_ray()
+
+        def failed(why: str) -> list[Verdict]:
+            return [Verdict.from_slot(r, None, error=why[:500]) for r in requests]
+
+        with self._changed:
+            self._changed.wait_for(lambda: bool(self._free) or not self.actors)
+            if not self.actors:
+                return failed("no engine actor left on the Ray cluster")
+            actor = self._free.pop(0)
+        alive = True
+        try:
+            return list(ray.get(actor.judge_pairs.remote(requests)))
+        except ray.exceptions.RayError as e:  # the actor died past its retries, or the judge raised
+            reason = failure_reason(e)
+            if isinstance(e, ray.exceptions.RayActorError):
+                alive = False
+                reason = f"the engine actor died {ACTOR_RETRIES + 1} times on this batch ({reason})"
+            return failed(reason)
+        finally:
+            with self._changed:
+                if alive:
+                    self._free.append(actor)
+                elif actor in self.actors:
+                    self.actors.remove(actor)
+                self._changed.notify_all()
 
 
 def is_pointwise_judge(judge: str) -> bool:
@@ -118,16 +155,18 @@ def is_pointwise_judge(judge: str) -> bool:
 
 
 @contextlib.contextmanager
-def ray_judge(cfg: Any, n_items: int | None, progress: bool = True) -> Iterator[RayScoreJudge | RayPairJudge]:
-    """The cluster and its judge actors for the `with` block (`cfg`: a RankConfig)."""
+def ray_judge(cfg: Any, n_items: int | None, progress: bool = True, actor: type = JudgeActor
+              ) -> Iterator[RayScoreJudge | RayPairJudge]:  # fmt: skip
+    """The cluster and its judge actors for the `with` block (`cfg`: a RankConfig). `actor`: the actor class (tests
+    pass one whose judge is scripted)."""
     jc = cfg.judge_config()
     if jc.base_url and not is_pointwise_judge(jc.judge):
         raise PrefdataError("--engine ray runs in-process judges in Ray actors; a judge behind --base-url is already "
                             "remote (give several --base-url to spread its calls); drop --engine ray")
     with ray_cluster(cfg.ray_address) as cluster:
         ray = import_ray()
-        n, resources = actor_plan(cluster, cfg.dp, 1)
-        remote = ray.remote(JudgeActor).options(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources)
+        n, resources = actor_plan(cluster, cfg.dp, jc.tensor_parallel_size)
+        remote = ray.remote(actor).options(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources)
         actors = [remote.remote(cfg, n_items) for _ in range(n)]
         try:
             try:
@@ -137,7 +176,10 @@ def ray_judge(cfg: Any, n_items: int | None, progress: bool = True) -> Iterator[
             if progress:
                 say(f"rank: {n} judge actor(s) on {'a local Ray' if cluster.started_here else 'the Ray cluster'} "
                     f"({cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs)")
-            yield (RayPairJudge if infos[0]["pairwise"] else RayScoreJudge)(actors, infos[0])
+            if infos[0]["pairwise"]:
+                yield RayPairJudge(actors, infos[0], cfg.batch_size)
+            else:
+                yield RayScoreJudge(actors, infos[0])
         finally:
             for ref in [a.close.remote() for a in actors]:
                 with contextlib.suppress(Exception):  # a dead actor has nothing to close

@@ -50,7 +50,8 @@ def build_judge(config: JudgeConfig | HasJudge, llm: Any = None, n_items: int | 
             from prefdata.judges.reward_model_vllm import VLLMRewardModelJudge
 
             try:
-                return VLLMRewardModelJudge(cfg.judge, max_length=cfg.rm_max_length, seed=cfg.seed, llm=llm, dtype=cfg.dtype)
+                return VLLMRewardModelJudge(cfg.judge, max_length=cfg.rm_max_length, seed=cfg.seed, llm=llm, dtype=cfg.dtype,
+                                            tensor_parallel_size=cfg.tensor_parallel_size)
             except ImportError as e:
                 raise PrefdataError("--rm-backend vllm needs vLLM (pip install prefdata[cpu] or [gpu]); or use --rm-backend hf") from e
         return RewardModelJudge(cfg.judge, batch_size=cfg.rm_batch_size, max_length=cfg.rm_max_length, dtype=cfg.dtype)
@@ -80,6 +81,6 @@ def judge_model(cfg: JudgeConfig, llm: Any = None) -> ChatModel:
     path = resolve_model(cfg.judge_model)
     try:
         return open_chat_model(ModelSpec("vllm", path, label=path, seed=cfg.seed, max_model_len=cfg.max_model_len,
-                                         dtype=cfg.dtype))  # fmt: skip
+                                         dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size))  # fmt: skip
     except ImportError as e:
         raise PrefdataError("an in-process judge needs vLLM (pip install prefdata[cpu] or [gpu]), or pass --base-url") from e

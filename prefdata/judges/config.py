@@ -49,6 +49,9 @@ class JudgeConfig:
     rm_backend: str = opt("auto", "Reward-model engine: auto (vllm from 2000 candidates when installed, else hf) | hf "
                           "(transformers) | vllm (pooling runner); see prefdata.judges.build.rm_backend_for.", identity=False)
     max_model_len: int = opt(4096, "In-process vLLM judge context.", identity=False)
+    tensor_parallel_size: int = opt(1, "In-process vLLM judge or reward model: GPUs per engine (vLLM tensor parallel); with "
+                                    "--engine ray each judge actor reserves this many GPUs (CPUs on a CPU cluster).",
+                                    flag=("--tensor-parallel-size", "--tp"), identity=False)
     dtype: str = opt("auto", "In-process judge / reward-model dtype: auto (bf16 where the CPU or GPU computes it natively, "
                      "else float32 on CPU, float16 on GPU) | float32 | bfloat16 | float16.", identity="judge")
 
@@ -65,7 +68,7 @@ class JudgeConfig:
         check_endpoint(self)
         check_range("--temperature", self.temperature, 0)
         for flag, value in (("--max-tokens", self.max_tokens), ("--rm-max-length", self.rm_max_length),
-                            ("max_model_len", self.max_model_len)):  # fmt: skip
+                            ("max_model_len", self.max_model_len), ("--tensor-parallel-size", self.tensor_parallel_size)):  # fmt: skip
             check_range(flag, value, 1)
         check_seed("--seed", self.seed)
 

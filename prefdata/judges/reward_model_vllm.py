@@ -62,6 +62,7 @@ class VLLMRewardModelJudge:
         label_index: int = 0,
         seed: int = 0,
         llm: Any = None,
+        tensor_parallel_size: int = 1,
     ) -> None:
         p = check_reward_model_dir(model_dir)
         check_head_weights(p)
@@ -80,7 +81,8 @@ class VLLMRewardModelJudge:
         if llm is None:
             from prefdata.llm.vllm_engine import start_engine
 
-            llm = start_engine(self.model_dir, runner="pooling", dtype=dtype, max_model_len=self.max_length, seed=seed)
+            llm = start_engine(self.model_dir, runner="pooling", dtype=dtype, max_model_len=self.max_length, seed=seed,
+                               tensor_parallel_size=tensor_parallel_size)
         self.llm = llm
 
     def config(self) -> dict[str, object]:

@@ -72,6 +72,7 @@ class RankConfig:
     rm_max_length: int | None = judge_field("rm_max_length")
     rm_backend: str = judge_field("rm_backend")
     max_model_len: int = judge_field("max_model_len")
+    tensor_parallel_size: int = judge_field("tensor_parallel_size")
     dtype: str = judge_field("dtype")
     progress: bool = opt(True, "Show the progress bar.", identity=False)
     engine: str = opt("local", "Where the judge runs: local | ray (an in-process judge, reward model or verifier in a "

@@ -1,0 +1,118 @@
+"""A pairwise judge on Ray actors: each round goes whole to a free actor (no barrier across the pool), the rankings
+are the local judge's, and an actor that dies fails only its round's calls, which a rerun answers."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from prefdata.distributed.score import JudgeActor, ray_judge
+from prefdata.rank import RankConfig, rank_run
+from tests.helpers import OrderJudge, make_candidates_run, quality_texts
+
+pytestmark = pytest.mark.slow  # a local Ray and its actors: tens of seconds
+
+TEXTS = [quality_texts([3, 1, 4, 2]), quality_texts([2, 5, 1, 3]), quality_texts([1, 2, 3, 4]), quality_texts([4, 3, 2, 1])] * 2
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from prefdata.distributed.cluster import ray_cluster
+
+    with ray_cluster(num_cpus=2) as cluster:
+        yield cluster
+
+
+def _oracle_actor(folder: Path, slow_s: float = 0.0, die_on: frozenset[str] = frozenset()) -> type:
+    """A judge actor whose judge prefers the higher `q=`; the first actor to start sleeps `slow_s` per round; any
+    actor exits its process on a round that compares the two candidates `die_on` while folder/die exists. Each
+    verdict's raw text names the process that answered it. Pickled by value with its closure."""
+    from prefdata.judges.verdict import Verdict
+
+    class Oracle:
+        def __init__(self, slow: bool) -> None:
+            self.slow = slow
+
+        def config(self) -> dict[str, object]:
+            return {"kind": "oracle-order", "noise": 0.0}  # OrderJudge's: the same judge hash as the local run
+
+        def judge(self, requests):
+            import time
+
+            if die_on and any({r.first.id, r.second.id} == die_on for r in requests) and (folder / "die").exists():
+                os._exit(3)
+            if self.slow:
+                time.sleep(slow_s)
+            out = []
+            for r in requests:
+                qa, qb = (int(c.text.split("q=")[1].split()[0]) for c in (r.first, r.second))
+                slot = "a" if qa > qb else "b" if qb > qa else "tie"
+                out.append(Verdict.from_slot(r, slot, raw=f"pid={os.getpid()} slow={self.slow}"))
+            return out
+
+    class OracleActor(JudgeActor):
+        def __init__(self, cfg, n_items):
+            try:
+                os.close(os.open(folder / "slow-taken", os.O_CREAT | os.O_EXCL))
+                slow = True
+            except FileExistsError:
+                slow = False
+            self.judge = Oracle(slow)
+
+    return OracleActor
+
+
+def _rank_on_ray(run, cfg: RankConfig, actor: type):
+    with ray_judge(cfg, None, progress=False, actor=actor) as rj:
+        return rank_run(run, cfg, judge=rj)
+
+
+def _cfg(**kw) -> RankConfig:
+    return RankConfig(**({"judge": "oracle", "strategy": "round-robin", "batch_size": 4, "progress": False,
+                          "engine": "ray", "dp": 2} | kw))  # fmt: skip
+
+
+def test_rounds_go_whole_to_free_actors_and_the_rankings_are_the_local_ones(ray_local, tmp_path):
+    local, _ = make_candidates_run(tmp_path / "local", TEXTS)
+    on_ray, _ = make_candidates_run(tmp_path / "ray", TEXTS)
+    cfg = _cfg()
+    a = rank_run(local, dataclasses.replace(cfg, engine="local"), judge=OrderJudge())
+    b = _rank_on_ray(on_ray, cfg, _oracle_actor(tmp_path, slow_s=1.0))
+    jh = a.record["judge_hash"]
+    assert b.record["judge_hash"] == jh
+    ra, rb = (r.read_rankings(jh).sort("prompt_id").select("candidate_ids", "ranks") for r in (local, on_ray))
+    assert ra.equals(rb)
+    shards = sorted((on_ray.path / "judgments" / jh).glob("shard-*.parquet"))
+    rounds = [pl.read_parquet(p, columns=["raw"])["raw"].unique().to_list() for p in shards]
+    # round robin asks a prompt's 12 calls at once, so each round of --batch-size 4 is one prompt's calls
+    assert len(rounds) == len(TEXTS) and all(len(r) == 1 for r in rounds), rounds  # one actor per round
+    per_actor = pl.Series("raw", [r[0] for r in rounds]).value_counts()
+    assert per_actor.height == 2, per_actor  # both actors judged
+    slow = per_actor.filter(pl.col("raw").str.contains("slow=True"))["count"].item()
+    fast = per_actor.filter(pl.col("raw").str.contains("slow=False"))["count"].item()
+    assert fast > slow, per_actor  # the fast actor took the rounds the slow one was still busy with
+
+
+def test_an_actor_that_dies_fails_its_round_only_and_the_rerun_answers_it(ray_local, tmp_path):
+    run, pids = make_candidates_run(tmp_path / "run", TEXTS)
+    cands = run.read_candidates()
+    assert cands is not None
+    victim = frozenset(cands.filter(pl.col("prompt_id") == pids[1])["candidate_id"].to_list()[:2])
+    (tmp_path / "die").write_text("1")
+    first = _rank_on_ray(run, _cfg(), _oracle_actor(tmp_path, die_on=victim))
+    counts = first.record
+    assert counts["call_failures_new"] == 12, counts  # the dead actor's round (one prompt's 12 calls), no more
+    jh = first.record["judge_hash"]
+    failed = run.read_judgments(jh).filter(pl.col("verdict") == "fail")
+    assert failed["error"].str.contains("engine actor died").all()
+    (tmp_path / "die").unlink()
+    second = _rank_on_ray(run, _cfg(), _oracle_actor(tmp_path))
+    assert second.record["judge_calls_new"] == counts["call_failures_new"]  # only the failed calls again
+    local, _ = make_candidates_run(tmp_path / "local", TEXTS)
+    a = rank_run(local, dataclasses.replace(_cfg(), engine="local"), judge=OrderJudge())
+    assert local.read_rankings(jh).sort("prompt_id").select("ranks").equals(run.read_rankings(jh).sort("prompt_id").select("ranks"))
+    assert a.record["judge_hash"] == jh
