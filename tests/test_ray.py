@@ -99,6 +99,8 @@ def test_generate_on_ray_matches_the_local_run(ray_local, local_run, prompts_fil
     assert ray_df["candidate_id"].n_unique() == ray_df.height
     shards = list((tmp_path / "run" / "candidates").glob("shard-*.parquet"))
     assert len(shards) == 3  # one per batch of 2 prompts, written by the driver
+    (slot,) = RunDir(tmp_path / "run").read_meta()["stages"]["generate"].values()
+    assert slot["dtype"] == "float32"  # what the actors reported (tests/test_ray_actors.py: not the driver's guess)
 
 
 def test_local_and_ray_runs_resume_each_other(ray_local, local_run, prompts_file, tiny_llama_dir, tmp_path):

@@ -43,6 +43,13 @@ class SampleActor:
         if engine is not None:
             engine.close()
 
+    def compute_dtype(self) -> str | None:
+        """The dtype this actor's engine computes in, decided on the actor's machine (a GPU node's choice is not
+        the driver's); None for a server."""
+        from prefdata.generate.run import sampler_dtype
+
+        return sampler_dtype(self.cfg, getattr(self.sampler, "llm", None))
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         from prefdata.generate.run import sample_batch
 
@@ -56,17 +63,18 @@ class SampleActor:
                 res: dict[str, Any] = {"rows": rows, "sampled": sampled, "skipped": skipped, "error": None}
             except Exception as e:  # noqa: BLE001 - the batch fails with its reason; the driver reports it
                 res = {"rows": [], "sampled": 0, "skipped": 0, "error": failure_reason(e)}
-            res |= {"i": job["i"], "prompts": len(prompts), "sample_s": time.monotonic() - t0}
+            res |= {"i": job["i"], "prompts": len(prompts), "sample_s": time.monotonic() - t0, "dtype": self.compute_dtype()}
             out.append(json.dumps(res))
         return {"result": out}
 
 
 def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], shash: str, label: str,
-                  stats: dict[str, float], progress: bool, before_first_shard: Callable[[], None] | None = None,
-                  actor: type = SampleActor) -> None:
-    """Sample `todo` on the cluster, one shard per returned batch; raises PrefdataError naming the batches that
-    failed after the others are written (a rerun retries only those). `actor`: the actor class (the benchmark
-    passes one whose sampler sleeps, to time the orchestration alone)."""
+                  stats: dict[str, float], progress: bool,
+                  before_first_shard: Callable[[str | None], None] | None = None, actor: type = SampleActor) -> set[str]:
+    """Sample `todo` on the cluster, one shard per returned batch; returns the dtypes the actors computed in.
+    Raises PrefdataError naming the batches that failed after the others are written (a rerun retries only
+    those). `before_first_shard(dtype)`: called once before the first shard, with its actor's dtype. `actor`: the
+    actor class (the benchmark passes one whose sampler sleeps, to time the orchestration alone)."""
     from prefdata.generate.run import write_rows
 
     with ray_cluster(cfg.ray_address) as cluster:
@@ -87,6 +95,7 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
         tag = f"{shash}-{host_tag()}-ray"
         errors: list[str] = []
         returned: set[int] = set()
+        dtypes: set[str] = set()
         try:
             # Round 2 redoes the batches round 1 lost to dead actors (a node that went away burns an actor's
             # retries within a second); a batch that kills its engine every time is lost twice and reported.
@@ -114,9 +123,11 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
                     stats["sampled"] += res["sampled"]
                     stats["skipped"] += res["skipped"]
                     bar.total -= res["skipped"] * per_prompt
+                    if res["dtype"]:
+                        dtypes.add(res["dtype"])
                     if res["rows"]:
                         if before_first_shard is not None:
-                            before_first_shard()
+                            before_first_shard(res["dtype"])
                         write_rows(run, res["rows"], stats, tag=tag)
                     bar.update(res["sampled"] * per_prompt)
         except PrefdataError:
@@ -134,6 +145,7 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
         if errors:
             raise PrefdataError(f"{len(errors)} batch(es) failed on the Ray cluster ({'; '.join(errors[:3])}); the "
                                 f"other batches are saved; rerun the same command to retry only the failed ones")
+        return dtypes
 
 
 def _plain(r: dict[str, Any]) -> dict[str, Any]:

@@ -69,12 +69,14 @@ class _RayJudge:
     """The actors behind a judge interface: each call is split across them, answered in parallel and returned in
     request order; config() is the actors' judge's, so the judge hash (and the cache) are the local judge's."""
 
-    def __init__(self, actors: list[Any], info: dict[str, Any]) -> None:
+    def __init__(self, actors: list[Any], infos: list[dict[str, Any]]) -> None:
+        info = infos[0]
         self.actors = list(actors)
         self._config = info["config"]
         self.needs_reference = info["needs_reference"]
         self.backend = info["backend"]
-        self.dtype = info["dtype"]
+        # what the actors computed in, each on its own machine (a cluster of mixed machines can have two)
+        self.dtype = ", ".join(sorted({i["dtype"] for i in infos if i["dtype"]})) or None
         self.template = SimpleNamespace(name=info["template"][0], sha256=info["template"][1]) if info["template"] else None
 
     def config(self) -> dict[str, object]:
@@ -112,8 +114,8 @@ class RayPairJudge(_RayJudge):
     """A PairJudge on Ray actors (an LLM judge over in-process vLLM): each round goes whole to a free actor; the
     pairwise driver keeps `concurrent_calls` calls in flight (one round per actor, plus one), from its threads."""
 
-    def __init__(self, actors: list[Any], info: dict[str, Any], round_size: int) -> None:
-        super().__init__(actors, info)
+    def __init__(self, actors: list[Any], infos: list[dict[str, Any]], round_size: int) -> None:
+        super().__init__(actors, infos)
         self.concurrent_calls = len(self.actors) * round_size
         self._free = list(self.actors)
         self._changed = threading.Condition()
@@ -177,9 +179,9 @@ def ray_judge(cfg: Any, n_items: int | None, progress: bool = True, actor: type 
                 say(f"rank: {n} judge actor(s) on {'a local Ray' if cluster.started_here else 'the Ray cluster'} "
                     f"({cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs)")
             if infos[0]["pairwise"]:
-                yield RayPairJudge(actors, infos[0], cfg.batch_size)
+                yield RayPairJudge(actors, infos, cfg.batch_size)
             else:
-                yield RayScoreJudge(actors, infos[0])
+                yield RayScoreJudge(actors, infos)
         finally:
             for ref in [a.close.remote() for a in actors]:
                 with contextlib.suppress(Exception):  # a dead actor has nothing to close

@@ -139,16 +139,20 @@ def _generate_run(
     todo = [r for r in todo if r["prompt_id"] not in done]
 
     recorded = False
-    dtype = sampler_dtype(cfg, llm)
-    stage_meta: dict[str, Any] = {"dtype": dtype} if dtype else {}  # the dtype this machine samples in
+    # the dtype this machine samples in; on Ray the actors decide on their own machines and report it
+    dtype = sampler_dtype(cfg, llm) if cfg.engine == "local" else None
+    stage_meta: dict[str, Any] = {"dtype": dtype} if dtype else {}
+    ray_dtypes: set[str] = set()
 
-    def record() -> None:
+    def record(actor_dtype: str | None = None) -> None:
         """Put the prompts and this sampler's config in the run, once it has rows: a generate that fails
         before its first shard (an unreachable server, a bad model) leaves nothing behind to reach the card."""
         nonlocal recorded
         if recorded:
             return
         recorded = True
+        if actor_dtype:
+            stage_meta["dtype"] = actor_dtype
         run.write_prompts(pset.table)
         run.record_stage(
             "generate",
@@ -177,7 +181,7 @@ def _generate_run(
             if cfg.engine == "ray":  # the same batches and rows, from an actor pool on a Ray cluster
                 from prefdata.distributed.generate import sample_on_ray
 
-                sample_on_ray(run, cfg, todo, shash, sampler_label(cfg), stats, progress, before_first_shard=record)
+                ray_dtypes = sample_on_ray(run, cfg, todo, shash, sampler_label(cfg), stats, progress, before_first_shard=record)
             else:
                 _sample_local(run, cfg, llm, todo, shash, stats, progress, record)
     wall = time.time() - t0
@@ -209,6 +213,8 @@ def _generate_run(
         totals["tokens"] += summary.tokens
         totals["skipped_too_long"] = max(totals.get("skipped_too_long", 0), summary.prompts_skipped_too_long)
         slot["duplicates_dropped"] = summary.duplicates_dropped
+        if ray_dtypes:  # every dtype the actors reported (a cluster of mixed machines can have two)
+            slot["dtype"] = ", ".join(sorted(ray_dtypes | ({slot["dtype"]} if slot.get("dtype") else set())))
 
     run.update_meta(_upd)
     return summary

@@ -1,5 +1,6 @@
-"""A pairwise judge on Ray actors: each round goes whole to a free actor (no barrier across the pool), the rankings
-are the local judge's, and an actor that dies fails only its round's calls, which a rerun answers."""
+"""What the Ray actors decide and do: a pairwise judge's rounds go whole to a free actor (no barrier across the
+pool), with the local judge's rankings, and an actor that dies fails only its round's calls, which a rerun
+answers; the dtype in run.json is the one the actors computed in, not the driver's guess."""
 
 from __future__ import annotations
 
@@ -10,8 +11,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from prefdata.distributed.generate import SampleActor
 from prefdata.distributed.score import JudgeActor, ray_judge
+from prefdata.generate import GenerateConfig
+from prefdata.generate.config import sampler_hash
 from prefdata.rank import RankConfig, rank_run
+from prefdata.run.prompts import load_prompts
+from prefdata.run.store import RunDir
 from tests.helpers import OrderJudge, make_candidates_run, quality_texts
 
 pytestmark = pytest.mark.slow  # a local Ray and its actors: tens of seconds
@@ -116,3 +122,37 @@ def test_an_actor_that_dies_fails_its_round_only_and_the_rerun_answers_it(ray_lo
     a = rank_run(local, dataclasses.replace(_cfg(), engine="local"), judge=OrderJudge())
     assert local.read_rankings(jh).sort("prompt_id").select("ranks").equals(run.read_rankings(jh).sort("prompt_id").select("ranks"))
     assert a.record["judge_hash"] == jh
+
+
+def _half_actor() -> type:
+    """A sample actor that answers at once and computes in float16, which this CPU driver would never choose."""
+    from prefdata.llm.chat import Completion
+
+    class Instant:
+        def sample(self, conversations, plan, on_done=None, on_tick=None):
+            return [[[Completion("ok", "stop", 1) for _ in range(s.n)] for s in plan] for _ in conversations]
+
+    class Half(SampleActor):
+        def __init__(self, cfg, shash, label):
+            self.cfg, self.shash, self.label, self.sampler = cfg, shash, label, Instant()
+
+        def compute_dtype(self):
+            return "float16"
+
+    return Half
+
+
+def test_run_json_records_the_dtype_the_actors_computed_in(ray_local, tmp_path):
+    from prefdata.distributed.generate import sample_on_ray
+    from prefdata.generate.run import sampler_dtype
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(f'{{"prompt": "q{i}"}}\n' for i in range(4)))
+    cfg = GenerateConfig(prompts=str(prompts), model="m", backend="hf", n=1, batch_size=2, engine="ray", dtype="auto")
+    assert sampler_dtype(cfg) != "float16"  # the driver's own choice on this CPU
+    todo = list(load_prompts(cfg.prompts, None, None, None, None).table.iter_rows(named=True))
+    seen: list[str | None] = []
+    stats = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
+    dtypes = sample_on_ray(RunDir(tmp_path / "run"), cfg, todo, sampler_hash(cfg), "m", stats, False,
+                           before_first_shard=seen.append, actor=_half_actor())
+    assert dtypes == {"float16"} and seen[0] == "float16" and stats["sampled"] == 4
