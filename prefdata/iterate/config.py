@@ -70,7 +70,7 @@ class IterateConfig:
                              "CPU); not with an in-process LLM judge, which shares the engine.")
     engine: str = opt("local", f"Where each round's sampling, ranking and eval run their engines: {' | '.join(RUNNERS)} "
                       "(actors on one Ray cluster for the whole loop; an LLM judge behind --base-url stays remote, "
-                      "training stays on this machine with accelerate).", identity=False)
+                      "training stays in this process, on this machine).", identity=False)
     ray_address: str | None = ray_address_field()
     generate: dict[str, Any] = opt({}, "GenerateConfig fields (-n, --temperature, --max-tokens, --set generate.FIELD=VALUE).",
                                    cli=False)

@@ -2,7 +2,7 @@
 
 With --engine ray the in-process stages (sampling, an in-process judge, the eval's answers and judge) run in Ray
 actors that hold their engines for one stage; one Ray serves the whole loop, and training stays in this process
-(accelerate)."""
+(transformers' Trainer on accelerate), as in a local loop."""
 
 from __future__ import annotations
 
