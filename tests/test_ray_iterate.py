@@ -50,6 +50,17 @@ def test_where_the_stages_run_is_not_part_of_the_loop_config():
         dataclasses.asdict(local))  # a change of what is computed still counts
 
 
+def test_a_judge_behind_base_url_stays_local_while_in_process_judges_go_to_ray(tiny_rm_dir):
+    from prefdata.distributed.score import judge_engine
+
+    url = ["http://127.0.0.1:1/v1"]
+    assert judge_engine("ray", "verdict-only", url) == "local"  # remote already: rank --engine ray would refuse it
+    assert judge_engine("ray", "verdict-only", []) == "ray"  # an LLM judge on in-process vLLM
+    assert judge_engine("ray", "verify:number", url) == "ray"
+    assert judge_engine("ray", str(tiny_rm_dir), []) == "ray"
+    assert judge_engine("local", str(tiny_rm_dir), []) == "local"
+
+
 @pytest.fixture(scope="module")
 def prompts_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("prompts") / "sums.jsonl"
