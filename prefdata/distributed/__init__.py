@@ -1,4 +1,5 @@
-"""Past one machine: generate and rank on a Ray cluster (`--engine ray`); the driver keeps the run directory.
+"""Past one machine: generate, rank, eval and iterate's stages on a Ray cluster (`--engine ray`); the driver keeps
+the run directory.
 
 The `--engine` and `--ray-address` options of the stages are declared here once (the stage configs carry them)."""
 
@@ -10,6 +11,10 @@ from prefdata.errors import PrefdataError
 from prefdata.options import opt
 
 RUNNERS = ("local", "ray")  # where a stage's engines run: this process, or actors on a Ray cluster
+
+# The stage fields that say where and on how many engines a stage runs, never what it computes: iterate leaves them
+# out when it compares a rerun's loop config with the first run's, so a local and a Ray loop resume each other.
+PLACEMENT_FIELDS = ("engine", "ray_address", "data_parallel_size", "dp")
 
 
 def ray_address_field() -> Any:

@@ -156,6 +156,13 @@ def is_pointwise_judge(judge: str) -> bool:
     return is_verifier(judge) or is_reward_model_dir(judge)
 
 
+def judge_engine(engine: str, judge: str, base_url: list[str]) -> str:
+    """Where a command's judge runs under its --engine: an in-process judge (reward model, verifier, LLM judge over
+    in-process vLLM) in Ray actors; an LLM judge behind --base-url is remote already, so it stays a client here
+    while the command's sampling goes to Ray (`ray_judge` refuses it)."""
+    return "ray" if engine == "ray" and (is_pointwise_judge(judge) or not base_url) else "local"
+
+
 @contextlib.contextmanager
 def ray_judge(cfg: Any, n_items: int | None, progress: bool = True, actor: type = JudgeActor
               ) -> Iterator[RayScoreJudge | RayPairJudge]:  # fmt: skip

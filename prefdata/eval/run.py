@@ -103,10 +103,9 @@ def rank_config(cfg: EvalConfig, progress: bool) -> Any:
 
     fields: dict[str, Any] = {name: getattr(cfg, name) for name in judge_fields(EvalConfig)}
     if cfg.engine == "ray" and cfg.judge:
-        from prefdata.distributed.score import is_pointwise_judge
+        from prefdata.distributed.score import judge_engine
 
-        if is_pointwise_judge(cfg.judge) or not cfg.base_url:  # a judge behind --base-url is remote already
-            fields.update(engine="ray", ray_address=cfg.ray_address)
+        fields.update(engine=judge_engine(cfg.engine, cfg.judge, cfg.base_url), ray_address=cfg.ray_address)
     fields.update(base_url=list(cfg.base_url), seed=cfg.seed, progress=progress, **cfg.rank)
     if cfg.judge_model:  # eval's own flag wins over --set rank.judge_model
         fields["judge_model"] = cfg.judge_model

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from prefdata.config import check_range, stage_fields
+from prefdata.distributed import RUNNERS, check_runner, ray_address_field
 from prefdata.errors import PrefdataError
 from prefdata.options import opt
 
@@ -37,8 +38,9 @@ STAGE_CLASSES = {"generate": "prefdata.generate:GenerateConfig", "rank": "prefda
                  "export": "prefdata.export:ExportConfig", "train": "prefdata.train.config:AIPOConfig"}  # fmt: skip
 
 
-# Fields the loop sets itself, per round.
-RESERVED = {"generate": ("prompts", "model"), "export": ("out", "name", "overwrite"), "train": ("output_dir", "model")}
+# Fields the loop sets itself, per round (where generate and rank run: the loop's --engine and --ray-address).
+RESERVED = {"generate": ("prompts", "model", "engine", "ray_address"), "rank": ("engine", "ray_address"),
+            "export": ("out", "name", "overwrite"), "train": ("output_dir", "model")}  # fmt: skip
 
 
 @dataclass
@@ -66,6 +68,10 @@ class IterateConfig:
     reuse_engine: bool = opt(False, "Keep one vLLM policy engine for every round and load each new checkpoint into it in "
                              "place (vLLM reload_weights) instead of starting an engine per round (minutes each on a "
                              "CPU); not with an in-process LLM judge, which shares the engine.")
+    engine: str = opt("local", f"Where each round's sampling, ranking and eval run their engines: {' | '.join(RUNNERS)} "
+                      "(actors on one Ray cluster for the whole loop; an LLM judge behind --base-url stays remote, "
+                      "training stays in this process, on this machine).", identity=False)
+    ray_address: str | None = ray_address_field()
     generate: dict[str, Any] = opt({}, "GenerateConfig fields (-n, --temperature, --max-tokens, --set generate.FIELD=VALUE).",
                                    cli=False)
     rank: dict[str, Any] = opt({}, "RankConfig fields (--judge, --judge-model, --base-url, --position-bias, --set rank.FIELD=VALUE). "
@@ -84,6 +90,10 @@ class IterateConfig:
         check_range("--prompts-per-round", self.prompts_per_round, 1)
         check_range("--self-instruct-prompts", self.self_instruct_prompts, 1)
         check_range("--eval-max-tokens", self.eval_max_tokens, 1)
+        check_runner(self.engine)
+        if self.engine == "ray" and self.reuse_engine:
+            raise PrefdataError("--reuse-engine keeps one vLLM engine in this process across rounds, but with --engine "
+                                "ray the engines live in Ray actors for one stage at a time; drop one of the two")
 
     def stage(self, name: str) -> dict[str, Any]:
         """The fields the loop gives stage `name`: its LOOP_DEFAULTS, then the mapping (YAML, flags, --set)."""
@@ -115,8 +125,9 @@ class IterateConfig:
                 built = self.stage_config(name)
             except (PrefdataError, TypeError, ValueError) as e:
                 raise PrefdataError(f"--set {name}: {e}") from None
-            if name == "generate" and (built.data_parallel_size or 1) > 1:
-                raise PrefdataError("--set generate.data_parallel_size: the loop samples with one engine per round")
+            if name == "generate" and (built.data_parallel_size or 1) > 1 and self.engine == "local":
+                raise PrefdataError("--set generate.data_parallel_size: the loop samples with one engine per round; "
+                                    "with --engine ray it is the number of engine actors")
 
 
 def round_dir(workdir: Path, t: int) -> Path:

@@ -79,7 +79,8 @@ def eval_prompt_ids(workdir: Path, cfg: Any) -> set[str]:
 
 
 def eval_config(workdir: Path, cfg: Any, model: str, baseline: str, judge_model: str | None = None) -> Any:
-    """The eval of `model` against `baseline`: the loop's judge (and judge model), greedy, one answer per prompt."""
+    """The eval of `model` against `baseline`: the loop's judge (and judge model) and engine, greedy, one answer per
+    prompt."""
     from prefdata.eval.run import EvalConfig
     from prefdata.judges.config import judge_fields
 
@@ -93,7 +94,8 @@ def eval_config(workdir: Path, cfg: Any, model: str, baseline: str, judge_model:
     return EvalConfig(
         model=model, baseline=baseline, prompts=str(workdir / EVAL_FILE),
         reference_field="reference" if reference_field(cfg) else None,
-        max_tokens=cfg.eval_max_tokens or cfg.stage_config("generate").max_tokens, generate=gen, rank=rank, **judge,
+        max_tokens=cfg.eval_max_tokens or cfg.stage_config("generate").max_tokens, generate=gen, rank=rank,
+        engine=cfg.engine, ray_address=cfg.ray_address, **judge,
     )
 
 

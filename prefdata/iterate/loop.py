@@ -1,11 +1,16 @@
-"""The loop: generate, rank, export and train each round from the last checkpoint, engines reused, all resumable."""
+"""The loop: generate, rank, export and train each round from the last checkpoint, engines reused, all resumable.
+
+With --engine ray the in-process stages (sampling, an in-process judge, the eval's answers and judge) run in Ray
+actors that hold their engines for one stage; one Ray serves the whole loop, and training stays in this process
+(transformers' Trainer on accelerate), as in a local loop."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +64,33 @@ def _slice_prompts(cfg: IterateConfig, t: int, out: Path, held_out: set[str] | N
 @captured("iterate")
 def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log: Any = say) -> IterateSummary:
     """Run (or resume) the loop; returns the per-round summary table."""
+    workdir = Path(workdir)
+    cfg.check_stages()
+    check_writable(workdir, "--workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    _record(workdir, cfg)
+    with _stage_cluster(cfg, log):
+        return _rounds(workdir, cfg, progress, log)
+
+
+@contextlib.contextmanager
+def _stage_cluster(cfg: IterateConfig, log: Any) -> Iterator[None]:
+    """--engine ray: one Ray for every stage of every round (each stage's own `ray_cluster()` finds it running),
+    started once rather than once per stage, and stopped when the loop ends if it was started for the loop."""
+    if cfg.engine != "ray":
+        yield
+        return
+    from prefdata.distributed.cluster import ray_cluster
+
+    with ray_cluster(cfg.ray_address) as cluster:
+        where = "a local Ray started for this loop" if cluster.started_here else "the Ray cluster"
+        log(f"iterate: sampling, ranking and eval on {where} ({cluster.nodes} node(s), {cluster.cpus:g} CPUs, "
+            f"{cluster.gpus:g} GPUs); training on this machine")
+        yield
+
+
+def _rounds(workdir: Path, cfg: IterateConfig, progress: bool, log: Any) -> IterateSummary:
+    from prefdata.distributed.score import judge_engine
     from prefdata.export import export_run
     from prefdata.generate import GenerateConfig, generate_run, model_label, prompts_todo, sampler_dtype
     from prefdata.iterate import eval as ie
@@ -68,11 +100,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
     from prefdata.rank import rank_run
     from prefdata.train import train
 
-    workdir = Path(workdir)
-    cfg.check_stages()
-    check_writable(workdir, "--workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
-    _record(workdir, cfg)
+    on_ray = cfg.engine == "ray"  # the stages start their engines in Ray actors: this process holds none
     judge_llm: Any = None
     judge_path: str | None = None
     judging = cfg.stage_config("rank")  # the fixed judge; judge_model None means the starting model here
@@ -126,17 +154,21 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                         si_cfg = SelfInstructConfig(pool=cfg.prompts, num_prompts=cfg.self_instruct_prompts, seed=t)
                         si = run_self_instruct(policy_llm, si_cfg, si_file)
                         log(f"round {t}: self-instruct kept {si['prompts']} prompts ({si.get('filtered')})")
+                    if on_ray:  # the prompts are written here; sampling starts its own engines in Ray actors
+                        release(policy_llm)
+                        policy_llm = None
                     prompt_file = str(si_file)
                 else:
                     sliced = rd / "round_prompts.jsonl"
                     prompt_file = str(sliced) if sliced.is_file() else _slice_prompts(cfg, t, sliced, held_out)
                 if prompt_file != cfg.prompts:
                     gen_fields.pop("prompt_field", None)  # our own files use `messages` / `prompt`
-                gcfg = GenerateConfig(prompts=prompt_file, model=policy_path, **gen_fields)
+                gcfg = GenerateConfig(prompts=prompt_file, model=policy_path, engine=cfg.engine,
+                                      ray_address=cfg.ray_address, **gen_fields)
                 # the policy also answers the eval prompts: as the starting model (round 0), or as the last checkpoint
                 eval_todo = bool(held_out) and (ie.start_needs_sampling(workdir, cfg, start_path) if t == 0
                                                 else bool(ie.pending(workdir, cfg, t - 1, start_path)))
-                if gcfg.backend == "vllm" and policy_llm is None and (prompts_todo(run, gcfg) > 0 or eval_todo):
+                if gcfg.backend == "vllm" and policy_llm is None and not on_ray and (prompts_todo(run, gcfg) > 0 or eval_todo):
                     policy_llm = engine(gcfg, policy_path)
                 if eval_todo and t == 0:
                     ie.sample_start(workdir, cfg, start_path, policy_llm, progress)
@@ -145,7 +177,7 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                 gs = generate_run(run, gcfg, llm=policy_llm, progress=progress)
                 log(f"round {t}: generate: {gs.lines()[2]}")
                 # -- rank with the fixed judge (round 0 can reuse the policy engine when it is the judge)
-                if in_process_judge and judge_llm is None:
+                if in_process_judge and judge_llm is None and not on_ray:
                     if policy_llm is not None and judge_path == policy_path:
                         judge_llm, policy_llm = policy_llm, None
                     else:
@@ -154,7 +186,8 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
                         judge_llm = start_engine(judge_path, seed=0)
             finally:
                 release(policy_llm)
-            rank_fields: dict[str, Any] = {"progress": progress}
+            rank_fields: dict[str, Any] = {"progress": progress, "ray_address": cfg.ray_address,
+                                           "engine": judge_engine(cfg.engine, judging.judge, judging.base_url)}
             if "pairs" not in cfg.stage("rank"):  # what export will form picks rank's default strategy (sort: a full order)
                 ex = cfg.stage("export")
                 rank_fields["pairs"] = "ranking" if ex.get("shape") == "ranking" else ex.get("pairs", "best-worst")
@@ -194,13 +227,13 @@ def iterate(workdir: str | Path, cfg: IterateConfig, progress: bool = True, log:
             ck = str(ie.checkpoint(workdir, t))
             eval_llm = None
             gen_fields = {**cfg.stage("generate"), "n": 1}
-            if gen_fields.get("backend", "vllm") == "vllm":
+            if gen_fields.get("backend", "vllm") == "vllm" and not on_ray:
                 eval_llm = engine(GenerateConfig(model=ck, **gen_fields), resolve_model(ck))
             try:
                 ie.sample(workdir, cfg, t, start_path, eval_llm, progress)
             finally:
                 release(eval_llm)
-            if in_process_judge and judge_llm is None:
+            if in_process_judge and judge_llm is None and not on_ray:
                 judge_llm = start_engine(judge_path, seed=0)
             ie.judge(workdir, cfg, t, start_path, judge_llm, eval_judge_model, progress, log)
     finally:

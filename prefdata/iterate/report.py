@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 import polars as pl
 
+from prefdata.distributed import PLACEMENT_FIELDS
 from prefdata.iterate.config import LOOP_DEFAULTS, STAGE_CLASSES, IterateConfig, round_dir
 from prefdata.run.records import TRAIN_SUMMARY
 from prefdata.run.store import RunDir
@@ -60,10 +61,11 @@ _TRAIN_DEFAULTS = {"loss_type": "aipo", "max_steps": -1}
 def effective_config(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded loop config as its stages see it, for comparing a rerun with the first run: the shortcut fields
     of earlier versions folded into their stage, LOOP_DEFAULTS applied, values equal to the stage's own default
-    dropped (so `-n 4` and no -n are the same loop), and `rounds` left out (it may grow)."""
+    dropped (so `-n 4` and no -n are the same loop), and `rounds` left out (it may grow), and so are the fields
+    that only say where the stages run (PLACEMENT_FIELDS: a local and a Ray loop resume each other)."""
     from prefdata.options import load_class
 
-    loop = {k: v for k, v in config.items() if k not in (*STAGE_CLASSES, *_OLD_SHORTCUTS, "rounds")}
+    loop = {k: v for k, v in config.items() if k not in (*STAGE_CLASSES, *_OLD_SHORTCUTS, *PLACEMENT_FIELDS, "rounds")}
     for name, path in STAGE_CLASSES.items():
         old = {k: config[k] for k, stage in _OLD_SHORTCUTS.items() if stage == name and k in config}
         fields = {**LOOP_DEFAULTS.get(name, {}), **old, **(config.get(name) or {})}
@@ -72,7 +74,8 @@ def effective_config(config: dict[str, Any]) -> dict[str, Any]:
         else:
             defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
                         for f in dataclasses.fields(load_class(path))}  # fmt: skip
-        loop[name] = {k: v for k, v in fields.items() if k not in defaults or defaults[k] != v}
+        loop[name] = {k: v for k, v in fields.items()
+                      if k not in PLACEMENT_FIELDS and (k not in defaults or defaults[k] != v)}  # fmt: skip
     return loop
 
 
