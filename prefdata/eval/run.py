@@ -26,6 +26,7 @@ from typing import Any
 
 import polars as pl
 
+from prefdata.distributed import check_runner, ray_address_field
 from prefdata.errors import PrefdataError
 from prefdata.eval.stats import length_controlled_win_rate, mean_interval, wilson
 from prefdata.judges.config import judge_field, judge_fields
@@ -59,8 +60,7 @@ class EvalConfig:
     position_bias: str = judge_field("position_bias")
     engine: str = opt("local", "Where both sides sample and an in-process judge runs: local | ray (a Ray cluster; a "
                       "judge behind --base-url stays where it is).")
-    ray_address: str | None = opt(None, "--engine ray: the cluster; none: RAY_ADDRESS, else `ray start`'s, else a local Ray "
-                                  "for this command.")
+    ray_address: str | None = ray_address_field()
     generate: dict[str, Any] = opt({}, "Other GenerateConfig fields for both sides (--set generate.FIELD=VALUE).", cli=False)
     rank: dict[str, Any] = opt({}, "Other RankConfig fields (--set rank.FIELD=VALUE).", cli=False)
 
@@ -69,6 +69,7 @@ class EvalConfig:
             raise ValueError("a judge is needed: --judge verify:number | python:FILE.py:FUNCTION | RM folder | template")
         if not self.baseline:
             raise ValueError("a baseline is needed: --baseline MODEL or --baseline ANSWER_COLUMN")
+        check_runner(self.engine)
 
 
 def baseline_kind(cfg: EvalConfig) -> tuple[str, str]:
