@@ -4,7 +4,8 @@
    wall time, with Ray's start (`ray.init`) counted apart.
 2. The per-batch cost of the Ray path: an instant sampler (no model), many batches, one actor.
 3. Scaling in actors with a sampler that sleeps per batch (a stand-in for a GPU engine, so the orchestration is
-   measured, not this CPU): 1, 2 and 4 actors on a local Ray given 4 logical CPUs.
+   measured, not this CPU): 1, 2 and 4 actors on a local Ray given 4 logical CPUs; `--nodes K` on a simulated
+   cluster of K nodes, up to 2K actors; `--nodes K --judge-rounds R` the same for an LLM pairwise judge's rounds.
 
     PYTHONPATH=. python bench/bench_ray.py [--prompts 32] [--max-tokens 32] [--sleep 1.0] [--batches 16]
 
@@ -16,10 +17,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,9 +83,10 @@ def _orchestration(prompts: Path, folder: Path, batches: int, batch_size: int, s
     return wall, stats["ray_last_batch_at"] - stats["ray_first_batch_at"]
 
 
-def _multinode(nodes: int, batches: int, batch_size: int, sleep_s: float) -> None:
-    """Scaling in actors on a simulated multi-node cluster (`ray.cluster_utils.Cluster`: a head with no CPUs and
-    `nodes` worker nodes of 2 logical CPUs each), the sleeping sampler, 1, 2, 4 ... 2*nodes actors."""
+@contextlib.contextmanager
+def _simulated_cluster(nodes: int) -> Iterator[Path]:
+    """A simulated multi-node cluster (`ray.cluster_utils.Cluster`: a head with no CPUs and `nodes` worker nodes
+    of 2 logical CPUs each), connected; yields a temp folder."""
     import os
 
     import ray
@@ -99,6 +103,16 @@ def _multinode(nodes: int, batches: int, batch_size: int, sleep_s: float) -> Non
             cluster.add_node(num_cpus=2)
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
+        yield tmp
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _multinode(nodes: int, batches: int, batch_size: int, sleep_s: float) -> None:
+    """Scaling in actors on a simulated multi-node cluster, the sleeping sampler, 1, 2, 4 ... 2*nodes actors."""
+    with _simulated_cluster(nodes) as tmp:
         prompts = _prompts(batches * batch_size, tmp)
         ks = [k for k in (1, 2, 4, 8, 16) if k <= 2 * nodes]
         spans = {k: _orchestration(prompts, tmp, batches, batch_size, sleep_s, k) for k in ks}
@@ -109,10 +123,59 @@ def _multinode(nodes: int, batches: int, batch_size: int, sleep_s: float) -> Non
             "ideal_span_s": {k: sleep_s * (-(-batches // k) - 1) for k in ks},
             "span_speedup_vs_1": {k: round(spans[1][1] / v[1], 2) for k, v in spans.items()},
         }, indent=1))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sleeping_judge_actor(sleep_s: float) -> type:
+    """A judge actor whose pairwise judge prefers the higher `q=` after sleeping `sleep_s` per round (a stand-in
+    for an LLM judge engine answering a round in one batch). Pickled by value with its closure."""
+    from prefdata.distributed.score import JudgeActor
+    from prefdata.judges.verdict import Verdict
+
+    class Sleeping:
+        def config(self) -> dict[str, object]:
+            return {"kind": "sleeping-oracle"}
+
+        def judge(self, requests: list[Any]) -> list[Any]:
+            time.sleep(sleep_s)
+            out = []
+            for r in requests:
+                qa, qb = (int(c.text.split("q=")[1]) for c in (r.first, r.second))
+                out.append(Verdict.from_slot(r, "a" if qa > qb else "b" if qb > qa else "tie"))
+            return out
+
+    class SleepingJudgeActor(JudgeActor):
+        def __init__(self, cfg: Any, n_items: int | None) -> None:
+            self.judge = Sleeping()
+
+    return SleepingJudgeActor
+
+
+def _multinode_judge(nodes: int, rounds: int, sleep_s: float) -> None:
+    """An LLM pairwise judge's rounds on 1, 2, 4 ... 2*nodes judge actors of a simulated cluster: `rounds`
+    prompts of 4 candidates, round robin in both orders (12 calls, one round per prompt), each round answered
+    after `sleep_s`. The time is the rank itself (the actors already up): ideally sleep x ceil(rounds / k)."""
+    from prefdata.distributed.score import ray_judge
+    from prefdata.rank import RankConfig, rank_run
+    from tests.helpers import make_candidates_run
+
+    with _simulated_cluster(nodes) as tmp:
+        texts = [[f"answer {i} q={q}" for q in (3, 1, 4, 2)] for i in range(rounds)]
+        ks = [k for k in (1, 2, 4, 8, 16) if k <= 2 * nodes]
+        walls = {}
+        for k in ks:
+            run, _ = make_candidates_run(tmp / f"judge-{k}", texts)
+            cfg = RankConfig(judge="oracle", strategy="round-robin", batch_size=12, progress=False, engine="ray", dp=k)
+            with ray_judge(cfg, None, progress=False, actor=sleeping_judge_actor(sleep_s)) as rj:
+                t0 = time.perf_counter()
+                s = rank_run(run, cfg, judge=rj)
+                walls[k] = time.perf_counter() - t0
+            assert s.record["judge_calls_new"] == 12 * rounds and s.record["failures"] == 0, s.record
+        print(json.dumps({
+            "nodes": nodes, "cpus_per_node": 2, "rounds": rounds, "calls_per_round": 12, "sleep_s_per_round": sleep_s,
+            "rank_wall_s": {k: round(v, 2) for k, v in walls.items()},
+            "ideal_s": {k: sleep_s * -(-rounds // k) for k in ks},
+            "speedup_vs_1": {k: round(walls[1] / v, 2) for k, v in walls.items()},
+        }, indent=1))
 
 
 def _long(seconds: float, sleep_s: float, batch_size: int) -> None:
@@ -158,11 +221,16 @@ def main() -> None:
     ap.add_argument("--model", help="a causal LM folder; default: a tiny random Llama built with the demo tokenizer")
     ap.add_argument("--nodes", type=int, default=0,
                     help="only the scaling on a simulated cluster of this many 2-CPU nodes (1 to 2*nodes actors)")
+    ap.add_argument("--judge-rounds", type=int, default=0,
+                    help="with --nodes: an LLM pairwise judge's scaling instead, this many rounds (--sleep each)")
     ap.add_argument("--long", type=float, default=0.0,
                     help="only a job of this many seconds of sampling, local against a Ray started for it")
     args = ap.parse_args()
     if args.long:
         _long(args.long, args.sleep, args.batch_size)
+        return
+    if args.nodes and args.judge_rounds:
+        _multinode_judge(args.nodes, args.judge_rounds, args.sleep)
         return
     if args.nodes:
         _multinode(args.nodes, args.batches, args.batch_size, args.sleep)
