@@ -28,7 +28,7 @@ Why not the `openai` SDK over httpx (this client until issue 24): against an ins
 cost 6-23 ms of CPU per call, most of it in httpcore's connection pool (it polls every connection for every request)
 and the rest in the SDK's request building; this one costs well under a millisecond (bench/RESULTS.md section 11).
 The reply JSON is read as plain dicts, so vLLM's extra fields (`token_ids`, `max_model_len`) and a malformed 200
-are handled here explicitly, as before.
+are handled explicitly, as before (a completion's choices and its byte cap: `completion`).
 """
 
 from __future__ import annotations
@@ -49,31 +49,16 @@ from urllib.parse import urlsplit
 
 from prefdata.errors import PrefdataError
 from prefdata.llm import flight
+from prefdata.llm.completion import REPLY_BASE_BYTES, REPLY_CAP_NO_LIMIT, Choice, parse_completion, reply_cap
 from prefdata.llm.context import TOO_LONG, too_long_reason
 from prefdata.llm.http1 import Origin, Reply, ReplyTooLarge, TransportError
 from prefdata.secrets import MASK, known_secrets, mask_known
 
 TOO_LARGE = "too_large"  # error prefix of a reply over its byte cap (see `reply_cap`)
-# Byte cap of a reply: a fixed allowance for the JSON around the choices, plus per allowed token (max_tokens x n)
-# room for a long token JSON-escaped, and for each of its log-probs (vLLM lists the bytes of every top token).
-REPLY_BASE_BYTES = 64 * 1024
-REPLY_TOKEN_BYTES = 64
-REPLY_LOGPROB_BYTES = 128
-REPLY_CAP_NO_LIMIT = 16 * 1024 * 1024  # a request without max_tokens
 TEMPLATE_SLACK = 8  # tokens per message on top of the measured template overhead (a tokenizer's word-start marker ...)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 CONTEXT_PHRASES = ("context length", "maximum context", "too long", "max_model_len", "context window")
 _JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-@dataclass
-class Choice:
-    """One completion of a chat call."""
-
-    text: str
-    finish_reason: str | None = None
-    n_tokens: int | None = None  # from vLLM's token_ids, or the usage when the call had one choice
-    top_logprobs: dict[str, float] | None = None  # the first token's, when asked for
 
 
 @dataclass
@@ -406,59 +391,11 @@ class ChatClient:
         return await asyncio.shield(fut)
 
 
-def reply_cap(body: dict[str, Any]) -> int:
-    """The most bytes a reply to `body` may have: what max_tokens x n tokens (with their log-probs and token ids, when
-    asked for) can take as JSON, with room to spare; REPLY_CAP_NO_LIMIT for a request without max_tokens."""
-    max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or max_tokens <= 0:
-        return REPLY_CAP_NO_LIMIT
-    per_token = REPLY_TOKEN_BYTES
-    if body.get("logprobs"):
-        per_token += REPLY_LOGPROB_BYTES * (1 + int(body.get("top_logprobs") or 0))
-    n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
-    return REPLY_BASE_BYTES + n * max_tokens * per_token
-
-
 def _retry_after(headers: dict[str, str]) -> float:
     try:
         return min(float(headers.get("retry-after", 0)), 30.0)
     except ValueError:
         return 0.0
-
-
-def parse_completion(body: bytes) -> list[Choice]:
-    """The choices of a chat completion, in index order; ValueError when the reply is not one."""
-    try:
-        data = json.loads(body)
-        raw_choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        texts = [c["message"]["content"] for c in raw_choices]
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-        raise ValueError(f"not a chat completion ({type(e).__name__}: {body[:120]!r})") from e
-    if not raw_choices:
-        raise ValueError(f"not a chat completion (no choices: {body[:120]!r})")
-    if any(t is not None and not isinstance(t, str) for t in texts):
-        raise ValueError("message content is not a string")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    out = []
-    for c, text in zip(raw_choices, texts, strict=True):
-        ids = c.get("token_ids")
-        n_tok = len(ids) if isinstance(ids, list) else (usage.get("completion_tokens") if len(raw_choices) == 1 else None)
-        out.append(Choice(text=text or "", finish_reason=c.get("finish_reason"), n_tokens=n_tok,
-                          top_logprobs=_first_top_logprobs(c)))
-    return out
-
-
-def _first_top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
-    lp = choice.get("logprobs")
-    content = lp.get("content") if isinstance(lp, dict) else None
-    if not content:
-        return None
-    tops: dict[str, float] = {}
-    for t in content[0].get("top_logprobs") or []:
-        tok, val = t.get("token"), t.get("logprob")
-        if isinstance(tok, str) and isinstance(val, int | float):
-            tops[tok] = max(tops.get(tok, -1e30), float(val))
-    return tops
 
 
 def _proxy_for(scheme: str, host: str | None) -> str | None:
