@@ -52,7 +52,7 @@ from prefdata.llm import flight
 from prefdata.llm.completion import REPLY_BASE_BYTES, REPLY_CAP_NO_LIMIT, Choice, parse_completion, reply_cap
 from prefdata.llm.context import TOO_LONG, too_long_reason
 from prefdata.llm.http1 import Origin, Reply, ReplyTooLarge, TransportError
-from prefdata.secrets import MASK, known_secrets, mask_known
+from prefdata.secrets import byte_forms, known_secrets, mask_bytes, mask_known
 
 TOO_LARGE = "too_large"  # error prefix of a reply over its byte cap (see `reply_cap`)
 TEMPLATE_SLACK = 8  # tokens per message on top of the measured template overhead (a tokenizer's word-start marker ...)
@@ -96,7 +96,7 @@ class ChatClient:
         self.base_urls = [u.rstrip("/") for u in base_urls]
         self.model = model
         self.api_key = os.environ.get(api_key_env) or None  # never stored in run.json
-        self.secrets = known_secrets(self.api_key)  # masked in every response before it is read (see _ReadGuard)
+        self.secrets = known_secrets(self.api_key)  # masked in every response before it is read (see _request)
         self.concurrency = max(1, concurrency)
         self.max_retries = max(0, max_retries)
         self.backoff_s = backoff_s
@@ -114,7 +114,7 @@ class ChatClient:
         self.max_model_len: int | None = None  # the served model's context, when /models reports it
         self._can_tokenize = True  # the server has vLLM's /tokenize (cleared on the first 404)
         self._overheads: dict[tuple[str, ...], asyncio.Future[int | None]] = {}  # per sequence of roles (_too_long)
-        self._secret_bytes = _byte_forms(self.secrets)
+        self._secret_bytes = byte_forms(self.secrets)
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # started on first use (see _ready)
         self._thread: threading.Thread | None = None  # the loop's thread
@@ -173,16 +173,10 @@ class ChatClient:
             origin = self._origins[key] = Origin(url, self._headers(), self.timeout_s, proxy=_proxy_for(u.scheme, u.hostname))
         return origin, u.path.rstrip("/") + tail
 
-    def _mask_bytes(self, data: bytes) -> bytes:
-        for s in self._secret_bytes:
-            if s in data:
-                data = data.replace(s, MASK.encode())
-        return data
-
     async def _request(self, url: str, tail: str, method: str, payload: bytes | None, cap: int) -> Reply:
         origin, path = self._target(url, tail)
         reply = await origin.request(method, path, payload, cap)
-        reply.body = self._mask_bytes(reply.body)
+        reply.body = mask_bytes(reply.body, self._secret_bytes)
         return reply
 
     # -- the public calls ---------------------------------------------------------------------------------------
@@ -437,9 +431,3 @@ def _shutdown(loop: asyncio.AbstractEventLoop, origins: dict[str, Origin]) -> No
 
 
 _DRAINING: set[asyncio.Task[None]] = set()
-
-
-def _byte_forms(secrets: list[str]) -> list[bytes]:
-    """Each secret as it can appear in a reply's bytes: raw and JSON-escaped, longest first."""
-    forms = {f for s in secrets for f in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1])}
-    return sorted((f.encode() for f in forms), key=len, reverse=True)
