@@ -6,7 +6,7 @@ The client side runs in this process, pinned to its core: the real CLI (`prefdat
 whole stage (templates, verdict parsing, content keys, judgment shards, rankings), and the bare `ChatClient.chat`
 on the same judge bodies. Reported per case: calls, wall seconds, calls/s, this process's CPU ms per call
 (getrusage, all threads, the call alone: imports and run building are outside it), and the client's in-flight
-idle fraction (time with fewer than --concurrency calls in flight, `openai_client.Flight`). Every stored verdict is
+idle fraction (time with fewer than --concurrency calls in flight, `prefdata.llm.flight.Flight`). Every stored verdict is
 checked against the server's rule.
 
 Usage:
@@ -40,7 +40,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.judge_server import verdict_for  # noqa: E402
-from prefdata.llm import openai_client  # noqa: E402
+from prefdata.llm import flight  # noqa: E402
 from prefdata.run.store import RunDir  # noqa: E402
 from tests.helpers import candidate_row, prompt_row, write_inputs, write_jsonl  # noqa: E402
 
@@ -81,7 +81,7 @@ def build_run(path: Path, n_prompts: int, n_cands: int, words: int, seed: int = 
 @contextlib.contextmanager
 def measured(out: dict[str, Any], prof: cProfile.Profile | None):
     """Wall, CPU and the client's occupancy of the block; the block sets out['calls']."""
-    openai_client.FLIGHTS = flights = []
+    flight.FLIGHTS = flights = []
     load = open("/proc/loadavg").read().split()[0]
     t0, c0, s0 = time.perf_counter(), cpu_s(), server_cpu_s()
     if prof:
@@ -92,7 +92,7 @@ def measured(out: dict[str, Any], prof: cProfile.Profile | None):
         if prof:
             prof.disable()
         wall, cpu, scpu = time.perf_counter() - t0, cpu_s() - c0, server_cpu_s() - s0
-        openai_client.FLIGHTS = None
+        flight.FLIGHTS = None
         calls = out["calls"]
         span = sum(f.span_s for f in flights)
         out.update(wall_s=round(wall, 2), calls_per_s=round(calls / wall, 1), cpu_ms_per_call=round(1000 * cpu / calls, 3),

@@ -10,6 +10,7 @@ Used where text is written for others to read: run.json (command lines), iterate
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -129,3 +130,17 @@ def mask_known(text: str, secrets: list[str]) -> str:
         if s in text:
             text = text.replace(s, MASK)
     return text
+
+
+def byte_forms(secrets: list[str]) -> list[bytes]:
+    """Each secret as it can appear in a reply's bytes: raw and JSON-escaped, longest first (for `mask_bytes`)."""
+    forms = {f for s in secrets for f in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1])}
+    return sorted((f.encode() for f in forms), key=len, reverse=True)
+
+
+def mask_bytes(data: bytes, forms: list[bytes]) -> bytes:
+    """`data` with every occurrence of each secret's byte form (see `byte_forms`) replaced by the mask."""
+    for s in forms:
+        if s in data:
+            data = data.replace(s, MASK.encode())
+    return data

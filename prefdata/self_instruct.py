@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prefdata.errors import PrefdataError
+from prefdata.llm.context import text_tokens
 from prefdata.run.prompts import load_prompts
 from prefdata.run.store import atomic_write_bytes
 
@@ -127,7 +128,7 @@ def run_self_instruct(llm: Any, cfg: SelfInstructConfig, out_file: Path) -> dict
                 if key in seen:
                     reasons["duplicate"] = reasons.get("duplicate", 0) + 1
                     continue
-                n_tok = len(tok(inst, add_special_tokens=False)["input_ids"])
+                n_tok = text_tokens(tok, inst)
                 got, why = filter_instruction(inst, n_tok, cfg)
                 reasons[why] = reasons.get(why, 0) + 1
                 if got is not None and len(kept) < cfg.num_prompts:

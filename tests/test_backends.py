@@ -122,7 +122,7 @@ def test_an_oversized_reply_fails_as_too_large_at_once_and_is_not_kept():
 
 
 def test_reply_cap_grows_with_max_tokens_n_and_logprobs():
-    from prefdata.llm.openai_client import REPLY_CAP_NO_LIMIT, reply_cap
+    from prefdata.llm.completion import REPLY_CAP_NO_LIMIT, reply_cap
 
     base = reply_cap({"max_tokens": 512})
     assert 64 * 1024 < base < 3_000_000

@@ -30,6 +30,7 @@ from prefdata.distributed import check_runner, ray_address_field
 from prefdata.errors import PrefdataError
 from prefdata.eval.stats import length_controlled_win_rate, mean_interval, wilson
 from prefdata.judges.config import judge_field, judge_fields
+from prefdata.llm.context import text_tokens
 from prefdata.options import opt
 from prefdata.run.records import candidate_id, stable_hash
 from prefdata.run.store import RunDir, atomic_write_bytes
@@ -184,7 +185,7 @@ def _write_column_baseline(run: RunDir, cfg: EvalConfig, column: str, bhash: str
         value = value[0] if isinstance(value, list) and value else value
         if not isinstance(value, str) or not value.strip():
             continue
-        n_tok = len(tok(value, add_special_tokens=False)["input_ids"]) if tok is not None else None
+        n_tok = text_tokens(tok, value) if tok is not None else None
         rows.append({"prompt_id": r["prompt_id"], "candidate_id": candidate_id(r["prompt_id"], bhash, "sample", 0),
                      "sampler_hash": bhash, "kind": "sample", "index": 0, "text": value, "finish_reason": "stop",
                      "n_tokens": n_tok, "model": f"column:{column}"})

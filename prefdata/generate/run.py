@@ -17,6 +17,7 @@ from prefdata.console import progress as console_progress
 from prefdata.errors import PrefdataError
 from prefdata.generate.config import GenerateConfig, in_shard, model_label, parse_shard, sampler_hash
 from prefdata.generate.sampling import Sampler, make_sampler
+from prefdata.llm.context import text_tokens
 from prefdata.models import check_generative_model, resolve_model
 from prefdata.run.prompts import PromptSet, load_prompts
 from prefdata.run.records import CANDIDATE_SCHEMA, candidate_id
@@ -336,7 +337,7 @@ def _count_tokens(sampler: Sampler, text: str) -> int | None:
     tok = sampler.engine.tokenizer
     if tok is None:
         return None
-    return len(tok(text, add_special_tokens=False)["input_ids"])
+    return text_tokens(tok, text)
 
 
 def _public_config(cfg: GenerateConfig) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 A call whose prompt tokens plus its reply limit do not fit the context is never sent: it fails alone as
 `too_long` (a judge records it, generate skips the prompt), so it can never abort the batch it would be part of.
+Plain text (an answer, an instruction) is counted once here too (`text_tokens`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ def chat_token_ids(tokenizer: Any, conv: list[dict[str, str]]) -> list[int]:
     if isinstance(ids, dict) or hasattr(ids, "keys"):  # some tokenizers return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
+
+
+def text_tokens(tokenizer: Any, text: str) -> int:
+    """How many tokens plain text is, without a chat template or special tokens (an answer's length)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def too_long_reason(n_prompt: int, max_tokens: int, max_len: int) -> str | None:

@@ -28,7 +28,7 @@ Why not the `openai` SDK over httpx (this client until issue 24): against an ins
 cost 6-23 ms of CPU per call, most of it in httpcore's connection pool (it polls every connection for every request)
 and the rest in the SDK's request building; this one costs well under a millisecond (bench/RESULTS.md section 11).
 The reply JSON is read as plain dicts, so vLLM's extra fields (`token_ids`, `max_model_len`) and a malformed 200
-are handled here explicitly, as before.
+are handled explicitly, as before (a completion's choices and its byte cap: `completion`).
 """
 
 from __future__ import annotations
@@ -48,31 +48,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefdata.errors import PrefdataError
+from prefdata.llm import flight
+from prefdata.llm.completion import REPLY_BASE_BYTES, REPLY_CAP_NO_LIMIT, Choice, parse_completion, reply_cap
 from prefdata.llm.context import TOO_LONG, too_long_reason
 from prefdata.llm.http1 import Origin, Reply, ReplyTooLarge, TransportError
-from prefdata.secrets import MASK, known_secrets, mask_known
+from prefdata.secrets import byte_forms, known_secrets, mask_bytes, mask_known
 
 TOO_LARGE = "too_large"  # error prefix of a reply over its byte cap (see `reply_cap`)
-# Byte cap of a reply: a fixed allowance for the JSON around the choices, plus per allowed token (max_tokens x n)
-# room for a long token JSON-escaped, and for each of its log-probs (vLLM lists the bytes of every top token).
-REPLY_BASE_BYTES = 64 * 1024
-REPLY_TOKEN_BYTES = 64
-REPLY_LOGPROB_BYTES = 128
-REPLY_CAP_NO_LIMIT = 16 * 1024 * 1024  # a request without max_tokens
 TEMPLATE_SLACK = 8  # tokens per message on top of the measured template overhead (a tokenizer's word-start marker ...)
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 CONTEXT_PHRASES = ("context length", "maximum context", "too long", "max_model_len", "context window")
 _JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-@dataclass
-class Choice:
-    """One completion of a chat call."""
-
-    text: str
-    finish_reason: str | None = None
-    n_tokens: int | None = None  # from vLLM's token_ids, or the usage when the call had one choice
-    top_logprobs: dict[str, float] | None = None  # the first token's, when asked for
 
 
 @dataclass
@@ -86,49 +72,6 @@ class ChatResult:
     url: str = ""
     latency_s: float = 0.0
     attempts: int = 1
-
-
-class Flight:
-    """In-flight occupancy of one client, counted at every call's start and end (two clock reads a call): how long
-    fewer than `concurrency` calls were in flight, between the first call's start and the last one's end. A run
-    that keeps the pipe full has `idle_fraction` near 0; the benchmark reads it (bench/bench_judge_client.py)."""
-
-    __slots__ = ("concurrency", "n", "calls", "first", "last", "under_s")
-
-    def __init__(self, concurrency: int) -> None:
-        self.concurrency = concurrency
-        self.n = self.calls = 0
-        self.first = self.last = -1.0
-        self.under_s = 0.0
-
-    def _tick(self) -> None:
-        now = time.monotonic()
-        if self.first < 0:
-            self.first = now
-        elif self.n < self.concurrency:
-            self.under_s += now - self.last
-        self.last = now
-
-    def start(self) -> None:
-        self._tick()
-        self.n += 1
-
-    def end(self) -> None:
-        self._tick()
-        self.n -= 1
-        self.calls += 1
-
-    @property
-    def span_s(self) -> float:
-        return max(0.0, self.last - self.first)
-
-    @property
-    def idle_fraction(self) -> float:
-        """The fraction of the span with fewer than `concurrency` calls in flight."""
-        return self.under_s / self.span_s if self.span_s > 0 else 0.0
-
-
-FLIGHTS: list[Flight] | None = None  # set to a list to collect every new client's Flight (the benchmark does)
 
 
 class ChatClient:
@@ -153,7 +96,7 @@ class ChatClient:
         self.base_urls = [u.rstrip("/") for u in base_urls]
         self.model = model
         self.api_key = os.environ.get(api_key_env) or None  # never stored in run.json
-        self.secrets = known_secrets(self.api_key)  # masked in every response before it is read (see _ReadGuard)
+        self.secrets = known_secrets(self.api_key)  # masked in every response before it is read (see _request)
         self.concurrency = max(1, concurrency)
         self.max_retries = max(0, max_retries)
         self.backoff_s = backoff_s
@@ -171,15 +114,15 @@ class ChatClient:
         self.max_model_len: int | None = None  # the served model's context, when /models reports it
         self._can_tokenize = True  # the server has vLLM's /tokenize (cleared on the first 404)
         self._overheads: dict[tuple[str, ...], asyncio.Future[int | None]] = {}  # per sequence of roles (_too_long)
-        self._secret_bytes = _byte_forms(self.secrets)
+        self._secret_bytes = byte_forms(self.secrets)
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None  # started on first use (see _ready)
         self._thread: threading.Thread | None = None  # the loop's thread
         self._pid = 0
         self._origins: dict[str, Origin] = {}
-        self.flight = Flight(self.concurrency)
-        if FLIGHTS is not None:
-            FLIGHTS.append(self.flight)
+        self.flight = flight.Flight(self.concurrency)
+        if flight.FLIGHTS is not None:
+            flight.FLIGHTS.append(self.flight)
 
     def _headers(self) -> dict[str, str]:
         # identity: the cap counts the bytes as sent (a compressed reply is decoded under the same cap anyway)
@@ -230,16 +173,10 @@ class ChatClient:
             origin = self._origins[key] = Origin(url, self._headers(), self.timeout_s, proxy=_proxy_for(u.scheme, u.hostname))
         return origin, u.path.rstrip("/") + tail
 
-    def _mask_bytes(self, data: bytes) -> bytes:
-        for s in self._secret_bytes:
-            if s in data:
-                data = data.replace(s, MASK.encode())
-        return data
-
     async def _request(self, url: str, tail: str, method: str, payload: bytes | None, cap: int) -> Reply:
         origin, path = self._target(url, tail)
         reply = await origin.request(method, path, payload, cap)
-        reply.body = self._mask_bytes(reply.body)
+        reply.body = mask_bytes(reply.body, self._secret_bytes)
         return reply
 
     # -- the public calls ---------------------------------------------------------------------------------------
@@ -448,59 +385,11 @@ class ChatClient:
         return await asyncio.shield(fut)
 
 
-def reply_cap(body: dict[str, Any]) -> int:
-    """The most bytes a reply to `body` may have: what max_tokens x n tokens (with their log-probs and token ids, when
-    asked for) can take as JSON, with room to spare; REPLY_CAP_NO_LIMIT for a request without max_tokens."""
-    max_tokens = body.get("max_tokens")
-    if not isinstance(max_tokens, int) or max_tokens <= 0:
-        return REPLY_CAP_NO_LIMIT
-    per_token = REPLY_TOKEN_BYTES
-    if body.get("logprobs"):
-        per_token += REPLY_LOGPROB_BYTES * (1 + int(body.get("top_logprobs") or 0))
-    n = body.get("n") if isinstance(body.get("n"), int) and body["n"] > 0 else 1
-    return REPLY_BASE_BYTES + n * max_tokens * per_token
-
-
 def _retry_after(headers: dict[str, str]) -> float:
     try:
         return min(float(headers.get("retry-after", 0)), 30.0)
     except ValueError:
         return 0.0
-
-
-def parse_completion(body: bytes) -> list[Choice]:
-    """The choices of a chat completion, in index order; ValueError when the reply is not one."""
-    try:
-        data = json.loads(body)
-        raw_choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-        texts = [c["message"]["content"] for c in raw_choices]
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-        raise ValueError(f"not a chat completion ({type(e).__name__}: {body[:120]!r})") from e
-    if not raw_choices:
-        raise ValueError(f"not a chat completion (no choices: {body[:120]!r})")
-    if any(t is not None and not isinstance(t, str) for t in texts):
-        raise ValueError("message content is not a string")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    out = []
-    for c, text in zip(raw_choices, texts, strict=True):
-        ids = c.get("token_ids")
-        n_tok = len(ids) if isinstance(ids, list) else (usage.get("completion_tokens") if len(raw_choices) == 1 else None)
-        out.append(Choice(text=text or "", finish_reason=c.get("finish_reason"), n_tokens=n_tok,
-                          top_logprobs=_first_top_logprobs(c)))
-    return out
-
-
-def _first_top_logprobs(choice: dict[str, Any]) -> dict[str, float] | None:
-    lp = choice.get("logprobs")
-    content = lp.get("content") if isinstance(lp, dict) else None
-    if not content:
-        return None
-    tops: dict[str, float] = {}
-    for t in content[0].get("top_logprobs") or []:
-        tok, val = t.get("token"), t.get("logprob")
-        if isinstance(tok, str) and isinstance(val, int | float):
-            tops[tok] = max(tops.get(tok, -1e30), float(val))
-    return tops
 
 
 def _proxy_for(scheme: str, host: str | None) -> str | None:
@@ -542,9 +431,3 @@ def _shutdown(loop: asyncio.AbstractEventLoop, origins: dict[str, Origin]) -> No
 
 
 _DRAINING: set[asyncio.Task[None]] = set()
-
-
-def _byte_forms(secrets: list[str]) -> list[bytes]:
-    """Each secret as it can appear in a reply's bytes: raw and JSON-escaped, longest first."""
-    forms = {f for s in secrets for f in (s, json.dumps(s)[1:-1], json.dumps(s, ensure_ascii=False)[1:-1])}
-    return sorted((f.encode() for f in forms), key=len, reverse=True)
