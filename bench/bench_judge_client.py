@@ -159,6 +159,42 @@ def bench_bare(url: str, tmp: Path, a: argparse.Namespace, prof: cProfile.Profil
     return out
 
 
+def bench_bare_aiohttp(url: str, tmp: Path, a: argparse.Namespace, prof: cProfile.Profile | None) -> dict[str, Any]:
+    """The same calls through aiohttp (a kept-alive pool sized to the concurrency, one session, one loop), with only
+    what a judge needs: post, status check, JSON reply, the text. No retries, masking or context check, so this is
+    a floor for what prefdata's client would cost on aiohttp, to weigh against keeping `llm/http1.py`."""
+    import asyncio
+
+    import aiohttp
+
+    bodies = [dict(b, model="bench-judge") for b in judge_bodies(a.bare_calls, tmp, a)]
+    out: dict[str, Any] = {"case": f"bare aiohttp (floor), batches of {a.bare_batch}", "calls": len(bodies)}
+    loop = asyncio.new_event_loop()
+
+    async def one(session: Any, sem: asyncio.Semaphore, body: dict[str, Any]) -> str:
+        async with sem, session.post(url + "/chat/completions", json=body) as r:
+            r.raise_for_status()
+            return str((await r.json())["choices"][0]["message"]["content"])
+
+    async def batch(session: Any, sem: asyncio.Semaphore, part: list[dict[str, Any]]) -> list[str]:
+        return await asyncio.gather(*(one(session, sem, b) for b in part))
+
+    async def open_session() -> Any:
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=a.concurrency))
+
+    session = loop.run_until_complete(open_session())
+    sem = asyncio.Semaphore(a.concurrency)
+    try:
+        with measured(out, prof):
+            for i in range(0, len(bodies), a.bare_batch):
+                texts = loop.run_until_complete(batch(session, sem, bodies[i : i + a.bare_batch]))
+                assert all(texts), texts[:1]
+    finally:
+        loop.run_until_complete(session.close())
+        loop.close()
+    return out
+
+
 def bench_generate(url: str, tmp: Path, a: argparse.Namespace, prof: cProfile.Profile | None) -> dict[str, Any]:
     prompts = write_jsonl(tmp / "prompts.jsonl", [{"prompt": f"Question {i}: " + " ".join(WORDS[i % 50 : i % 50 + 40])}
                                                   for i in range(a.generate_prompts)])  # fmt: skip
@@ -202,6 +238,7 @@ def main() -> None:
     ap.add_argument("--rank-args", default="", help="more rank flags, e.g. '--batch-size 256'")
     ap.add_argument("--bare-calls", type=int, default=14400)
     ap.add_argument("--bare-batch", type=int, default=240, help="bodies per chat() call (a round robin round of N=16)")
+    ap.add_argument("--aiohttp", action="store_true", help="also the bare calls through aiohttp (a floor), for comparison")
     ap.add_argument("--generate-prompts", type=int, default=2000)
     ap.add_argument("--max-model-len", type=int, default=None)
     ap.add_argument("--delay-ms", type=float, default=0.0, help="the server answers each chat call this late")
@@ -233,6 +270,9 @@ def main() -> None:
                 print(rows[-1], flush=True)
             if a.bare_calls:
                 rows.append(bench_bare(url, tmp, a, prof))
+                print(rows[-1], flush=True)
+            if a.bare_calls and a.aiohttp:
+                rows.append(bench_bare_aiohttp(url, tmp, a, prof))
                 print(rows[-1], flush=True)
             if a.generate_prompts:
                 rows.append(bench_generate(url, tmp, a, prof))
