@@ -42,6 +42,8 @@ def test_where_the_stages_run_is_not_part_of_the_loop_config():
     local = IterateConfig(generate={"n": 2})
     on_ray = IterateConfig(generate={"n": 2, "data_parallel_size": 2}, rank={"dp": 2}, engine="ray",
                            ray_address="10.0.0.1:6379")
+    assert effective_config(dataclasses.asdict(IterateConfig(generate={"n": 2}, reuse_engine=True))) == effective_config(
+        dataclasses.asdict(local))  # keeping the engine across rounds changes no result
     on_ray.check_stages()  # on Ray the generate data-parallel size is the number of engine actors
     with pytest.raises(PrefdataError, match="one engine per round"):
         IterateConfig(generate={"data_parallel_size": 2}).check_stages()

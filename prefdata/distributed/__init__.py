@@ -12,9 +12,10 @@ from prefdata.options import opt
 
 RUNNERS = ("local", "ray")  # where a stage's engines run: this process, or actors on a Ray cluster
 
-# The stage fields that say where and on how many engines a stage runs, never what it computes: iterate leaves them
-# out when it compares a rerun's loop config with the first run's, so a local and a Ray loop resume each other.
-PLACEMENT_FIELDS = ("engine", "ray_address", "data_parallel_size", "dp")
+# The fields that say where, on how many engines and with which engine kept how a stage runs, never what it
+# computes: iterate leaves them out when it compares a rerun's loop config with the first run's, so a local and a Ray
+# loop resume each other, and so does a loop rerun with or without --reuse-engine.
+PLACEMENT_FIELDS = ("engine", "ray_address", "data_parallel_size", "dp", "reuse_engine")
 
 
 def ray_address_field() -> Any:

@@ -67,7 +67,7 @@ class IterateConfig:
                                  "with verify:number).")
     reuse_engine: bool = opt(False, "Keep one vLLM policy engine for every round and load each new checkpoint into it in "
                              "place (vLLM reload_weights) instead of starting an engine per round (minutes each on a "
-                             "CPU); not with an in-process LLM judge, which shares the engine.")
+                             "CPU); not with an in-process LLM judge, which shares the engine.", identity=False)
     engine: str = opt("local", f"Where each round's sampling, ranking and eval run their engines: {' | '.join(RUNNERS)} "
                       "(actors on one Ray cluster for the whole loop; an LLM judge behind --base-url stays remote, "
                       "training stays in this process, on this machine).", identity=False)
