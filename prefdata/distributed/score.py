@@ -65,6 +65,18 @@ class JudgeActor:
                 return
 
 
+NO_ACTOR = "no engine actor left on the Ray cluster"
+
+
+def _why(ray: Any, e: BaseException) -> tuple[str, bool]:
+    """Why a call to a judge actor failed (one line, for the failed calls' error), and whether the actor is gone:
+    it died past its ACTOR_RETRIES restarts, so it leaves the pool."""
+    reason = failure_reason(e)
+    if isinstance(e, ray.exceptions.RayActorError):
+        return f"the engine actor died {ACTOR_RETRIES + 1} times on this batch ({reason})"[:500], True
+    return reason[:500], False
+
+
 class _RayJudge:
     """The actors behind a judge interface: each call is split across them, answered in parallel and returned in
     request order; config() is the actors' judge's, so the judge hash (and the cache) are the local judge's."""
@@ -85,7 +97,7 @@ class _RayJudge:
     def _call(self, method: str, requests: list[Any], failed: Callable[[Any, str], Any]) -> list[Any]:
         ray = import_ray()
         if not self.actors:
-            return [failed(r, "no engine actor left on the Ray cluster") for r in requests]
+            return [failed(r, NO_ACTOR) for r in requests]
         k = min(len(self.actors), len(requests))
         size = -(-len(requests) // k) if k else 0
         parts = [(self.actors[i], requests[i * size : (i + 1) * size]) for i in range(k)]
@@ -95,11 +107,10 @@ class _RayJudge:
             try:
                 out.extend(ray.get(ref))
             except ray.exceptions.RayError as e:  # the actor died past its retries, or the judge raised
-                reason = failure_reason(e)
-                if isinstance(e, ray.exceptions.RayActorError) and actor in self.actors:
+                reason, dead = _why(ray, e)
+                if dead and actor in self.actors:
                     self.actors.remove(actor)
-                    reason = f"the engine actor died {ACTOR_RETRIES + 1} times on this batch ({reason})"
-                out.extend(failed(r, reason[:500]) for r in part)
+                out.extend(failed(r, reason) for r in part)
         return out
 
 
@@ -124,25 +135,22 @@ class RayPairJudge(_RayJudge):
         ray = import_ray()
 
         def failed(why: str) -> list[Verdict]:
-            return [Verdict.from_slot(r, None, error=why[:500]) for r in requests]
+            return [Verdict.from_slot(r, None, error=why) for r in requests]
 
         with self._changed:
             self._changed.wait_for(lambda: bool(self._free) or not self.actors)
             if not self.actors:
-                return failed("no engine actor left on the Ray cluster")
+                return failed(NO_ACTOR)
             actor = self._free.pop(0)
-        alive = True
+        dead = False
         try:
             return list(ray.get(actor.judge_pairs.remote(requests)))
         except ray.exceptions.RayError as e:  # the actor died past its retries, or the judge raised
-            reason = failure_reason(e)
-            if isinstance(e, ray.exceptions.RayActorError):
-                alive = False
-                reason = f"the engine actor died {ACTOR_RETRIES + 1} times on this batch ({reason})"
+            reason, dead = _why(ray, e)
             return failed(reason)
         finally:
             with self._changed:
-                if alive:
+                if not dead:
                     self._free.append(actor)
                 elif actor in self.actors:
                     self.actors.remove(actor)
@@ -169,7 +177,7 @@ def ray_judge(cfg: Any, n_items: int | None, progress: bool = True, actor: type 
     """The cluster and its judge actors for the `with` block (`cfg`: a RankConfig). `actor`: the actor class (tests
     pass one whose judge is scripted)."""
     jc = cfg.judge_config()
-    if jc.base_url and not is_pointwise_judge(jc.judge):
+    if judge_engine("ray", jc.judge, jc.base_url) != "ray":
         raise PrefdataError("--engine ray runs in-process judges in Ray actors; a judge behind --base-url is already "
                             "remote (give several --base-url to spread its calls); drop --engine ray")
     with ray_cluster(cfg.ray_address) as cluster:
