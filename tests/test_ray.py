@@ -265,7 +265,7 @@ def test_a_generate_batch_that_kills_its_engine_fails_alone_and_the_rerun_does_o
     todo = list(load_prompts(cfg.prompts, None, None, None, None).table.iter_rows(named=True))
     stats = {"sampled": 0, "skipped": 0, "cands": 0, "trunc": 0, "tokens": 0, "sample_s": 0.0}
     t0 = time.monotonic()
-    with pytest.raises(PrefdataError, match=r"1 batch\(es\) failed.*died 3 times.*two rounds"):
+    with pytest.raises(PrefdataError, match=r"^1 batch\(es\) failed.*died 3 times.*two rounds"):
         sample_on_ray(run, cfg, todo, sampler_hash(cfg), "m", stats, False, actor=_crashing_actor(str(marker)))
     assert time.monotonic() - t0 < 120
     done = run.read_candidates()
@@ -328,6 +328,26 @@ def test_an_unreachable_ray_address_is_one_error_line(prompts_file, tiny_llama_d
     assert p.returncode != 0 and time.monotonic() - t0 < 60
     assert "error: cannot reach the Ray cluster at 127.0.0.1:1" in p.stderr and "Traceback" not in p.stderr
     assert not list((tmp_path / "run").glob("candidates/*.parquet"))
+
+
+def test_the_address_file_a_killed_ray_left_is_no_cluster(tmp_path, monkeypatch):
+    """`ray start` writes its address to RAY_TMPDIR/ray/ray_current_cluster; a Ray killed with -9 leaves the file.
+    A command then starts its own Ray instead of failing on a dead address; a live address is still joined."""
+    import socket
+
+    from prefdata.distributed.cluster import _running_local_cluster
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    (tmp_path / "ray").mkdir()
+    with socket.socket() as live:
+        live.bind(("", 0))  # Ray rewrites 127.0.0.1 to this host's address
+        live.listen()
+        port = live.getsockname()[1]
+        (tmp_path / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+        found = _running_local_cluster()
+        assert found is not None and found.endswith(f":{port}")
+    assert _running_local_cluster() is None  # the same address, now closed
 
 
 def test_a_command_joins_a_running_cluster_and_leaves_it_running(ray_local, local_run, prompts_file, tiny_llama_dir,

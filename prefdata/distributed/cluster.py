@@ -53,15 +53,26 @@ def import_ray() -> Any:
 
 
 def _running_local_cluster() -> str | None:
-    """The address of a cluster `ray start` left on this machine (Ray's own lookup), else None."""
+    """The address of a cluster `ray start` left on this machine (Ray's own lookup), else None. A Ray that was
+    killed leaves its address file behind: an address that does not answer is no cluster."""
+    import socket
+
     try:
         from ray._private.services import canonicalize_bootstrap_address
     except ImportError:
         return None
     try:
-        return canonicalize_bootstrap_address(None)
+        address = canonicalize_bootstrap_address(None)
     except Exception:  # noqa: BLE001 - a stale address file: treat as none
         return None
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=2.0).close()
+    except (OSError, ValueError):
+        return None
+    return address
 
 
 @contextlib.contextmanager

@@ -99,6 +99,8 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
         try:
             # Round 2 redoes the batches round 1 lost to dead actors (a node that went away burns an actor's
             # retries within a second); a batch that kills its engine every time is lost twice and reported.
+            # One batch in flight per actor: a batch queued behind one that kills the engine would burn its
+            # retries with it, and be lost though nothing is wrong with it.
             for attempt in range(2):
                 pending = [it for i, it in enumerate(items) if i not in returned]
                 if not pending or (attempt and not ray.is_initialized()):
@@ -107,8 +109,8 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
                     warnings.simplefilter("ignore")
                     ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
                         actor, fn_constructor_kwargs={"cfg": cfg, "shash": shash, "label": label}, batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=min(n_actors, len(pending))), max_restarts=ACTOR_RETRIES,
-                        max_task_retries=ACTOR_RETRIES, **resources,
+                        compute=ray.data.ActorPoolStrategy(size=min(n_actors, len(pending)), max_tasks_in_flight_per_actor=1),
+                        max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources,
                     )  # fmt: skip
                 for out in ds.iter_rows():
                     res = json.loads(out["result"])
@@ -138,12 +140,13 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
         finally:
             ctx.max_errored_blocks = saved_errored
             bar.close()
+        failed = len(errors)
         lost = len(batches) - len(returned)
         if lost:
             errors.append(f"{lost} batch(es): their engine actor died {ACTOR_RETRIES + 1} times on them, in two rounds "
                           "(the reason is in the log)")
         if errors:
-            raise PrefdataError(f"{len(errors)} batch(es) failed on the Ray cluster ({'; '.join(errors[:3])}); the "
+            raise PrefdataError(f"{failed + lost} batch(es) failed on the Ray cluster ({'; '.join(errors[:3])}); the "
                                 f"other batches are saved; rerun the same command to retry only the failed ones")
         return dtypes
 
