@@ -99,8 +99,9 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
         try:
             # Round 2 redoes the batches round 1 lost to dead actors (a node that went away burns an actor's
             # retries within a second); a batch that kills its engine every time is lost twice and reported.
-            # One batch in flight per actor: a batch queued behind one that kills the engine would burn its
-            # retries with it, and be lost though nothing is wrong with it.
+            # A batch queued on an actor behind one that kills its engine burns its retries with it; round 2
+            # holds one batch per actor, so such a batch is done there, and only the killer is lost again.
+            # (Round 1 keeps Ray Data's queue: one batch per actor costs a scheduling gap after every batch.)
             for attempt in range(2):
                 pending = [it for i, it in enumerate(items) if i not in returned]
                 if not pending or (attempt and not ray.is_initialized()):
@@ -109,7 +110,7 @@ def sample_on_ray(run: RunDir, cfg: GenerateConfig, todo: list[dict[str, Any]], 
                     warnings.simplefilter("ignore")
                     ds = ray.data.from_items(pending, override_num_blocks=len(pending)).map_batches(
                         actor, fn_constructor_kwargs={"cfg": cfg, "shash": shash, "label": label}, batch_size=1,
-                        compute=ray.data.ActorPoolStrategy(size=min(n_actors, len(pending)), max_tasks_in_flight_per_actor=1),
+                        compute=ray.data.ActorPoolStrategy(size=min(n_actors, len(pending)), max_tasks_in_flight_per_actor=1 if attempt else None),
                         max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources,
                     )  # fmt: skip
                 for out in ds.iter_rows():
