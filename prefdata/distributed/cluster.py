@@ -55,8 +55,6 @@ def import_ray() -> Any:
 def _running_local_cluster() -> str | None:
     """The address of a cluster `ray start` left on this machine (Ray's own lookup), else None. A Ray that was
     killed leaves its address file behind: an address that does not answer is no cluster."""
-    import socket
-
     try:
         from ray._private.services import canonicalize_bootstrap_address
     except ImportError:
@@ -65,14 +63,7 @@ def _running_local_cluster() -> str | None:
         address = canonicalize_bootstrap_address(None)
     except Exception:  # noqa: BLE001 - a stale address file: treat as none
         return None
-    if not address:
-        return None
-    host, _, port = address.rpartition(":")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=2.0).close()
-    except (OSError, ValueError):
-        return None
-    return address
+    return address if address and _unanswered(address, 2.0) is None else None
 
 
 @contextlib.contextmanager
@@ -129,17 +120,25 @@ def ray_cluster(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield cluster
 
 
-def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
-    """A HOST:PORT that does not answer: one line now (ray.init retries a dead address for minutes)."""
+def _unanswered(address: str, timeout_s: float) -> Exception | None:
+    """Why nothing answers at HOST:PORT, or None when something does."""
     import socket
 
-    host, sep, port = address.rpartition(":")
-    if not sep or "://" in address or not port.isdigit():
-        return  # ray://, auto: Ray's own lookup
+    host, _, port = address.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
-    except OSError as e:
-        raise PrefdataError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}); start it with `ray start "
+    except (OSError, ValueError) as e:
+        return e
+    return None
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT that does not answer: one line now (ray.init retries a dead address for minutes)."""
+    _, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return  # ray://, auto: Ray's own lookup
+    if (e := _unanswered(address, timeout_s)) is not None:
+        raise PrefdataError(f"cannot reach the Ray cluster at {address} ({getattr(e, 'strerror', None) or e}); start it with `ray start "
                             "--head`, or leave out --ray-address and RAY_ADDRESS to run a local Ray for this command") from None
 
 
