@@ -124,6 +124,20 @@ def test_an_actor_that_dies_fails_its_round_only_and_the_rerun_answers_it(ray_lo
     assert a.record["judge_hash"] == jh
 
 
+def test_on_one_actor_a_round_that_kills_it_fails_alone(ray_local, tmp_path):
+    """With --dp 1 the actor a round kills past its restarts is replaced: only that round fails. (Before, the pool
+    was left empty and every round after it failed with "no engine actor left", in this run and in each rerun.)"""
+    run, pids = make_candidates_run(tmp_path / "run", TEXTS)
+    cands = run.read_candidates()
+    assert cands is not None
+    victim = frozenset(cands.filter(pl.col("prompt_id") == pids[0])["candidate_id"].to_list()[:2])
+    (tmp_path / "die").write_text("1")
+    first = _rank_on_ray(run, _cfg(dp=1), _oracle_actor(tmp_path, die_on=victim))
+    assert first.record["call_failures_new"] == 12, first.record  # the first prompt's round, no more
+    failed = run.read_judgments(first.record["judge_hash"]).filter(pl.col("verdict") == "fail")
+    assert failed["error"].str.contains("engine actor died").all()
+
+
 def _half_actor() -> type:
     """A sample actor that answers at once and computes in float16, which this CPU driver would never choose."""
     from prefdata.llm.chat import Completion

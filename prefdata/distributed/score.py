@@ -11,8 +11,9 @@ building the judge from the RankConfig inside the worker and reserving `--tp` GP
   round at once, so a slow actor holds up only its own prompts, never a barrier across the pool; and the driver
   still writes every round's judgments as it returns, so a killed driver loses at most the rounds in flight.
 
-A chunk or round whose actor dies ACTOR_RETRIES + 1 times comes back as failed calls with the reason; the dead
-actor leaves the pool and the others go on, so the rerun retries only the failed calls.
+A chunk or round whose actor dies ACTOR_RETRIES + 1 times comes back as failed calls with the reason, and a new
+actor takes the dead one's place (up to ACTOR_RETRIES new actors per actor of the pool), so a call that kills its
+judge every time fails alone, even on one actor, and the rerun retries only the failed calls.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ NO_ACTOR = "no engine actor left on the Ray cluster"
 
 def _why(ray: Any, e: BaseException) -> tuple[str, bool]:
     """Why a call to a judge actor failed (one line, for the failed calls' error), and whether the actor is gone:
-    it died past its ACTOR_RETRIES restarts, so it leaves the pool."""
+    it died past its ACTOR_RETRIES restarts, so it is replaced (`_RayJudge._replace`)."""
     reason = failure_reason(e)
     if isinstance(e, ray.exceptions.RayActorError):
         return f"the engine actor died {ACTOR_RETRIES + 1} times on this batch ({reason})"[:500], True
@@ -81,9 +82,11 @@ class _RayJudge:
     """The actors behind a judge interface: each call is split across them, answered in parallel and returned in
     request order; config() is the actors' judge's, so the judge hash (and the cache) are the local judge's."""
 
-    def __init__(self, actors: list[Any], infos: list[dict[str, Any]]) -> None:
+    def __init__(self, actors: list[Any], infos: list[dict[str, Any]], spawn: Callable[[], Any] | None = None) -> None:
         info = infos[0]
         self.actors = list(actors)
+        self._spawn = spawn  # a new actor of the pool's kind, for one that died
+        self._spares = ACTOR_RETRIES * len(self.actors)
         self._config = info["config"]
         self.needs_reference = info["needs_reference"]
         self.backend = info["backend"]
@@ -93,6 +96,18 @@ class _RayJudge:
 
     def config(self) -> dict[str, object]:
         return dict(self._config)
+
+    def _replace(self, actor: Any) -> Any:
+        """Take a dead actor out of the pool and start a new one in its place while spares last (Ray restarts an
+        actor only ACTOR_RETRIES times; without a new one, one actor's death would fail every call after it)."""
+        if actor in self.actors:
+            self.actors.remove(actor)
+        if self._spawn is None or self._spares <= 0:
+            return None
+        self._spares -= 1
+        new = self._spawn()
+        self.actors.append(new)
+        return new
 
     def _call(self, method: str, requests: list[Any], failed: Callable[[Any, str], Any]) -> list[Any]:
         ray = import_ray()
@@ -108,8 +123,8 @@ class _RayJudge:
                 out.extend(ray.get(ref))
             except ray.exceptions.RayError as e:  # the actor died past its retries, or the judge raised
                 reason, dead = _why(ray, e)
-                if dead and actor in self.actors:
-                    self.actors.remove(actor)
+                if dead:
+                    self._replace(actor)
                 out.extend(failed(r, reason) for r in part)
         return out
 
@@ -125,8 +140,9 @@ class RayPairJudge(_RayJudge):
     """A PairJudge on Ray actors (an LLM judge over in-process vLLM): each round goes whole to a free actor; the
     pairwise driver keeps `concurrent_calls` calls in flight (one round per actor, plus one), from its threads."""
 
-    def __init__(self, actors: list[Any], infos: list[dict[str, Any]], round_size: int) -> None:
-        super().__init__(actors, infos)
+    def __init__(self, actors: list[Any], infos: list[dict[str, Any]], round_size: int,
+                 spawn: Callable[[], Any] | None = None) -> None:
+        super().__init__(actors, infos, spawn)
         self.concurrent_calls = len(self.actors) * round_size
         self._free = list(self.actors)
         self._changed = threading.Condition()
@@ -152,8 +168,8 @@ class RayPairJudge(_RayJudge):
             with self._changed:
                 if not dead:
                     self._free.append(actor)
-                elif actor in self.actors:
-                    self.actors.remove(actor)
+                elif (new := self._replace(actor)) is not None:
+                    self._free.append(new)
                 self._changed.notify_all()
 
 
@@ -185,6 +201,10 @@ def ray_judge(cfg: Any, n_items: int | None, progress: bool = True, actor: type 
         n, resources = actor_plan(cluster, cfg.dp, jc.tensor_parallel_size)
         remote = ray.remote(actor).options(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources)
         actors = [remote.remote(cfg, n_items) for _ in range(n)]
+
+        def spawn() -> Any:
+            actors.append(remote.remote(cfg, n_items))  # closed and killed below with the others
+            return actors[-1]
         try:
             try:
                 infos = ray.get([a.info.remote() for a in actors])
@@ -194,9 +214,9 @@ def ray_judge(cfg: Any, n_items: int | None, progress: bool = True, actor: type 
                 say(f"rank: {n} judge actor(s) on {'a local Ray' if cluster.started_here else 'the Ray cluster'} "
                     f"({cluster.nodes} node(s), {cluster.cpus:g} CPUs, {cluster.gpus:g} GPUs)")
             if infos[0]["pairwise"]:
-                yield RayPairJudge(actors, infos, cfg.batch_size)
+                yield RayPairJudge(actors, infos, cfg.batch_size, spawn)
             else:
-                yield RayScoreJudge(actors, infos)
+                yield RayScoreJudge(actors, infos, spawn)
         finally:
             for ref in [a.close.remote() for a in actors]:
                 with contextlib.suppress(Exception):  # a dead actor has nothing to close
