@@ -82,7 +82,7 @@ class _RayJudge:
     """The actors behind a judge interface: each call is split across them, answered in parallel and returned in
     request order; config() is the actors' judge's, so the judge hash (and the cache) are the local judge's."""
 
-    def __init__(self, actors: list[Any], infos: list[dict[str, Any]], spawn: Callable[[], Any] | None = None) -> None:
+    def __init__(self, actors: list[Any], infos: list[dict[str, Any]], spawn: Callable[[], Any]) -> None:
         info = infos[0]
         self.actors = list(actors)
         self._spawn = spawn  # a new actor of the pool's kind, for one that died
@@ -102,7 +102,7 @@ class _RayJudge:
         actor only ACTOR_RETRIES times; without a new one, one actor's death would fail every call after it)."""
         if actor in self.actors:
             self.actors.remove(actor)
-        if self._spawn is None or self._spares <= 0:
+        if self._spares <= 0:
             return None
         self._spares -= 1
         new = self._spawn()
@@ -141,7 +141,7 @@ class RayPairJudge(_RayJudge):
     pairwise driver keeps `concurrent_calls` calls in flight (one round per actor, plus one), from its threads."""
 
     def __init__(self, actors: list[Any], infos: list[dict[str, Any]], round_size: int,
-                 spawn: Callable[[], Any] | None = None) -> None:
+                 spawn: Callable[[], Any]) -> None:
         super().__init__(actors, infos, spawn)
         self.concurrent_calls = len(self.actors) * round_size
         self._free = list(self.actors)
